@@ -1,0 +1,5 @@
+"""`python -m panaversity_fs` runs the command-line entry point."""
+
+from panaversity_fs.cli import main
+
+raise SystemExit(main())

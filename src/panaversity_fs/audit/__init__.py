@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail: canonical entry hashing, chain verification, recording."""

@@ -1,0 +1,1 @@
+"""Who is calling: identity of the agent behind each request."""

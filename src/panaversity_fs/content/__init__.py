@@ -1,0 +1,1 @@
+"""Content files: the write protocol, reads with overlay resolution, deletes, recovery."""

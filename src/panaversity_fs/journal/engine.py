@@ -1,0 +1,108 @@
+"""One async engine per process, with the transaction discipline the write protocol relies on.
+
+PostgreSQL runs every transaction in READ COMMITTED (forced here, whatever the server default:
+the audit-chain append forks under REPEATABLE READ, reliability.md E7) with statement and lock
+timeouts. SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver
+would otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
+concurrent writers queue instead of sleeping in SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from panaversity_fs.config import Settings
+
+_WRITE_OPTION = "pfs_write"
+
+
+class Database:
+    """The process's engine plus `read()` / `write()` transaction scopes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """Build the engine described by `settings` (pool, timeouts, SQLite pragmas)."""
+        return cls(create_engine(settings))
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (deferred on SQLite, READ COMMITTED on PostgreSQL)."""
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed on normal exit, rolled back on an exception."""
+        if self._sqlite_writer is None:
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        async with self._sqlite_writer, self.engine.connect() as conn:
+            await conn.execution_options(**{_WRITE_OPTION: True})
+            async with conn.begin():
+                yield conn
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """Create the async engine for `settings.database_url`."""
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_size=5, max_overflow=10, pool_timeout=30)
+        _install_sqlite_hooks(engine, settings)
+        return engine
+    timeout_ms = int(settings.database_statement_timeout * 1000)
+    connect_args: dict[str, Any] = {
+        "server_settings": {
+            "statement_timeout": str(timeout_ms),
+            "lock_timeout": str(timeout_ms),
+            "idle_in_transaction_session_timeout": str(timeout_ms * 4),
+            "application_name": "panaversity-fs",
+        },
+        "command_timeout": settings.database_statement_timeout + 5,
+        "timeout": settings.database_pool_timeout,
+    }
+    return create_async_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, settings: Settings) -> None:
+    busy_ms = int(settings.database_statement_timeout * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver: we emit BEGIN ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,238 @@
+"""SQL of the file journal: lookups, compare-and-swap changes, publish bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from panaversity_fs.audit.chain import to_utc
+from panaversity_fs.journal.schema import file_journal
+
+J = file_journal.c
+
+
+@dataclass(frozen=True, slots=True)
+class FileKey:
+    """Identity of one journaled file: a book path in the base or in one user's overlay."""
+
+    book_id: str
+    path: str
+    user_id: str
+
+    def where(self) -> Any:
+        """The SQL predicate selecting this file's row."""
+        return and_(J.book_id == self.book_id, J.path == self.path, J.user_id == self.user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One row of `file_journal`; `sha256` None marks a tombstone (deleted file)."""
+
+    book_id: str
+    path: str
+    user_id: str
+    sha256: str | None
+    size: int
+    version: int
+    last_written_at: datetime
+    publish_pending: bool
+    staging_key: str | None
+    pending_since: datetime | None
+
+    @property
+    def key(self) -> FileKey:
+        """This row's file identity."""
+        return FileKey(self.book_id, self.path, self.user_id)
+
+    @property
+    def exists(self) -> bool:
+        """Whether the row describes a live file (not a tombstone)."""
+        return self.sha256 is not None
+
+
+_COLUMNS = (
+    J.book_id,
+    J.path,
+    J.user_id,
+    J.sha256,
+    J.size,
+    J.version,
+    J.last_written_at,
+    J.publish_pending,
+    J.staging_key,
+    J.pending_since,
+)
+
+
+def _row(row: Row[Any]) -> JournalRow:
+    pending_since = row.pending_since
+    return JournalRow(
+        book_id=row.book_id,
+        path=row.path,
+        user_id=row.user_id,
+        sha256=row.sha256,
+        size=int(row.size),
+        version=int(row.version),
+        last_written_at=to_utc(row.last_written_at),
+        publish_pending=bool(row.publish_pending),
+        staging_key=row.staging_key,
+        pending_since=to_utc(pending_since) if pending_since is not None else None,
+    )
+
+
+async def fetch(
+    conn: AsyncConnection, book_id: str, path: str, user_ids: Sequence[str]
+) -> dict[str, JournalRow]:
+    """Return the rows of `path` for each of `user_ids` that has one, keyed by user id."""
+    result = await conn.execute(
+        select(*_COLUMNS).where(J.book_id == book_id, J.path == path, J.user_id.in_(user_ids))
+    )
+    return {row.user_id: _row(row) for row in result}
+
+
+async def lock(conn: AsyncConnection, key: FileKey) -> JournalRow | None:
+    """Return the row of `key` locked for the rest of the transaction (None if absent)."""
+    result = await conn.execute(select(*_COLUMNS).where(key.where()).with_for_update())
+    row = result.first()
+    return _row(row) if row is not None else None
+
+
+async def compare_and_swap(
+    conn: AsyncConnection,
+    key: FileKey,
+    expected: str,
+    new_hash: str,
+    size: int,
+    staging_key: str,
+    now: datetime,
+) -> bool:
+    """Point a live row whose hash is `expected` at new staged bytes; False if it is not."""
+    result = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.sha256 == expected)
+        .values(
+            sha256=new_hash,
+            size=size,
+            version=J.version + 1,
+            last_written_at=now,
+            publish_pending=True,
+            staging_key=staging_key,
+            pending_since=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+async def create(
+    conn: AsyncConnection,
+    key: FileKey,
+    new_hash: str,
+    size: int,
+    staging_key: str,
+    now: datetime,
+    backend: str,
+) -> bool:
+    """Record a new file (a fresh row, or a revived tombstone); False if it is live already."""
+    values: dict[str, Any] = {
+        "book_id": key.book_id,
+        "path": key.path,
+        "user_id": key.user_id,
+        "sha256": new_hash,
+        "size": size,
+        "version": 1,
+        "last_written_at": now,
+        "storage_backend": backend,
+        "publish_pending": True,
+        "staging_key": staging_key,
+        "pending_since": now,
+    }
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    result = await conn.execute(dialect_insert(file_journal).values(values).on_conflict_do_nothing())
+    if result.rowcount == 1:
+        return True
+    revived = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.sha256.is_(None))
+        .values(
+            sha256=new_hash,
+            size=size,
+            version=J.version + 1,
+            last_written_at=now,
+            storage_backend=backend,
+            publish_pending=True,
+            staging_key=staging_key,
+            pending_since=now,
+        )
+    )
+    return revived.rowcount == 1
+
+
+async def tombstone(
+    conn: AsyncConnection, key: FileKey, expected: str | None, now: datetime
+) -> bool:
+    """Mark a live file deleted (its object is removed at publish); False if not live/matching."""
+    condition = key.where() & J.sha256.is_not(None)
+    if expected is not None:
+        condition = condition & (J.sha256 == expected)
+    result = await conn.execute(
+        update(file_journal)
+        .where(condition)
+        .values(
+            sha256=None,
+            size=0,
+            version=J.version + 1,
+            last_written_at=now,
+            publish_pending=True,
+            staging_key=None,
+            pending_since=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str | None) -> bool:
+    """Clear the pending flag if the pending change is still the one staged at `staging_key`."""
+    result = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.publish_pending.is_(True), J.staging_key.is_not_distinct_from(staging_key))
+        .values(publish_pending=False, staging_key=None, pending_since=None)
+    )
+    return result.rowcount == 1
+
+
+async def pending(conn: AsyncConnection, older_than: datetime, limit: int = 500) -> list[JournalRow]:
+    """Return rows whose committed change has waited for its publish since before `older_than`."""
+    result = await conn.execute(
+        select(*_COLUMNS)
+        .where(J.publish_pending.is_(True), J.pending_since < older_than)
+        .order_by(J.pending_since)
+        .limit(limit)
+    )
+    return [_row(row) for row in result]
+
+
+async def staging_keys_in_use(conn: AsyncConnection) -> set[str]:
+    """Return every staging key a journal row still points at."""
+    result = await conn.execute(select(J.staging_key).where(J.staging_key.is_not(None)))
+    return {str(key) for key in result.scalars()}
+
+
+async def all_rows(conn: AsyncConnection, book_id: str | None = None) -> list[JournalRow]:
+    """Return every row (of one book, if given), tombstones included, in key order."""
+    query = select(*_COLUMNS).order_by(J.book_id, J.user_id, J.path)
+    if book_id is not None:
+        query = query.where(J.book_id == book_id)
+    return [_row(row) for row in await conn.execute(query)]
+
+
+async def count_live(conn: AsyncConnection) -> int:
+    """Return the number of live (non-tombstone) rows."""
+    return int((await conn.execute(select(func.count()).where(J.sha256.is_not(None)))).scalar_one())
+

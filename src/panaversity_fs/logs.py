@@ -1,0 +1,56 @@
+"""JSON logs, one object per line, with the request's context attached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+request_context: ContextVar[dict[str, Any] | None] = ContextVar("pfs_request_context", default=None)
+"""Fields (request id, agent, tool, book, path) added to every log line of the current call."""
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON object: time, level, logger, message, context, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as a JSON line."""
+        payload: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = request_context.get()
+        if context:
+            payload.update(context)
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRS and not name.startswith("_"):
+                payload[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            payload["exception"] = record.exc_info[0].__name__
+            payload["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr as JSON at `level` (uvicorn's and fastmcp's too)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fastmcp", "mcp"):
+        named = logging.getLogger(name)
+        named.handlers[:] = []
+        named.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
