@@ -18,7 +18,14 @@ from panaversity_fs.errors import ConfigurationError
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("server_host", "server_port", "database_url", "storage_backend", "storage_root", "log_level"):
+    for name in (
+        "server_host",
+        "server_port",
+        "database_url",
+        "storage_backend",
+        "storage_root",
+        "log_level",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

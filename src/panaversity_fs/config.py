@@ -93,9 +93,7 @@ class Settings(BaseSettings):
     database_statement_timeout: float = Field(
         15.0, gt=0, description="Seconds one database statement may run (PostgreSQL)."
     )
-    auto_migrate: bool = Field(
-        True, description="Upgrade the schema to head at start-up (FR-031)."
-    )
+    auto_migrate: bool = Field(True, description="Upgrade the schema to head at start-up (FR-031).")
 
     max_content_bytes: int = Field(
         2 * 1024 * 1024, ge=1, description="Largest markdown file `write_content` accepts."

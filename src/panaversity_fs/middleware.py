@@ -47,7 +47,9 @@ class ToolCallMiddleware(Middleware):
             "request_id": _request_id(context),
             "agent_id": _agent_name(context),
             "tool": tool,
-            "book_id": describe_rejected_path(arguments.get("book_id"), 64) if "book_id" in arguments else None,
+            "book_id": describe_rejected_path(arguments.get("book_id"), 64)
+            if "book_id" in arguments
+            else None,
             "path": describe_rejected_path(arguments.get("path"), 300) if "path" in arguments else None,
         }
         token = request_context.set({k: v for k, v in fields.items() if v is not None})
@@ -70,9 +72,7 @@ class ToolCallMiddleware(Middleware):
         except Exception:
             status = Internal.code
             logger.exception("tool call failed unexpectedly")
-            raise ToolError(
-                Internal(f"internal error (request {fields['request_id']})").to_json()
-            ) from None
+            raise ToolError(Internal(f"internal error (request {fields['request_id']})").to_json()) from None
         finally:
             elapsed = time.perf_counter() - started
             resources = self._state.resources
@@ -103,7 +103,9 @@ def _agent_name(context: MiddlewareContext[Any]) -> str | None:
 
 
 def _validation_message(error: Exception) -> str:
-    if not isinstance(error, PydanticValidationError) and isinstance(error.__cause__, PydanticValidationError):
+    if not isinstance(error, PydanticValidationError) and isinstance(
+        error.__cause__, PydanticValidationError
+    ):
         error = error.__cause__
     if isinstance(error, PydanticValidationError):
         problems = [

@@ -44,8 +44,7 @@ _SEGMENT_CHAR_OK = re.compile(r"[\w.-]+")
 _WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
 _LOOKALIKES = frozenset("./\\%:")
 _BIDI_AND_INVISIBLE = frozenset(
-    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-    "\u2060\u2066\u2067\u2068\u2069\ufeff"
+    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
 )
 
 Kind = Literal["content", "asset"]
@@ -199,8 +198,7 @@ def content_path(raw: object) -> BookPath:
     if _CONTENT.fullmatch(path):
         return BookPath(path, "content")
     raise SchemaViolation(
-        f"path must match content/{{NN-Name}}/{{NN-Name}}/{{NN-name}}(.summary)?.md: "
-        f"{_content_hint(path)}",
+        f"path must match content/{{NN-Name}}/{{NN-Name}}/{{NN-name}}(.summary)?.md: {_content_hint(path)}",
         rule="content/{NN-Name}/{NN-Name}/{NN-name}(.summary)?.md",
         example=CONTENT_EXAMPLE,
     )

@@ -85,7 +85,9 @@ def _register_routes(mcp: FastMCP, state: ServerState) -> None:
         except Exception:
             checks["storage"] = "unavailable"
         healthy = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ready" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
+        )
 
     @mcp.custom_route("/metrics", methods=["GET"])
     async def metrics(_request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]

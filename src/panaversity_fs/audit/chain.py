@@ -57,9 +57,7 @@ def canonical_bytes(entry: Mapping[str, Any]) -> bytes:
         if isinstance(value, datetime):
             value = epoch_micros(value)
         payload[name] = value
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def compute_entry_hash(entry: Mapping[str, Any]) -> str:

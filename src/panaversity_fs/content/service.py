@@ -112,9 +112,7 @@ class ContentService:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def read(
-        self, caller: Caller, book_id: str, path: str, user_id: str | None = None
-    ) -> FileContent:
+    async def read(self, caller: Caller, book_id: str, path: str, user_id: str | None = None) -> FileContent:
         """Return a file's content and hash; with `user_id`, the overlay if there is one.
 
         Raises:
@@ -138,8 +136,14 @@ class ContentService:
             self._metrics.overlay_latency.observe(time.perf_counter() - started)
         self._audit.enqueue(
             self._entry(
-                caller, "read_content", target.book_id, target.path, target.user_id,
-                result.file_hash, result.file_hash, started,
+                caller,
+                "read_content",
+                target.book_id,
+                target.path,
+                target.user_id,
+                result.file_hash,
+                result.file_hash,
+                started,
             )
         )
         return result
@@ -162,7 +166,10 @@ class ContentService:
             versions_seen.add((row.user_id, row.version))
         if len(versions_seen) == 1:
             self._metrics.journal_storage_mismatch_total.inc()
-            logger.error("stored bytes do not match the journal", extra={"book_id": target.book_id, "path": target.path})
+            logger.error(
+                "stored bytes do not match the journal",
+                extra={"book_id": target.book_id, "path": target.path},
+            )
             raise Internal("stored bytes do not match the journal; an operator should run fsck")
         raise Unavailable("the file changed during the read; retry", path=target.path)
 
@@ -237,7 +244,9 @@ class ContentService:
         staged_at = datetime.now(UTC)
         self._metrics.write_duration.labels("storage").observe(time.perf_counter() - started)
         commit_started = time.perf_counter()
-        outcome = await self._commit(caller, target, expected, new_hash, len(data), staging_key, staged_at, started)
+        outcome = await self._commit(
+            caller, target, expected, new_hash, len(data), staging_key, staged_at, started
+        )
         self._metrics.write_duration.labels("journal").observe(time.perf_counter() - commit_started)
         if isinstance(outcome, PanaversityFSError):
             await self._discard(staging_key)
@@ -279,18 +288,41 @@ class ContentService:
                 now = datetime.now(UTC)
                 decided = await self._apply_write(conn, target, expected, new_hash, size, staging_key, now)
                 if isinstance(decided, PanaversityFSError):
-                    current = decided.details.get("current_hash") if isinstance(decided, Conflict | HashRequired) else None
+                    current = (
+                        decided.details.get("current_hash")
+                        if isinstance(decided, Conflict | HashRequired)
+                        else None
+                    )
                     own = current if decided.details.get("current_source") != "base" else None
                     await self._audit.append(
                         conn,
-                        self._entry(caller, "write_content", target.book_id, target.path, target.user_id, own, own, started, decided),
+                        self._entry(
+                            caller,
+                            "write_content",
+                            target.book_id,
+                            target.path,
+                            target.user_id,
+                            own,
+                            own,
+                            started,
+                            decided,
+                        ),
                     )
                     decided.details.pop("current_source", None)
                 else:
                     _mode, previous, _ = decided
                     await self._audit.append(
                         conn,
-                        self._entry(caller, "write_content", target.book_id, target.path, target.user_id, previous, new_hash, started),
+                        self._entry(
+                            caller,
+                            "write_content",
+                            target.book_id,
+                            target.path,
+                            target.user_id,
+                            previous,
+                            new_hash,
+                            started,
+                        ),
                     )
                 statements_done = True
         except _DB_ERRORS as exc:
@@ -349,9 +381,7 @@ class ContentService:
                     current_hash=base.sha256,
                     current_source="base",
                 )
-        return NotFound(
-            "the file does not exist: create it without expected_hash", path=target.path
-        )
+        return NotFound("the file does not exist: create it without expected_hash", path=target.path)
 
     async def _version(self, conn: AsyncConnection, key: FileKey) -> int:
         rows = await journal.fetch(conn, key.book_id, key.path, [key.user_id])
@@ -421,12 +451,33 @@ class ContentService:
                 row = await journal.lock(conn, target.key)
                 previous = row.sha256 if row is not None else None
                 if row is not None and row.exists and expected is not None and expected != row.sha256:
-                    refusal = Conflict("expected_hash is not the file's current hash", current_hash=row.sha256)
-                    entry = self._entry(caller, "delete_content", target.book_id, target.path, target.user_id, previous, previous, started, refusal)
+                    refusal = Conflict(
+                        "expected_hash is not the file's current hash", current_hash=row.sha256
+                    )
+                    entry = self._entry(
+                        caller,
+                        "delete_content",
+                        target.book_id,
+                        target.path,
+                        target.user_id,
+                        previous,
+                        previous,
+                        started,
+                        refusal,
+                    )
                 else:
                     if previous is not None:
                         await journal.tombstone(conn, target.key, None, datetime.now(UTC))
-                    entry = self._entry(caller, "delete_content", target.book_id, target.path, target.user_id, previous, None, started)
+                    entry = self._entry(
+                        caller,
+                        "delete_content",
+                        target.book_id,
+                        target.path,
+                        target.user_id,
+                        previous,
+                        None,
+                        started,
+                    )
                 await self._audit.append(conn, entry)
         except _DB_ERRORS as exc:
             self._metrics.delete_total.labels("error").inc()

@@ -91,8 +91,7 @@ async def ensure_schema(db: Database, auto_migrate: bool) -> str:
         )
     if current is not None and not auto_migrate:
         raise ConfigurationError(
-            f"database schema is at {current!r}, this server needs {head!r}: "
-            "run `panaversity-fs db upgrade`"
+            f"database schema is at {current!r}, this server needs {head!r}: run `panaversity-fs db upgrade`"
         )
     await upgrade(db)
     return head

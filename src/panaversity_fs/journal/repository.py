@@ -174,9 +174,7 @@ async def create(
     return revived.rowcount == 1
 
 
-async def tombstone(
-    conn: AsyncConnection, key: FileKey, expected: str | None, now: datetime
-) -> bool:
+async def tombstone(conn: AsyncConnection, key: FileKey, expected: str | None, now: datetime) -> bool:
     """Mark a live file deleted (its object is removed at publish); False if not live/matching."""
     condition = key.where() & J.sha256.is_not(None)
     if expected is not None:
@@ -235,4 +233,3 @@ async def all_rows(conn: AsyncConnection, book_id: str | None = None) -> list[Jo
 async def count_live(conn: AsyncConnection) -> int:
     """Return the number of live (non-tombstone) rows."""
     return int((await conn.execute(select(func.count()).where(J.sha256.is_not(None)))).scalar_one())
-

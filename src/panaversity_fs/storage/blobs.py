@@ -58,6 +58,9 @@ class BlobStore:
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pfs-storage")
         self._can_rename = bool(operator.capability().rename)
+        # Listing uses the async operator: the blocking one holds the GIL while it pages
+        # through a remote listing, which would stall every other thread of the process.
+        self._lister = operator.to_async_operator()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlobStore:
@@ -68,9 +71,7 @@ class BlobStore:
         """
         if settings.storage_backend == "fs":
             root = _prepare_fs_root(settings.storage_root)
-            operator = opendal.Operator(
-                "fs", root=str(root), atomic_write_dir=str(root / ".pfs" / "tmp")
-            )
+            operator = opendal.Operator("fs", root=str(root), atomic_write_dir=str(root / ".pfs" / "tmp"))
         else:
             options = {
                 "bucket": settings.s3_bucket or "",
@@ -133,21 +134,25 @@ class BlobStore:
 
     async def list(self, prefix: str) -> list[BlobInfo]:
         """Return every object (not directory) under `prefix`, recursively, sorted by key."""
+        try:
+            return await asyncio.wait_for(self._list(prefix), self._timeout * 4)
+        except dal.NotFound:
+            return []
+        except TimeoutError:
+            raise StorageError("storage listing timed out") from None
+        except dal.Error as exc:
+            raise StorageError(type(exc).__name__) from exc
 
-        def _list() -> list[BlobInfo]:
-            found: list[BlobInfo] = []
-            try:
-                entries = self._operator.list(prefix, recursive=True)
-                for entry in entries:
-                    if entry.path.endswith("/"):
-                        continue
-                    meta = self._operator.stat(entry.path)
-                    found.append(BlobInfo(entry.path, int(meta.content_length), meta.last_modified))
-            except dal.NotFound:
-                return []
-            return sorted(found, key=lambda info: info.key)
-
-        return await self._run(_list)
+    async def _list(self, prefix: str) -> list[BlobInfo]:
+        found: list[BlobInfo] = []
+        async for entry in await self._lister.list(prefix, recursive=True):
+            if entry.path.endswith("/"):
+                continue
+            meta = entry.metadata
+            if meta.last_modified is None:
+                meta = await self._lister.stat(entry.path)
+            found.append(BlobInfo(entry.path, int(meta.content_length), meta.last_modified))
+        return sorted(found, key=lambda info: info.key)
 
     async def check(self) -> None:
         """Round-trip a probe object (for `/ready`).
@@ -178,8 +183,7 @@ def _prepare_fs_root(root: Path) -> Path:
             candidate = Path(dirpath) / name
             if candidate.is_symlink():
                 raise ConfigurationError(
-                    f"storage root contains a symlink ({candidate.relative_to(absolute)}); "
-                    "refusing to start"
+                    f"storage root contains a symlink ({candidate.relative_to(absolute)}); refusing to start"
                 )
     for internal in ("tmp", "staging"):
         (absolute / ".pfs" / internal).mkdir(parents=True, exist_ok=True)

@@ -77,9 +77,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         Pass `expected_hash` to delete only the version you read (`CONFLICT` otherwise).
         """
         resources = state.require()
-        return await resources.content.delete(
-            caller_from_context(ctx), book_id, path, user_id, expected_hash
-        )
+        return await resources.content.delete(caller_from_context(ctx), book_id, path, user_id, expected_hash)
 
     mcp.tool(
         read_content,

@@ -48,9 +48,7 @@ def upgrade() -> None:
         sa.CheckConstraint("size >= 0", name="ck_file_journal_size_nonneg"),
         sa.CheckConstraint("version >= 1", name="ck_file_journal_version_pos"),
     )
-    op.create_index(
-        "ix_file_journal_book_user_path", "file_journal", ["book_id", "user_id", "path"]
-    )
+    op.create_index("ix_file_journal_book_user_path", "file_journal", ["book_id", "user_id", "path"])
     op.create_index("ix_file_journal_pending", "file_journal", ["publish_pending"])
 
     op.create_table(
@@ -74,17 +72,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name="pk_audit_log"),
         sa.UniqueConstraint("entry_hash", name="uq_audit_log_entry_hash"),
         sa.UniqueConstraint("chain_prev_hash", name="uq_audit_log_chain_prev_hash"),
-        sa.CheckConstraint(
-            "agent_id <> '' AND lower(agent_id) <> 'system'", name="ck_audit_log_agent_real"
-        ),
+        sa.CheckConstraint("agent_id <> '' AND lower(agent_id) <> 'system'", name="ck_audit_log_agent_real"),
         sa.CheckConstraint(_hex64("entry_hash", dialect), name="ck_audit_log_entry_hash_hex"),
-        sa.CheckConstraint(
-            "status IN ('success', 'refused', 'error')", name="ck_audit_log_status_known"
-        ),
+        sa.CheckConstraint("status IN ('success', 'refused', 'error')", name="ck_audit_log_status_known"),
     )
-    op.create_index(
-        "ix_audit_log_book_path_user", "audit_log", ["book_id", "path", "user_id", "seq"]
-    )
+    op.create_index("ix_audit_log_book_path_user", "audit_log", ["book_id", "path", "user_id", "seq"])
     op.create_index("ix_audit_log_agent", "audit_log", ["agent_id", "seq"])
     op.create_index("ix_audit_log_created_at", "audit_log", ["created_at"])
 

@@ -1,0 +1,1 @@
+"""Journal/storage consistency: the checks behind `panaversity-fs fsck`."""

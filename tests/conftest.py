@@ -1,0 +1,207 @@
+"""Fixtures: real PostgreSQL and SQLite databases (schema from Alembic), real fs and S3 stores.
+
+PostgreSQL: `PFS_TEST_PG_URL` (default: the local server, database `test`); each test gets a
+fresh database cloned from a migrated template. S3: a moto server on loopback, one key prefix
+per test. When `CI` is set, an unreachable backend fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from panaversity_fs.config import Settings
+from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.migrate import upgrade
+
+PG_URL = os.environ.get("PFS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = bool(os.environ.get("CI"))
+BUCKET = "pfs-test"
+S3_KEYS = {"s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
+
+DB_KINDS = ("sqlite", "postgres")
+STORE_KINDS = ("fs", "s3")
+PAIRS = ("sqlite-fs", "postgres-s3")
+MATRIX = tuple(f"{d}-{s}" for d in DB_KINDS for s in STORE_KINDS)
+
+
+def _unavailable(what: str, why: object) -> None:
+    message = f"{what} is not available: {why}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI is set: a skipped backend is a failure)")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_dsn(database: str) -> str:
+    base = PG_URL.rsplit("/", 1)[0]
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+async def pg_template() -> AsyncIterator[str | None]:
+    """A PostgreSQL database migrated to head, used as the template of per-test databases."""
+    try:
+        admin = await asyncpg.connect(PG_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable ({exc}); CI needs it")
+        yield None
+        return
+    name = f"pfs_tmpl_{os.getpid()}"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    db = Database.from_settings(Settings(database_url=_pg_dsn(name)))
+    await upgrade(db)
+    await db.dispose()
+    try:
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head, copied for each test."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    db = Database.from_settings(Settings(database_url=f"sqlite+aiosqlite:///{path}"))
+    await upgrade(db)
+    await db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on loopback with the test bucket."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=BUCKET)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+class Backends:
+    """Builds settings for one database kind and one store kind, cleaning up afterwards."""
+
+    def __init__(
+        self, tmp_path: Path, sqlite_template: Path, pg_template: str | None, s3_endpoint: Callable[[], str]
+    ) -> None:
+        self._tmp = tmp_path
+        self._sqlite_template = sqlite_template
+        self._pg_template = pg_template
+        self._s3_endpoint = s3_endpoint
+        self._pg_databases: list[str] = []
+
+    async def database_url(self, kind: str) -> str:
+        """A fresh, migrated database of `kind` (`sqlite` or `postgres`)."""
+        if kind == "sqlite":
+            path = self._tmp / f"pfs-{uuid.uuid4().hex[:8]}.db"
+            shutil.copy(self._sqlite_template, path)
+            return f"sqlite+aiosqlite:///{path}"
+        if self._pg_template is None:
+            _unavailable("PostgreSQL", PG_URL)
+        name = f"pfs_t_{uuid.uuid4().hex[:12]}"
+        admin = await asyncpg.connect(PG_URL)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._pg_template}"')
+        finally:
+            await admin.close()
+        self._pg_databases.append(name)
+        return _pg_dsn(name)
+
+    def store_settings(self, kind: str) -> dict[str, Any]:
+        """Settings for a fresh, empty store of `kind` (`fs` or `s3`)."""
+        if kind == "fs":
+            root = self._tmp / f"store-{uuid.uuid4().hex[:8]}"
+            return {"storage_backend": "fs", "storage_root": root}
+        return {
+            "storage_backend": "s3",
+            "s3_bucket": BUCKET,
+            "s3_endpoint": self._s3_endpoint(),
+            "s3_region": "us-east-1",
+            "s3_root": f"/t-{uuid.uuid4().hex}/",
+            **S3_KEYS,
+        }
+
+    async def settings(self, combo: str, **overrides: Any) -> Settings:
+        """Settings for `combo` (`sqlite-fs`, `postgres-s3`, ...) plus `overrides`."""
+        db_kind, store_kind = combo.split("-")
+        values: dict[str, Any] = {
+            "database_url": await self.database_url(db_kind),
+            **self.store_settings(store_kind),
+            "recovery_interval": 3600,
+            "audit_read_batch_interval": 0.01,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    async def close(self) -> None:
+        """Drop the PostgreSQL databases made for this test."""
+        if not self._pg_databases:
+            return
+        admin = await asyncpg.connect(PG_URL)
+        try:
+            for name in self._pg_databases:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def backends(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path, pg_template: str | None
+) -> AsyncIterator[Backends]:
+    """Factory of per-test settings on real backends."""
+
+    def endpoint() -> str:
+        return str(request.getfixturevalue("s3_endpoint"))
+
+    made = Backends(tmp_path, sqlite_template, pg_template, endpoint)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture(params=PAIRS)
+async def settings(request: pytest.FixtureRequest, backends: Backends) -> Settings:
+    """Settings on each pairing of database and store (both databases, both stores)."""
+    return await backends.settings(str(request.param))
+
+
+@pytest.fixture(params=MATRIX)
+async def matrix_settings(request: pytest.FixtureRequest, backends: Backends) -> Settings:
+    """Settings on every combination of database and store."""
+    return await backends.settings(str(request.param))
+
+
+@pytest.fixture(params=DB_KINDS)
+async def db_settings(request: pytest.FixtureRequest, backends: Backends) -> Settings:
+    """Settings on each database (with the fs store)."""
+    return await backends.settings(f"{request.param}-fs")

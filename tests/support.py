@@ -1,0 +1,80 @@
+"""Helpers shared by the tests: calling tools, reading errors, checking invariants."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastmcp import Client, FastMCP
+from mcp_types import Implementation
+
+from panaversity_fs.audit.verify import verify_database
+from panaversity_fs.config import Settings
+from panaversity_fs.consistency.fsck import FsckReport, check
+from panaversity_fs.journal.engine import Database
+from panaversity_fs.storage.blobs import BlobStore
+
+BOOK = "python-book"
+LESSON = "content/01-Intro/01-Basics/01-hello.md"
+SUMMARY = "content/01-Intro/01-Basics/01-hello.summary.md"
+
+
+def client(server: FastMCP, agent: str = "lesson-writer-7") -> Client[Any]:
+    """An in-memory MCP client that introduces itself as `agent`."""
+    return Client(server, client_info=Implementation(name=agent, version="1.0"))
+
+
+class ToolFailure(Exception):
+    """A tool answered with isError; `payload` is its JSON error object."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload.get("error"))
+        self.payload = payload
+        self.code = str(payload.get("error"))
+
+
+async def call(c: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call `tool`; return its structured result or raise `ToolFailure` with the parsed error."""
+    result = await c.call_tool(tool, arguments, raise_on_error=False)
+    if result.is_error:
+        text = result.content[0].text  # type: ignore[union-attr]
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"tool error is not JSON: {text!r}") from exc
+        assert isinstance(payload, dict) and "error" in payload and "message" in payload, payload
+        raise ToolFailure(payload)
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+async def error_of(c: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call `tool`, which must fail; return its JSON error object."""
+    try:
+        result = await call(c, tool, **arguments)
+    except ToolFailure as failure:
+        return failure.payload
+    raise AssertionError(f"{tool} succeeded unexpectedly: {result}")
+
+
+async def consistency(settings: Settings) -> FsckReport:
+    """Run the fsck oracle against the settings' database and store."""
+    db = Database.from_settings(settings)
+    store = BlobStore.from_settings(settings)
+    try:
+        return await check(db, store)
+    finally:
+        store.close()
+        await db.dispose()
+
+
+async def assert_invariants(settings: Settings) -> None:
+    """Journal = storage (after recovery) and the audit chain verifies."""
+    report = await consistency(settings)
+    assert report.ok, report.as_dict()
+    db = Database.from_settings(settings)
+    try:
+        chain = await verify_database(db)
+    finally:
+        await db.dispose()
+    assert chain.ok, chain.as_dict()
