@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -55,7 +55,7 @@ class ServerState:
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings, background: bool = True) -> AsyncIterator[Resources]:
+async def open_resources(settings: Settings, background: bool = True) -> AsyncGenerator[Resources, None]:
     """Open database and storage, bring the schema to head, recover, start background work.
 
     Raises:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -64,6 +65,9 @@ READ_ATTEMPTS = 4
 """Journal/storage round trips a read makes before it calls a mismatch real."""
 
 _DB_ERRORS = (SQLAlchemyError, OSError)
+
+WriteDecision = tuple[Literal["created", "updated"], str | None, int]
+"""A committed write: mode, previous hash, new version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +179,10 @@ class ContentService:
 
     async def _read_row_bytes(self, row: JournalRow) -> bytes | None:
         final_key = storage_key(row.book_id, row.path, row.user_id)
-        candidates = [row.staging_key, final_key] if row.publish_pending and row.staging_key else [final_key]
+        candidates = [final_key]
+        if row.publish_pending and row.staging_key:
+            candidates.insert(0, row.staging_key)
         for key in candidates:
-            if key is None:
-                continue
             try:
                 return await self._store.read(key)
             except BlobNotFound:
@@ -279,7 +283,7 @@ class ContentService:
         staging_key: str,
         staged_at: datetime,
         started: float,
-    ) -> tuple[str, str | None, int] | PanaversityFSError:
+    ) -> WriteDecision | PanaversityFSError:
         if datetime.now(UTC) - staged_at > self._stage_deadline:
             return Unavailable("the upload took too long to commit; retry")
         statements_done = False
@@ -344,7 +348,7 @@ class ContentService:
         size: int,
         staging_key: str,
         now: datetime,
-    ) -> tuple[str, str | None, int] | PanaversityFSError:
+    ) -> WriteDecision | PanaversityFSError:
         key = target.key
         backend = self._store.backend
         if expected is None:
@@ -389,7 +393,7 @@ class ContentService:
 
     async def _resolve_unknown_commit(
         self, target: Target, staging_key: str, exc: BaseException
-    ) -> tuple[str, str | None, int] | PanaversityFSError:
+    ) -> WriteDecision | PanaversityFSError:
         logger.warning("commit outcome unknown; checking the journal", exc_info=exc)
         try:
             async with self._db.read() as conn:

@@ -111,7 +111,7 @@ async def file_history(
     return [_normalized(row) for row in result.mappings().all()]
 
 
-def _normalized(row: Mapping[str, Any]) -> dict[str, Any]:
+def _normalized(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["created_at"] = to_utc(out["created_at"])
     return out

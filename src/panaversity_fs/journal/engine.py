@@ -10,7 +10,7 @@ concurrent writers queue instead of sleeping in SQLite's busy handler.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,13 +37,13 @@ class Database:
         return cls(create_engine(settings))
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncGenerator[AsyncConnection, None]:
         """A read-only transaction (deferred on SQLite, READ COMMITTED on PostgreSQL)."""
         async with self.engine.connect() as conn, conn.begin():
             yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncGenerator[AsyncConnection, None]:
         """A write transaction: committed on normal exit, rolled back on an exception."""
         if self._sqlite_writer is None:
             async with self.engine.connect() as conn, conn.begin():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -71,7 +71,7 @@ _COLUMNS = (
 )
 
 
-def _row(row: Row[Any]) -> JournalRow:
+def _row(row: Any) -> JournalRow:
     pending_since = row.pending_since
     return JournalRow(
         book_id=row.book_id,

@@ -24,7 +24,7 @@ def _database_url() -> str:
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
     if url:
         return normalize_database_url(url)
-    return Settings().database_url
+    return Settings.model_validate({}).database_url
 
 
 def _configure(connection: Connection) -> None:
