@@ -1,0 +1,224 @@
+"""C-1: fail the k-th storage or database operation of each mutation, once and forever.
+
+For every k until the mutation completes without reaching the fault: after the fault is lifted
+and recovery has run, the journal matches storage, the audit chain verifies, and the operation
+reported success if and only if its journal change committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+
+from panaversity_fs.audit.recorder import AuditRecorder
+from panaversity_fs.audit.verify import verify_database
+from panaversity_fs.auth.identity import Caller
+from panaversity_fs.config import Settings
+from panaversity_fs.consistency.fsck import check
+from panaversity_fs.content.publisher import Publisher
+from panaversity_fs.content.service import ContentService
+from panaversity_fs.errors import PanaversityFSError
+from panaversity_fs.journal import repository as journal
+from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.repository import FileKey
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.storage.blobs import BlobStore, StorageError
+from tests.conftest import PAIRS, Backends
+
+_T = TypeVar("_T")
+CALLER = Caller("fault-injector")
+BOOK = "fault-book"
+
+
+class Injected(Exception):
+    """Marker: this failure was injected."""
+
+
+class FaultPlan:
+    """Counts storage and database operations and fails the k-th one (and later ones, forever)."""
+
+    def __init__(self) -> None:
+        self.k: int | None = None
+        self.kinds: frozenset[str] = frozenset({"storage", "database"})
+        self.forever = False
+        self.count = 0
+        self.fired = False
+
+    def arm(self, k: int, forever: bool, kinds: frozenset[str] = frozenset({"storage", "database"})) -> None:
+        self.k, self.forever, self.kinds, self.count, self.fired = k, forever, kinds, 0, False
+
+    def disarm(self) -> None:
+        self.k = None
+
+    def tick(self, kind: str) -> bool:
+        if self.k is None or kind not in self.kinds:
+            return False
+        self.count += 1
+        if self.count == self.k or (self.forever and self.count > self.k):
+            self.fired = True
+            return True
+        return False
+
+
+class FaultyStore(BlobStore):
+    plan: FaultPlan
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        if self.plan.tick("storage"):
+            raise StorageError("injected storage fault")
+        return await super()._run(fn)
+
+
+def _instrument(db: Database, plan: FaultPlan) -> None:
+    def fail() -> None:
+        raise OperationalError("injected", None, Injected("injected database fault"))
+
+    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def _before(*_args: Any) -> None:
+        if plan.tick("database"):
+            fail()
+
+    @event.listens_for(db.engine.sync_engine, "commit")
+    def _commit(*_args: Any) -> None:
+        if plan.tick("database"):
+            fail()
+
+
+class Rig:
+    def __init__(self, settings: Settings) -> None:
+        self.plan = FaultPlan()
+        self.db = Database.from_settings(settings)
+        _instrument(self.db, self.plan)
+        plain = BlobStore.from_settings(settings)
+        plain.close()
+        self.store = FaultyStore(plain._operator, settings.storage_backend, 4, 30)  # noqa: SLF001
+        self.store.plan = self.plan
+        metrics = Metrics()
+        self.publisher = Publisher(self.db, self.store, metrics)
+        self.service = ContentService(
+            settings, self.db, self.store, self.publisher, AuditRecorder(self.db, 0.01), metrics
+        )
+
+    async def row(self, path: str, user: str = "__base__") -> journal.JournalRow | None:
+        async with self.db.read() as conn:
+            return (await journal.fetch(conn, BOOK, path, [user])).get(user)
+
+    async def close(self) -> None:
+        self.store.close()
+        await self.db.dispose()
+
+
+def _path(n: int) -> str:
+    return f"content/01-Faults/01-Sweep/{n % 100:02d}-case-{n}.md"
+
+
+Setup = Callable[[Rig, str], Awaitable[str | None]]
+Action = Callable[[Rig, str, str | None], Awaitable[Any]]
+
+
+async def _nothing(_rig: Rig, _path: str) -> str | None:
+    return None
+
+
+async def _existing(rig: Rig, path: str) -> str | None:
+    return (await rig.service.write(CALLER, BOOK, path, "old content")).file_hash
+
+
+async def _create(rig: Rig, path: str, _hash: str | None) -> Any:
+    return await rig.service.write(CALLER, BOOK, path, "new content")
+
+
+async def _update(rig: Rig, path: str, current: str | None) -> Any:
+    return await rig.service.write(CALLER, BOOK, path, "new content", expected_hash=current)
+
+
+async def _overlay(rig: Rig, path: str, _hash: str | None) -> Any:
+    return await rig.service.write(CALLER, BOOK, path, "new content", user_id="u1")
+
+
+async def _delete(rig: Rig, path: str, _hash: str | None) -> Any:
+    return await rig.service.delete(CALLER, BOOK, path)
+
+
+CASES: dict[str, tuple[Setup, Action, str]] = {
+    "create": (_nothing, _create, "written"),
+    "update": (_existing, _update, "written"),
+    "overlay-create": (_existing, _overlay, "overlay"),
+    "delete": (_existing, _delete, "deleted"),
+}
+
+
+@pytest.mark.parametrize("forever", [False, True], ids=["once", "forever"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("combo", PAIRS)
+async def test_fault_sweep(backends: Backends, combo: str, case: str, forever: bool) -> None:
+    settings = await backends.settings(combo)
+    rig = Rig(settings)
+    setup, action, effect = CASES[case]
+    new_hash = hashlib.sha256(b"new content").hexdigest()
+    try:
+        k = 0
+        while True:
+            k += 1
+            assert k < 60, "the sweep did not converge"
+            path = _path(k)
+            before = await setup(rig, path)
+            rig.plan.arm(k, forever)
+            try:
+                await action(rig, path, before)
+                succeeded = True
+            except PanaversityFSError as error:
+                assert error.code == "UNAVAILABLE", error.to_dict()
+                succeeded = False
+            finally:
+                rig.plan.disarm()
+            fired = rig.plan.fired
+            await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=10))
+            user = "u1" if effect == "overlay" else "__base__"
+            row = await rig.row(path, user)
+            if effect == "deleted":
+                committed = row is not None and row.sha256 is None
+            else:
+                committed = row is not None and row.sha256 == new_hash
+            assert succeeded == committed, f"k={k}: reported success={succeeded}, committed={committed}"
+            if effect == "overlay":
+                base = await rig.row(path)
+                assert base is not None and base.sha256 == before, "overlay write touched base"
+            report = await check(rig.db, rig.store)
+            assert report.ok, (k, report.as_dict())
+            if not fired:
+                break
+        assert k > 2, "the fault never fired: the sweep tested nothing"
+        chain = await verify_database(rig.db)
+        assert chain.ok, chain.as_dict()
+    finally:
+        await rig.close()
+
+
+async def test_reads_never_see_a_pending_write_torn(backends: Backends) -> None:
+    """A committed write whose publish failed is served from staging, hash-verified."""
+    settings = await backends.settings("sqlite-fs")
+    rig = Rig(settings)
+    try:
+        path = _path(1)
+        old = await _existing(rig, path)
+        rig.plan.arm(2, True, frozenset({"storage"}))  # staging works; publishing fails
+        try:
+            outcome = await rig.service.write(CALLER, BOOK, path, "new content", expected_hash=old)
+        finally:
+            rig.plan.disarm()
+        row = await rig.row(path)
+        assert row is not None and row.publish_pending, "the publish should have been left pending"
+        read = await rig.service.read(CALLER, BOOK, path)
+        assert read.content == "new content" and read.file_hash == outcome.file_hash
+        await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=10))
+        assert (await check(rig.db, rig.store)).ok
+        assert FileKey(BOOK, path, "__base__") == row.key
+    finally:
+        await rig.close()
