@@ -7,6 +7,7 @@ per test. When `CI` is set, an unreachable backend fails the run instead of skip
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -23,6 +24,8 @@ from moto.server import ThreadedMotoServer
 from panaversity_fs.config import Settings
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.migrate import upgrade
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 PG_URL = os.environ.get("PFS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = bool(os.environ.get("CI"))

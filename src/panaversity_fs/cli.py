@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,32 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from collections.abc import Generator
+    from contextlib import contextmanager
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, except that a SIGTERM/SIGINT shutdown ends with status 0.
+
+        uvicorn re-raises the signal after its graceful shutdown, so the process would die
+        "killed by SIGTERM"; for us a requested stop that completed cleanly is a success.
+        """
+
+        @contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     from panaversity_fs.logs import configure_logging
     from panaversity_fs.server import create_app
@@ -50,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     return 0 if server.started else 3
 
@@ -100,7 +126,7 @@ async def _recover(args: argparse.Namespace) -> int:
     settings = _settings(args)
     async with open_resources(settings, background=False) as resources:
         report = await resources.publisher.recover(timedelta(seconds=args.grace))
-    print(json.dumps(report.__dict__))
+    print(json.dumps(dataclasses.asdict(report)))
     return 0 if report.failed == 0 else 1
 
 

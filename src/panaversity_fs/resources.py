@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
@@ -76,7 +77,7 @@ async def open_resources(settings: Settings, background: bool = True) -> AsyncGe
         grace = timedelta(seconds=settings.recovery_grace)
         report = await publisher.recover(grace)
         if report.published or report.orphans_removed or report.failed:
-            logger.info("start-up recovery", extra={"recovery": report.__dict__})
+            logger.info("start-up recovery", extra={"recovery": dataclasses.asdict(report)})
         if background:
             tasks.append(asyncio.create_task(audit.run(), name="pfs-audit-batcher"))
             tasks.append(asyncio.create_task(_recover_forever(resources), name="pfs-recovery"))

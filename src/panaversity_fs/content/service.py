@@ -22,8 +22,8 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection

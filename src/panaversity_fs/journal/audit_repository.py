@@ -53,7 +53,8 @@ async def append_entries(conn: AsyncConnection, entries: Sequence[NewAuditEntry]
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
-        row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev}
+        # Stored and hashed in UTC: SQLite would keep the wall time and drop any other offset.
+        row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
         row["entry_hash"] = prev = compute_entry_hash(row)
         rows.append(row)
     await conn.execute(insert(audit_log), rows)
