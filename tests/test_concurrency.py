@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,17 @@ async def _race(clients: list[Client[Any]], rounds: int) -> tuple[str, int]:
     conflicts = 0
     for round_no in range(rounds):
 
-        async def attempt(writer: int, c: Client[Any], expected: str = current) -> dict[str, Any] | ToolFailure:
+        async def attempt(
+            writer: int, c: Client[Any], expected: str = current, round_no: int = round_no
+        ) -> dict[str, Any] | ToolFailure:
             try:
                 return await call(
-                    c, "write_content", book_id=BOOK, path=LESSON,
-                    content=f"round {round_no} writer {writer}", expected_hash=expected,
+                    c,
+                    "write_content",
+                    book_id=BOOK,
+                    path=LESSON,
+                    content=f"round {round_no} writer {writer}",
+                    expected_hash=expected,
                 )
             except ToolFailure as failure:
                 return failure
@@ -49,9 +56,12 @@ async def _race(clients: list[Client[Any]], rounds: int) -> tuple[str, int]:
         assert all(loser.code == "CONFLICT" for loser in losers), [loser.payload for loser in losers]
         winner = winners[0]
         assert all(loser.payload["current_hash"] in (current, winner["file_hash"]) for loser in losers)
-        assert winner["file_hash"] == hashlib.sha256(
-            next(f"round {round_no} writer {i}" for i, o in enumerate(outcomes) if o is winner).encode()
-        ).hexdigest()
+        assert (
+            winner["file_hash"]
+            == hashlib.sha256(
+                next(f"round {round_no} writer {i}" for i, o in enumerate(outcomes) if o is winner).encode()
+            ).hexdigest()
+        )
         conflicts += len(losers)
         current = winner["file_hash"]
     final = await call(clients[0], "read_content", book_id=BOOK, path=LESSON)
@@ -70,7 +80,7 @@ async def _assert_audit(settings: Settings, rounds: int) -> None:
     successes = [e for e in writes if e["status"] == "success"]
     assert len(successes) == rounds + 1
     assert sum(1 for e in writes if e["error_code"] == "CONFLICT") == rounds * (WRITERS - 1)
-    for before, after in zip(successes, successes[1:], strict=False):
+    for before, after in itertools.pairwise(successes):
         assert before["new_hash"] == after["prev_hash"]
 
 

@@ -97,7 +97,7 @@ class Rig:
         _instrument(self.db, self.plan)
         plain = BlobStore.from_settings(settings)
         plain.close()
-        self.store = FaultyStore(plain._operator, settings.storage_backend, 4, 30)  # noqa: SLF001
+        self.store = FaultyStore(plain._operator, settings.storage_backend, 4, 30)
         self.store.plan = self.plan
         metrics = Metrics()
         self.publisher = Publisher(self.db, self.store, metrics)

@@ -126,6 +126,7 @@ async def test_public_bind_without_allow_list_refuses_to_start(backends: Backend
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "panaversity_fs", "serve", "--port", "0"],
+        check=False,
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -164,6 +165,7 @@ async def test_cli_exits_cleanly_every_time(backends: Backends) -> None:
     def run_once() -> int:
         return subprocess.run(
             [sys.executable, "-m", "panaversity_fs", "recover", "--grace", "0"],
+            check=False,
             cwd=REPO,
             env=env,
             capture_output=True,

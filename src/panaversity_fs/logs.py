@@ -33,9 +33,9 @@ class JsonFormatter(logging.Formatter):
         context = request_context.get()
         if context:
             payload.update(context)
-        for name, value in vars(record).items():
-            if name not in _STANDARD_ATTRS and not name.startswith("_"):
-                payload[name] = value
+        payload.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+        )
         if record.exc_info and record.exc_info[0] is not None:
             payload["exception"] = record.exc_info[0].__name__
             payload["traceback"] = self.formatException(record.exc_info)
