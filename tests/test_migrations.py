@@ -1,0 +1,129 @@
+"""Schema management: Alembic on both databases, the server's start-up checks, the db CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from panaversity_fs.config import Settings
+from panaversity_fs.errors import ConfigurationError
+from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.migrate import (
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    upgrade,
+)
+from panaversity_fs.resources import open_resources
+from tests.conftest import Backends
+from tests.processes import REPO, settings_env
+
+
+async def _run(db: Database, fn_name: str, *args: str) -> None:
+    config = alembic_config(db.engine.url.render_as_string(hide_password=False))
+
+    def _command(conn: Connection) -> None:
+        config.attributes["connection"] = conn
+        getattr(command, fn_name)(config, *args)
+
+    async with db.engine.connect() as conn:
+        await conn.run_sync(_command)
+        await conn.commit()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_upgrade_downgrade_upgrade_and_no_drift(backends: Backends, kind: str) -> None:
+    db = Database.from_settings(Settings(database_url=await backends.database_url(kind)))
+    try:
+        assert await current_revision(db) == head_revision()
+        await _run(db, "downgrade", "base")
+        assert await current_revision(db) is None
+        async with db.read() as conn:
+            tables = await conn.run_sync(lambda c: c.dialect.get_table_names(c))
+        assert "file_journal" not in tables and "audit_log" not in tables
+        await upgrade(db)
+        assert await current_revision(db) == head_revision()
+        await _run(db, "check")  # raises if the models and the migrations disagree
+        async with db.read() as conn:
+            head = (await conn.execute(text("SELECT seq, head_hash FROM audit_chain_head"))).one()
+        assert tuple(head) == (0, "0" * 64)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_server_refuses_a_newer_schema(backends: Backends, kind: str) -> None:
+    settings = await backends.settings(f"{kind}-fs")
+    db = Database.from_settings(settings)
+    try:
+        async with db.write() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+        with pytest.raises(ConfigurationError, match="newer than this server"):
+            await ensure_schema(db, auto_migrate=True)
+    finally:
+        await db.dispose()
+    with pytest.raises(ConfigurationError):
+        async with open_resources(settings, background=False):
+            pass
+
+
+async def test_server_brings_an_empty_database_to_head(backends: Backends, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}",
+        **backends.store_settings("fs"),
+    )
+    async with open_resources(settings, background=False) as resources:
+        assert await current_revision(resources.db) == head_revision()
+
+
+async def test_db_cli_upgrade_current_check(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", storage_root=tmp_path / "s"
+    )
+    env = settings_env(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "panaversity_fs", *args],
+            check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    before = await asyncio.to_thread(cli, "db", "check")
+    upgraded = await asyncio.to_thread(cli, "db", "upgrade")
+    current = await asyncio.to_thread(cli, "db", "current")
+    after = await asyncio.to_thread(cli, "db", "check")
+    assert before.returncode == 1
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(current.stdout) == {"current": head_revision(), "head": head_revision()}
+    assert after.returncode == 0
+
+
+async def test_repository_root_alembic_upgrade(tmp_path: Path) -> None:
+    """`alembic upgrade head` from the repository root works with DATABASE_URL."""
+    env = settings_env(Settings(database_url=f"sqlite:///{tmp_path / 'root.db'}", storage_root=tmp_path))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "root.db").exists()
