@@ -36,8 +36,8 @@ _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _HASH = re.compile(r"[0-9a-f]{64}")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9-]*"
 _CONTENT = re.compile(
-    rf"content/(?P<part>\d{{2}}-{_NAME})/(?P<chapter>\d{{2}}-{_NAME})/"
-    rf"(?P<lesson>\d{{2}}-{_NAME})(?P<summary>\.summary)?\.md"
+    rf"content/(?P<part>[0-9]{{2}}-{_NAME})/(?P<chapter>[0-9]{{2}}-{_NAME})/"
+    rf"(?P<lesson>[0-9]{{2}}-{_NAME})(?P<summary>\.summary)?\.md"
 )
 _ASSET_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SEGMENT_CHAR_OK = re.compile(r"[\w.-]+")
@@ -113,7 +113,8 @@ def canonicalize(raw: object) -> str:
     """
     if not isinstance(raw, str) or raw == "":
         raise _invalid("path must be a non-empty string", "empty")
-    if len(raw) > MAX_PATH_BYTES:
+    # A cheap bound before any per-character work; the real limit is checked after NFC.
+    if len(raw) > 4 * MAX_PATH_BYTES:
         raise _invalid(f"path is longer than {MAX_PATH_BYTES} bytes", "too_long")
     for char in raw:
         code = ord(char)
@@ -217,7 +218,7 @@ def _content_hint(path: str) -> str:
             if not segment.endswith(".md"):
                 return "the lesson file must end in .md"
             name = segment.removesuffix(".md").removesuffix(".summary")
-        if not re.fullmatch(rf"\d{{2}}-{_NAME}", name):
+        if not re.fullmatch(rf"[0-9]{{2}}-{_NAME}", name):
             return f"the {label} '{segment}' must look like NN-Name (two digits, '-', a name)"
     return "unrecognised form"
 
