@@ -44,7 +44,7 @@ _SEGMENT_CHAR_OK = re.compile(r"[\w.-]+")
 _WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
 _LOOKALIKES = frozenset("./\\%:")
 _BIDI_AND_INVISIBLE = frozenset(
-    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
+    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff\u115f\u1160\u3164\uffa0"
 )
 
 Kind = Literal["content", "asset"]
