@@ -139,16 +139,7 @@ class ContentService:
         if target.user_id:
             self._metrics.overlay_latency.observe(time.perf_counter() - started)
         self._audit.enqueue(
-            self._entry(
-                caller,
-                "read_content",
-                target.book_id,
-                target.path,
-                target.user_id,
-                result.file_hash,
-                result.file_hash,
-                started,
-            )
+            self._file_entry(caller, "read_content", target, result.file_hash, result.file_hash, started)
         )
         return result
 
@@ -300,33 +291,14 @@ class ContentService:
                     own = current if decided.details.get("current_source") != "base" else None
                     await self._audit.append(
                         conn,
-                        self._entry(
-                            caller,
-                            "write_content",
-                            target.book_id,
-                            target.path,
-                            target.user_id,
-                            own,
-                            own,
-                            started,
-                            decided,
-                        ),
+                        self._file_entry(caller, "write_content", target, own, own, started, decided),
                     )
                     decided.details.pop("current_source", None)
                 else:
                     _mode, previous, _ = decided
                     await self._audit.append(
                         conn,
-                        self._entry(
-                            caller,
-                            "write_content",
-                            target.book_id,
-                            target.path,
-                            target.user_id,
-                            previous,
-                            new_hash,
-                            started,
-                        ),
+                        self._file_entry(caller, "write_content", target, previous, new_hash, started),
                     )
                 statements_done = True
         except _DB_ERRORS as exc:
@@ -458,30 +430,13 @@ class ContentService:
                     refusal = Conflict(
                         "expected_hash is not the file's current hash", current_hash=row.sha256
                     )
-                    entry = self._entry(
-                        caller,
-                        "delete_content",
-                        target.book_id,
-                        target.path,
-                        target.user_id,
-                        previous,
-                        previous,
-                        started,
-                        refusal,
+                    entry = self._file_entry(
+                        caller, "delete_content", target, previous, previous, started, refusal
                     )
                 else:
                     if previous is not None:
                         await journal.tombstone(conn, target.key, None, datetime.now(UTC))
-                    entry = self._entry(
-                        caller,
-                        "delete_content",
-                        target.book_id,
-                        target.path,
-                        target.user_id,
-                        previous,
-                        None,
-                        started,
-                    )
+                    entry = self._file_entry(caller, "delete_content", target, previous, None, started)
                 await self._audit.append(conn, entry)
         except _DB_ERRORS as exc:
             self._metrics.delete_total.labels("error").inc()
@@ -538,6 +493,28 @@ class ContentService:
             self._metrics.audit_entries_total.labels(_status(error)).inc()
         except _DB_ERRORS:
             logger.exception("could not audit a refused %s", operation)
+
+    def _file_entry(
+        self,
+        caller: Caller,
+        operation: str,
+        target: Target,
+        prev_hash: str | None,
+        new_hash: str | None,
+        started: float,
+        error: PanaversityFSError | None = None,
+    ) -> NewAuditEntry:
+        return self._entry(
+            caller,
+            operation,
+            target.book_id,
+            target.path,
+            target.user_id,
+            prev_hash,
+            new_hash,
+            started,
+            error,
+        )
 
     def _entry(
         self,
