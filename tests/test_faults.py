@@ -25,6 +25,7 @@ from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.service import ContentService
 from panaversity_fs.errors import PanaversityFSError
 from panaversity_fs.journal import repository as journal
+from panaversity_fs.journal.audit_repository import file_history
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.repository import FileKey
 from panaversity_fs.metrics import Metrics
@@ -220,5 +221,40 @@ async def test_reads_never_see_a_pending_write_torn(backends: Backends) -> None:
         await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=10))
         assert (await check(rig.db, rig.store)).ok
         assert FileKey(BOOK, path, "__base__") == row.key
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("combo", PAIRS)
+async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
+    backends: Backends, combo: str
+) -> None:
+    """The database commits, then the client sees an error (e.g. the connection dropped)."""
+    settings = await backends.settings(combo)
+    rig = Rig(settings)
+    armed = {"left": 0}
+
+    @event.listens_for(rig.db.engine.sync_engine, "commit")
+    def _commit_then_fail(conn: Any) -> None:
+        if armed["left"] == 1:
+            armed["left"] = 0
+            conn.connection.dbapi_connection.commit()
+            raise OperationalError("COMMIT", None, Injected("connection lost after commit"))
+
+    try:
+        for mode, expected_mode in (("create", "created"), ("update", "updated")):
+            path = _path(1 if mode == "create" else 2)
+            current = None if mode == "create" else await _existing(rig, path)
+            armed["left"] = 1
+            outcome = await rig.service.write(CALLER, BOOK, path, "after commit", expected_hash=current)
+            assert armed["left"] == 0, "the fault was not reached"
+            assert outcome.mode == expected_mode
+            row = await rig.row(path)
+            assert row is not None and row.sha256 == outcome.file_hash and not row.publish_pending
+            async with rig.db.read() as conn:
+                history = await file_history(conn, BOOK, path, "__base__")
+            assert [e["status"] for e in history].count("success") == (1 if mode == "create" else 2)
+        assert (await check(rig.db, rig.store)).ok
+        assert (await verify_database(rig.db)).ok
     finally:
         await rig.close()

@@ -278,6 +278,7 @@ class ContentService:
         if datetime.now(UTC) - staged_at > self._stage_deadline:
             return Unavailable("the upload took too long to commit; retry")
         statements_done = False
+        decided: WriteDecision | PanaversityFSError | None = None
         try:
             async with self._db.write() as conn:
                 now = datetime.now(UTC)
@@ -304,7 +305,8 @@ class ContentService:
         except _DB_ERRORS as exc:
             if not statements_done:
                 return _unavailable("database", exc)
-            return await self._resolve_unknown_commit(target, staging_key, exc)
+            assert decided is not None
+            return await self._resolve_unknown_commit(target, staging_key, decided, exc)
         if not isinstance(decided, PanaversityFSError):
             self._metrics.audit_entries_total.labels("success").inc()
         else:
@@ -364,8 +366,17 @@ class ContentService:
         return rows[key.user_id].version
 
     async def _resolve_unknown_commit(
-        self, target: Target, staging_key: str, exc: BaseException
+        self,
+        target: Target,
+        staging_key: str,
+        decided: WriteDecision | PanaversityFSError,
+        exc: BaseException,
     ) -> WriteDecision | PanaversityFSError:
+        """Decide whether a transaction whose COMMIT failed took effect, without replaying it.
+
+        The staging key is unique to this attempt: if the journal row points at it, the commit
+        happened and `decided` is what it did.
+        """
         logger.warning("commit outcome unknown; checking the journal", exc_info=exc)
         try:
             async with self._db.read() as conn:
@@ -377,8 +388,8 @@ class ContentService:
                 outcome_unknown=True,
             )
         row = rows.get(target.key.user_id)
-        if row is not None and row.staging_key == staging_key:
-            return ("updated" if row.version > 1 else "created", None, row.version)
+        if row is not None and row.staging_key == staging_key and not isinstance(decided, PanaversityFSError):
+            return decided
         return _unavailable("database", exc)
 
     async def _publish_now(self, key: FileKey, staging_key: str | None) -> None:
