@@ -1,0 +1,1 @@
+"""Benchmarks of PanaversityFS (run `uv run python -m bench.bench_core`)."""

@@ -1,0 +1,916 @@
+"""Core benchmark: tool-call latency and write throughput of real `panaversity-fs serve` processes.
+
+    uv run python -m bench.bench_core            # full run (N=300 per latency series, 10 s load)
+    uv run python -m bench.bench_core --quick    # short run (N=60, 3 s load)
+
+Starts, one after another, each as its own subprocess on a free loopback port:
+
+1. `bench/trivial_server.py`: a FastMCP server whose only tool is `echo` (the baseline);
+2. `panaversity-fs serve` on SQLite + a temporary fs storage folder;
+3. `panaversity-fs serve` on a scratch PostgreSQL database (`pfs_bench_<pid>`, created on
+   `PFS_BENCH_PG_URL`, default postgresql://postgres@127.0.0.1:5432/postgres, dropped
+   afterwards) + a temporary fs storage folder.
+
+Every latency series uses one connected fastmcp `Client` over streamable HTTP and sequential
+calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call. Throughput
+uses 8 clients (8 MCP sessions), each updating its own lesson with chained hashes.
+Results: a table on stdout, markdown rows for docs/benchmarks.md, and
+bench/results/core-<timestamp>.json. `--profile pyspy` also records a py-spy profile of the
+server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python -m
+bench.bench_core --profile pyspy`); `--profile cprofile` runs the PanaversityFS servers under
+cProfile with the main thread's CPU clock, one .prof file per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import mcp_types
+from fastmcp import Client
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PG_ADMIN_URL = os.environ.get("PFS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+BOOK = "bench-book"
+READ_LESSON = "content/01-Bench/01-Reads/01-lesson.md"
+WRITE_LESSON = "content/01-Bench/02-Writes/01-lesson.md"
+LOAD_LESSON = "content/02-Load/01-Writers/{:02d}-writer.md"
+OVERLAY_USER = "reader-1"
+LESSON_BYTES = 5 * 1024
+WARMUP = 30
+LOAD_CLIENTS = 8
+
+TARGETS = {
+    "read_over_trivial": ("<=", 1.3),
+    "write_over_trivial": ("<=", 2.0),
+    "overlay_minus_base_ms": ("<=", 1.0),
+    "writes_per_s_8_clients": (">=", 150.0),
+}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """An unused loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lesson_text(tag: str) -> str:
+    """About 5 KB of lesson markdown whose first line is `tag` (so each version differs)."""
+    head = f"# Lesson {tag}\n\n"
+    paragraph = (
+        "Variables name values. In Python a name is bound with `=`, and the same name can be "
+        "bound again later to a value of another type. Read each example, run it, then change it.\n\n"
+    )
+    body = head
+    while len(body.encode()) + len(paragraph) <= LESSON_BYTES:
+        body += paragraph
+    return body + "x" * (LESSON_BYTES - len(body.encode()))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `samples`, by linear interpolation."""
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary_ms(samples: list[float]) -> dict[str, float]:
+    """p50/p95/mean/min/max of `samples` (seconds) in milliseconds."""
+    return {
+        "n": len(samples),
+        "p50_ms": round(percentile(samples, 0.50) * 1000, 3),
+        "p95_ms": round(percentile(samples, 0.95) * 1000, 3),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
+        "min_ms": round(min(samples) * 1000, 3),
+        "max_ms": round(max(samples) * 1000, 3),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process `pid` (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have spent busy (from /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def background_cpu_pct(window: float = 2.0) -> float:
+    """CPU the machine spends busy over `window` seconds, in % of one core (this process idle)."""
+    before = machine_busy_seconds()
+    time.sleep(window)
+    return 100 * (machine_busy_seconds() - before) / window
+
+
+def wait_quiet(max_wait: float, threshold: float = 15.0) -> list[float]:
+    """Wait up to `max_wait` s for a 2 s window with < `threshold` % background CPU; return the samples."""
+    samples = [background_cpu_pct()]
+    deadline = time.monotonic() + max_wait
+    while samples[-1] >= threshold and time.monotonic() < deadline:
+        if len(samples) % 15 == 1:
+            print(f"  waiting for a quiet machine: other processes use {samples[-1]:.0f}% of one core")
+        samples.append(background_cpu_pct())
+    return [round(x, 1) for x in samples]
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, CPU model, RAM, Python and library versions, git commit."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    commit = "unknown"
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    from importlib.metadata import version
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "fastmcp": version("fastmcp"),
+        "sqlalchemy": version("sqlalchemy"),
+        "git": commit,
+    }
+
+
+# -- server processes ----------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A server subprocess in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, port: int):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the process and wait until GET /health answers 200."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    print(f"  {self.name}: healthy after {time.monotonic() - started:.1f} s (pid {self.pid})")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not become healthy:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group; SIGKILL it if it has not exited after `timeout`."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the process's output."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+CPROFILE_LAUNCHER = """
+import cProfile, os, runpy, signal, sys, time
+out_dir, argv = sys.argv[1], sys.argv[2:]
+state = {"prof": cProfile.Profile(time.thread_time)}
+
+def dump(_signum, _frame):
+    # The bench names the dump in out_dir/next-name, then sends SIGUSR1.
+    prof = state["prof"]
+    prof.disable()
+    with open(os.path.join(out_dir, "next-name")) as f:
+        name = f.read().strip()
+    if not name.startswith("discard"):
+        prof.dump_stats(os.path.join(out_dir, name))
+    state["prof"] = cProfile.Profile(time.thread_time)
+    state["prof"].enable()
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv = ["panaversity-fs", *argv]
+state["prof"].enable()
+try:
+    runpy.run_module("panaversity_fs", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    state["prof"].disable()
+"""
+"""Runs `panaversity-fs` under cProfile with the main thread's CPU clock; SIGUSR1 dumps and resets."""
+
+
+class Profiler:
+    """Optional per-phase profiles of the servers: py-spy (wall clock) or cProfile (CPU clock)."""
+
+    def __init__(self, mode: str | None, out_dir: Path | None) -> None:
+        self.mode = mode
+        self.out_dir = out_dir
+        self.py_spy = shutil.which("py-spy") if mode == "pyspy" else None
+        if mode == "pyspy" and self.py_spy is None:
+            raise SystemExit(
+                "--profile pyspy needs py-spy on PATH: uv run --with py-spy python -m bench.bench_core"
+            )
+        self.files: list[str] = []
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The command that runs `panaversity-fs` with `argv` (under cProfile in cprofile mode)."""
+        if self.mode != "cprofile" or self.out_dir is None:
+            return [sys.executable, "-m", "panaversity_fs", *argv]
+        return [sys.executable, "-c", CPROFILE_LAUNCHER, str(self.out_dir), *argv]
+
+    def _cprofile_dump(self, server: ServerProcess, name: str) -> None:
+        assert self.out_dir is not None
+        (self.out_dir / "next-name").write_text(name)
+        os.kill(server.pid, signal.SIGUSR1)
+        time.sleep(0.3)
+
+    @contextlib.contextmanager
+    def phase(self, server: ServerProcess, phase: str) -> Any:
+        """Profile `server` while the body runs (no-op without --profile)."""
+        if (
+            self.out_dir is None
+            or self.mode is None
+            or (self.mode == "cprofile" and server.name == "trivial")
+        ):
+            yield
+            return
+        if self.mode == "cprofile":
+            self._cprofile_dump(server, f"discard-{phase}")
+            try:
+                yield
+            finally:
+                name = f"{server.name}-{phase}.prof"
+                self._cprofile_dump(server, name)
+                self.files.append(str(self.out_dir / name))
+            return
+        assert self.py_spy is not None
+        out = self.out_dir / f"{server.name}-{phase}.txt"
+        spy = subprocess.Popen(
+            [
+                self.py_spy,
+                "record",
+                "--pid",
+                str(server.pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(0.5)  # let py-spy attach before the phase starts
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+            self.files.append(str(out))
+
+
+# -- client-side measurements --------------------------------------------------------------
+
+
+def make_client(url: str) -> Client[Any]:
+    """One MCP client over streamable HTTP, introducing itself as `bench-agent`."""
+    return Client(
+        f"{url}/mcp",
+        client_info=mcp_types.Implementation(name="bench-agent", version="1"),
+        timeout=60,
+    )
+
+
+async def call(client: Client[Any], tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Call `tool`; return its structured result or raise RuntimeError with the error text."""
+    result = await client.call_tool(tool, arguments, raise_on_error=False)
+    if result.is_error:
+        text = getattr(result.content[0], "text", repr(result.content)) if result.content else "?"
+        raise RuntimeError(f"{tool} failed: {text}")
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+async def timed_series(
+    warmup: int, n: int, prepare: Callable[[int], Callable[[], Awaitable[Any]]]
+) -> list[float]:
+    """Run `warmup` + `n` sequential calls; return the n timed durations (seconds).
+
+    `prepare(i)` builds the i-th call (arguments and all) outside the timed region.
+    """
+    samples: list[float] = []
+    for i in range(warmup + n):
+        op = prepare(i)
+        started = time.perf_counter()
+        await op()
+        elapsed = time.perf_counter() - started
+        if i >= warmup:
+            samples.append(elapsed)
+    return samples
+
+
+@dataclass
+class Phase:
+    """One measured phase: latency samples plus the CPU both sides spent."""
+
+    samples: list[float]
+    wall_s: float
+    server_cpu_s: float
+    client_cpu_s: float
+    machine_cpu_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The phase's summary (no raw samples)."""
+        out: dict[str, Any] = dict(summary_ms(self.samples)) if self.samples else {"n": 0}
+        out["wall_s"] = round(self.wall_s, 3)
+        out["server_cpu_pct"] = round(100 * self.server_cpu_s / self.wall_s, 1)
+        out["client_cpu_pct"] = round(100 * self.client_cpu_s / self.wall_s, 1)
+        other = max(0.0, self.machine_cpu_s - self.server_cpu_s - self.client_cpu_s)
+        out["other_processes_cpu_pct"] = round(100 * other / self.wall_s, 1)
+        if self.samples:
+            out["server_cpu_ms_per_call"] = round(1000 * self.server_cpu_s / len(self.samples), 3)
+            out["client_cpu_ms_per_call"] = round(1000 * self.client_cpu_s / len(self.samples), 3)
+        out.update(self.extra)
+        return out
+
+
+async def measure(
+    server: ServerProcess, body: Callable[[], Awaitable[tuple[list[float], dict[str, Any]]]]
+) -> Phase:
+    """Run `body`, recording wall time and the server's and this process's CPU time."""
+    server_cpu = cpu_seconds(server.pid)
+    client_cpu = time.process_time()
+    machine_cpu = machine_busy_seconds()
+    started = time.perf_counter()
+    samples, extra = await body()
+    wall = time.perf_counter() - started
+    machine_cpu = machine_busy_seconds() - machine_cpu
+    return Phase(
+        samples=samples,
+        wall_s=wall,
+        server_cpu_s=cpu_seconds(server.pid) - server_cpu,
+        client_cpu_s=time.process_time() - client_cpu,
+        machine_cpu_s=machine_cpu,
+        extra=extra,
+    )
+
+
+async def bench_trivial(server: ServerProcess, n: int, profiler: Profiler) -> dict[str, Any]:
+    """Latency of the trivial `echo` tool."""
+    async with make_client(server.url) as client:
+
+        def prepare(i: int) -> Callable[[], Awaitable[Any]]:
+            args = {"text": f"ping {i}"}
+            return lambda: call(client, "echo", args)
+
+        async def body() -> tuple[list[float], dict[str, Any]]:
+            return await timed_series(WARMUP, n, prepare), {}
+
+        with profiler.phase(server, "echo"):
+            phase = await measure(server, body)
+    return {"echo": phase.as_dict()}
+
+
+async def bench_pfs(server: ServerProcess, n: int, load_seconds: float, profiler: Profiler) -> dict[str, Any]:
+    """Read, overlay-read and write latency, then 8-client write throughput."""
+    results: dict[str, Any] = {}
+    async with make_client(server.url) as client:
+        base = await call(
+            client, "write_content", {"book_id": BOOK, "path": READ_LESSON, "content": lesson_text("base")}
+        )
+        overlay = await call(
+            client,
+            "write_content",
+            {
+                "book_id": BOOK,
+                "path": READ_LESSON,
+                "content": lesson_text("overlay of reader-1"),
+                "expected_hash": base["file_hash"],
+                "user_id": OVERLAY_USER,
+            },
+        )
+        assert overlay["source"] == "overlay", overlay
+
+        def read_base(_i: int) -> Callable[[], Awaitable[Any]]:
+            args = {"book_id": BOOK, "path": READ_LESSON}
+            return lambda: call(client, "read_content", args)
+
+        def read_overlay(_i: int) -> Callable[[], Awaitable[Any]]:
+            args = {"book_id": BOOK, "path": READ_LESSON, "user_id": OVERLAY_USER}
+            return lambda: call(client, "read_content", args)
+
+        # Check once that the overlay read really returns the overlay.
+        seen = await call(
+            client, "read_content", {"book_id": BOOK, "path": READ_LESSON, "user_id": OVERLAY_USER}
+        )
+        assert seen["source"] == "overlay" and seen["file_hash"] == overlay["file_hash"], seen
+
+        for name, prepare in (("read_base", read_base), ("read_overlay", read_overlay)):
+
+            async def body(prepare: Any = prepare) -> tuple[list[float], dict[str, Any]]:
+                return await timed_series(WARMUP, n, prepare), {}
+
+            with profiler.phase(server, name):
+                results[name] = (await measure(server, body)).as_dict()
+
+        created = await call(
+            client, "write_content", {"book_id": BOOK, "path": WRITE_LESSON, "content": lesson_text("v0")}
+        )
+        chain = {"hash": created["file_hash"]}
+
+        def write(i: int) -> Callable[[], Awaitable[Any]]:
+            args = {
+                "book_id": BOOK,
+                "path": WRITE_LESSON,
+                "content": lesson_text(f"v{i + 1}"),
+                "expected_hash": chain["hash"],
+            }
+
+            async def op() -> None:
+                outcome = await call(client, "write_content", args)
+                chain["hash"] = outcome["file_hash"]
+
+            return op
+
+        async def write_body() -> tuple[list[float], dict[str, Any]]:
+            return await timed_series(WARMUP, n, write), {}
+
+        with profiler.phase(server, "write"):
+            results["write"] = (await measure(server, write_body)).as_dict()
+
+    with profiler.phase(server, "throughput"):
+        results["throughput"] = await write_throughput(server, load_seconds)
+    return results
+
+
+async def write_throughput(server: ServerProcess, seconds: float) -> dict[str, Any]:
+    """8 connected clients, each updating its own lesson in a loop for `seconds`."""
+    clients = [make_client(server.url) for _ in range(LOAD_CLIENTS)]
+    async with contextlib.AsyncExitStack() as stack:
+        for c in clients:
+            await stack.enter_async_context(c)
+        hashes: list[str] = []
+        for k, c in enumerate(clients):
+            path = LOAD_LESSON.format(k + 1)
+            created = await call(
+                c, "write_content", {"book_id": BOOK, "path": path, "content": lesson_text("w0")}
+            )
+            hashes.append(created["file_hash"])
+        # A short warm-up round so every session and pooled connection is hot.
+        for k, c in enumerate(clients):
+            path = LOAD_LESSON.format(k + 1)
+            done = await call(
+                c,
+                "write_content",
+                {"book_id": BOOK, "path": path, "content": lesson_text("w1"), "expected_hash": hashes[k]},
+            )
+            hashes[k] = done["file_hash"]
+
+        latencies: list[float] = []
+        errors: list[str] = []
+        counts = [0] * LOAD_CLIENTS
+
+        async def writer(k: int, deadline: float) -> None:
+            c = clients[k]
+            path = LOAD_LESSON.format(k + 1)
+            i = 2
+            while time.perf_counter() < deadline:
+                args = {
+                    "book_id": BOOK,
+                    "path": path,
+                    "content": lesson_text(f"w{i}-{k}"),
+                    "expected_hash": hashes[k],
+                }
+                i += 1
+                started = time.perf_counter()
+                try:
+                    outcome = await call(c, "write_content", args)
+                except Exception as exc:
+                    errors.append(str(exc)[:300])
+                    current = await call(c, "read_content", {"book_id": BOOK, "path": path})
+                    hashes[k] = current["file_hash"]
+                    continue
+                latencies.append(time.perf_counter() - started)
+                hashes[k] = outcome["file_hash"]
+                counts[k] += 1
+
+        async def body() -> tuple[list[float], dict[str, Any]]:
+            started = time.perf_counter()
+            deadline = started + seconds
+            await asyncio.gather(*(writer(k, deadline) for k in range(LOAD_CLIENTS)))
+            wall = time.perf_counter() - started
+            return latencies, {
+                "clients": LOAD_CLIENTS,
+                "duration_s": round(wall, 3),
+                "writes": sum(counts),
+                "writes_per_s": round(sum(counts) / wall, 1),
+                "per_client": counts,
+                "errors": len(errors),
+                "error_samples": sorted(set(errors))[:5],
+            }
+
+        phase = await measure(server, body)
+    return phase.as_dict()
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def server_env(database_url: str, storage_root: Path, log_level: str) -> dict[str, str]:
+    """Environment for `panaversity-fs serve`: ours, minus any PANAVERSITY_/DATABASE_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PANAVERSITY_", "DATABASE_"))}
+    env["DATABASE_URL"] = database_url
+    env["PANAVERSITY_STORAGE_BACKEND"] = "fs"
+    env["PANAVERSITY_STORAGE_ROOT"] = str(storage_root)
+    env["PANAVERSITY_LOG_LEVEL"] = log_level
+    return env
+
+
+async def create_pg_database(name: str) -> str:
+    """Create the scratch database `name`; return its URL."""
+    admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+async def drop_pg_database(name: str) -> None:
+    """Drop the scratch database `name` (even with connections left)."""
+    admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def ratios(trivial_p50: float, backend: dict[str, Any]) -> dict[str, float]:
+    """The four headline numbers of one backend."""
+    return {
+        "read_over_trivial": round(backend["read_base"]["p50_ms"] / trivial_p50, 3),
+        "write_over_trivial": round(backend["write"]["p50_ms"] / trivial_p50, 3),
+        "overlay_minus_base_ms": round(backend["read_overlay"]["p50_ms"] - backend["read_base"]["p50_ms"], 3),
+        "writes_per_s_8_clients": backend["throughput"]["writes_per_s"],
+    }
+
+
+def meets(metric: str, value: float) -> bool:
+    """Whether `value` meets the target of `metric`."""
+    op, target = TARGETS[metric]
+    return value <= target if op == "<=" else value >= target
+
+
+def report(results: dict[str, Any]) -> str:
+    """The human table plus markdown rows for docs/benchmarks.md."""
+    lines: list[str] = []
+    echo = results["trivial"]["echo"]
+    names = {"sqlite": "SQLite + fs", "postgres": "PostgreSQL + fs"}
+    lines.append("")
+    lines.append(
+        f"{'series':<34}{'p50 ms':>9}{'p95 ms':>9}{'srv CPU ms/call':>17}{'cli CPU ms/call':>17}"
+        f"{'other CPU %':>13}"
+    )
+    lines.append(
+        f"{'trivial echo':<34}{echo['p50_ms']:>9.2f}{echo['p95_ms']:>9.2f}"
+        f"{echo['server_cpu_ms_per_call']:>17.2f}{echo['client_cpu_ms_per_call']:>17.2f}"
+        f"{echo['other_processes_cpu_pct']:>13.1f}"
+    )
+    for key, label in names.items():
+        backend = results.get(key)
+        if backend is None:
+            continue
+        for series, title in (("read_base", "read"), ("read_overlay", "overlay read"), ("write", "write")):
+            s = backend[series]
+            lines.append(
+                f"{label + ' ' + title:<34}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
+                f"{s['server_cpu_ms_per_call']:>17.2f}{s['client_cpu_ms_per_call']:>17.2f}"
+                f"{s['other_processes_cpu_pct']:>13.1f}"
+            )
+        t = backend["throughput"]
+        lines.append(
+            f"{label + ' 8-client writes':<34}{t['p50_ms']:>9.2f}{t['p95_ms']:>9.2f}"
+            f"{t['server_cpu_ms_per_call']:>17.2f}{t['client_cpu_ms_per_call']:>17.2f}"
+            f"{t['other_processes_cpu_pct']:>13.1f}"
+            f"   {t['writes_per_s']} writes/s, {t['errors']} errors, server CPU {t['server_cpu_pct']}%,"
+            f" client CPU {t['client_cpu_pct']}%"
+        )
+    lines.append("")
+    lines.append("Markdown rows (docs/benchmarks.md):")
+    lines.append("")
+    lines.append(
+        "| series | p50 ms | p95 ms | server CPU ms/call | client CPU ms/call | other processes CPU % (incl. PostgreSQL) |"
+    )
+    lines.append("|---|---|---|---|---|---|")
+    lines.append(
+        f"| trivial FastMCP `echo` | {echo['p50_ms']:.2f} | {echo['p95_ms']:.2f} | "
+        f"{echo['server_cpu_ms_per_call']:.2f} | {echo['client_cpu_ms_per_call']:.2f} | "
+        f"{echo['other_processes_cpu_pct']:.0f} |"
+    )
+    for key, label in names.items():
+        backend = results.get(key)
+        if backend is None:
+            continue
+        for series, title in (
+            ("read_base", "read_content (base, 5 KB)"),
+            ("read_overlay", "read_content (overlay, 5 KB)"),
+            ("write", "write_content (update, 5 KB)"),
+            ("throughput", "write_content, 8 clients"),
+        ):
+            s = backend[series]
+            suffix = ""
+            if series == "throughput":
+                suffix = f" ({s['writes_per_s']} writes/s, {s['errors']} errors)"
+            lines.append(
+                f"| {label}: {title}{suffix} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+                f"{s['server_cpu_ms_per_call']:.2f} | {s['client_cpu_ms_per_call']:.2f} | "
+                f"{s['other_processes_cpu_pct']:.0f} |"
+            )
+    lines.append("")
+    present = [k for k in names if k in results]
+    lines.append("| metric | target | " + " | ".join(names[k] for k in present) + " |")
+    lines.append("|---|---|" + "---|" * len(present))
+    labels = {
+        "read_over_trivial": "read p50 / trivial p50",
+        "write_over_trivial": "write p50 / trivial p50",
+        "overlay_minus_base_ms": "overlay p50 − base read p50 (ms)",
+        "writes_per_s_8_clients": "writes/s, 8 clients",
+    }
+    for metric, label in labels.items():
+        op, target = TARGETS[metric]
+        cells = []
+        for k in present:
+            value = results["ratios"][k][metric]
+            verdict = "met" if meets(metric, value) else "**missed**"
+            if metric == "writes_per_s_8_clients" and k != "postgres":
+                verdict = "(target is for PostgreSQL)"
+            cells.append(f"{value:g} {verdict}")
+        lines.append(
+            f"| {label} | {op.replace('<=', '≤').replace('>=', '≥')} {target:g} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+async def run(
+    args: argparse.Namespace, tmp: Path, pg_url: str | None, servers: list[ServerProcess]
+) -> dict[str, Any]:
+    """Start each server in turn and measure it (SIGTERM cancels the run cleanly)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _run(args, tmp, pg_url, servers)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+async def _run(
+    args: argparse.Namespace, tmp: Path, pg_url: str | None, servers: list[ServerProcess]
+) -> dict[str, Any]:
+    n = 60 if args.quick else 300
+    load_seconds = 3.0 if args.quick else 10.0
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    profile_dir = RESULTS / f"profile-{stamp}" if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    profiler = Profiler(args.profile, profile_dir)
+    results: dict[str, Any] = {
+        "benchmark": "core",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["uv run python -m bench.bench_core", *sys.argv[1:]]),
+        "machine": machine_info(),
+        "config": {
+            "n": n,
+            "warmup": WARMUP,
+            "load_clients": LOAD_CLIENTS,
+            "load_seconds": load_seconds,
+            "lesson_bytes": LESSON_BYTES,
+            "server_log_level": args.log_level,
+            "background_cpu_pct_before": args.background_cpu_pct,
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "transport": "streamable HTTP, stateful, fastmcp Client mode=auto",
+        },
+        "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
+    }
+
+    def launch(name: str, argv: list[str], env: dict[str, str]) -> ServerProcess:
+        port = free_port()
+        server = ServerProcess(name, [*argv, "--port", str(port)], env, tmp / f"{name}.log", port)
+        servers.append(server)
+        server.start()
+        return server
+
+    print("trivial FastMCP server")
+    trivial = launch("trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ))
+    try:
+        results["trivial"] = await bench_trivial(trivial, n, profiler)
+    finally:
+        trivial.stop()
+
+    backends: list[tuple[str, str]] = []
+    if "sqlite" in args.backends:
+        backends.append(("sqlite", f"sqlite+aiosqlite:///{tmp / 'sqlite' / 'pfs.db'}"))
+    if "postgres" in args.backends and pg_url is not None:
+        backends.append(("postgres", pg_url))
+    for name, url in backends:
+        print(f"panaversity-fs on {name}")
+        root = tmp / name / "storage"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        server = launch(name, profiler.wrap(["serve"]), server_env(url, root, args.log_level))
+        try:
+            results[name] = await bench_pfs(server, n, load_seconds, profiler)
+        finally:
+            server.stop()
+        if server.process is not None and server.process.returncode not in (0, -signal.SIGTERM):
+            print(f"  warning: {name} server exited with {server.process.returncode}:\n{server.log_tail()}")
+
+    trivial_p50 = results["trivial"]["echo"]["p50_ms"]
+    results["ratios"] = {name: ratios(trivial_p50, results[name]) for name, _ in backends}
+    results["verdicts"] = {
+        name: {metric: meets(metric, value) for metric, value in r.items()}
+        for name, r in results["ratios"].items()
+    }
+    if profiler.files:
+        results["profiles"] = profiler.files
+    if profile_dir is not None:
+        (profile_dir / "next-name").unlink(missing_ok=True)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["_stamp"] = stamp
+    return results
+
+
+def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(143)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_core", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N=60 and a 3 s load phase")
+    parser.add_argument(
+        "--backends",
+        default="sqlite,postgres",
+        help="comma-separated subset of sqlite,postgres (default: both)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="server log level (default INFO, the server default)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=["pyspy", "cprofile"],
+        help="profile the servers per phase: py-spy (wall clock, needs py-spy on PATH) or "
+        "cProfile (CPU clock of the main thread)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave the CPU idle (< 15%% of a core)",
+    )
+    args = parser.parse_args(argv)
+    args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    tmp = Path(tempfile.mkdtemp(prefix="pfs-bench-"))
+    servers: list[ServerProcess] = []
+    pg_name = f"pfs_bench_{os.getpid()}"
+    pg_url: str | None = None
+    interrupted = False
+    try:
+        quiet = wait_quiet(args.wait_quiet)
+        print(f"background CPU before the run: {quiet[-1]}% of one core ({len(quiet)} samples)")
+        args.background_cpu_pct = quiet
+        if "postgres" in args.backends:
+            pg_url = asyncio.run(create_pg_database(pg_name))
+        results = asyncio.run(run(args, tmp, pg_url, servers))
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        print("interrupted: stopping the servers and cleaning up", file=sys.stderr)
+        interrupted = True
+    except BaseException:
+        for server in servers:
+            if server.process is not None and server.process.poll() not in (None, 0, -signal.SIGTERM):
+                print(f"--- {server.name} log tail ---\n{server.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        for server in servers:
+            server.stop()
+        if pg_url is not None:
+            try:
+                asyncio.run(drop_pg_database(pg_name))
+            except Exception as exc:
+                print(f"warning: could not drop database {pg_name}: {exc}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if interrupted:
+        return 143
+
+    stamp = results.pop("_stamp")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"core-{stamp}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results))
+    print(f"\nresults: {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

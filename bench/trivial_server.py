@@ -1,0 +1,56 @@
+"""The baseline: a FastMCP server with one trivial tool, served like PanaversityFS.
+
+Same stack as `panaversity-fs serve`: `http_app(path="/mcp")` (streamable HTTP, stateful,
+host/origin protection on) under uvicorn with the same options, and a `/health` route. Only
+the tool differs: `echo(text)` returns a dict and touches nothing.
+
+    python -m bench.trivial_server --port 8765
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+from fastmcp import FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+def build() -> FastMCP:
+    """The trivial server."""
+    mcp = FastMCP("trivial-echo", mask_error_details=True, on_duplicate="error")
+
+    @mcp.tool
+    async def echo(text: str) -> dict:  # pyright: ignore[reportUnusedFunction]
+        """Return `text` unchanged."""
+        return {"text": text}
+
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health(_request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
+        return JSONResponse({"status": "ok"})
+
+    return mcp
+
+
+def main() -> None:
+    """Serve the trivial server on 127.0.0.1:PORT until SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    app = build().http_app(path="/mcp", host_origin_protection=True)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_config=None,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
