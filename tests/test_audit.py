@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from typing import Any, cast
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, compute_entry_hash
-from panaversity_fs.audit.verify import verify_database
+from panaversity_fs.audit.verify import verify_connection, verify_database
 from panaversity_fs.config import Settings
 from panaversity_fs.journal import audit_repository as audit_sql
 from panaversity_fs.journal.audit_repository import NewAuditEntry, append_entries, chain_head, stream_entries
@@ -216,19 +216,8 @@ async def test_a2_genesis_race_has_exactly_one_genesis_entry(db: Database) -> No
 # -- A-3: tamper detection ---------------------------------------------------------------------
 
 
-class _OnConnection:
-    """Lets `verify_database` run on a connection holding uncommitted tampering."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        yield self._conn
-
-
 async def verify_on(conn: AsyncConnection) -> ChainReport:
-    return await verify_database(cast(Database, _OnConnection(conn)))
+    return await verify_connection(conn)
 
 
 @asynccontextmanager
@@ -369,13 +358,14 @@ async def test_a3_inserted_forged_rows_are_detected(db: Database, chain: list[di
         forged["entry_hash"] = compute_entry_hash(forged)
         await conn.execute(insert(audit_log), [forged])
         report = await verify_on(conn)
-    assert (report.ok, report.first_bad_seq, report.reason) == (False, n + 1, "chain head mismatch")
+    assert (report.ok, report.first_bad_seq, report.reason) == (False, n + 1, "entry beyond the chain head")
 
     # The last row renumbered to n+1, leaving a gap at n.
     async with tampering(db) as conn:
         await conn.execute(update(audit_log).where(audit_log.c.seq == n).values(seq=n + 1))
         report = await verify_on(conn)
-    assert (report.ok, report.first_bad_seq, report.reason) == (False, n, "sequence gap")
+    # Verification stops at the head (n), so the renumbered row shows up as n missing.
+    assert (report.ok, report.first_bad_seq, report.reason) == (False, n, "entries missing at tail")
     assert (await verify_database(db)).ok
 
 
@@ -666,3 +656,29 @@ async def test_r6_r7_every_mutation_is_audited_with_its_agent_and_hashes_chain_p
     async with db.read() as conn:
         total = (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one()
     assert total == len(history)
+
+
+async def test_verification_during_live_appends_reports_no_false_tampering(db: Database) -> None:
+    """Appends committed while `verify` streams the chain are checked, not flagged as forged."""
+    await build_chain(db, 100)
+    stop = asyncio.Event()
+
+    async def appender() -> int:
+        appended = 0
+        while not stop.is_set():
+            async with db.write() as conn:
+                await append_entries(conn, [entry(1000 + appended, agent="live-writer")])
+            appended += 1
+            await asyncio.sleep(0)
+        return appended
+
+    writers = [asyncio.create_task(appender()) for _ in range(4)]
+    try:
+        reports = [await verify_database(db) for _ in range(15)]
+    finally:
+        stop.set()
+        appended = sum(await asyncio.gather(*writers))
+    assert appended > 0
+    assert all(report.ok for report in reports), [r.as_dict() for r in reports if not r.ok]
+    final = await verify_database(db)
+    assert final.ok and final.entries_checked == 100 + appended

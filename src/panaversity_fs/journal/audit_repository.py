@@ -78,15 +78,22 @@ async def chain_head(conn: AsyncConnection) -> tuple[int, str]:
     return int(row.seq), str(row.head_hash)
 
 
+async def has_entry_after(conn: AsyncConnection, seq: int) -> bool:
+    """Whether any entry has a seq greater than `seq`."""
+    result = await conn.execute(select(audit_log.c.seq).where(audit_log.c.seq > seq).limit(1))
+    return result.first() is not None
+
+
 async def stream_entries(
-    conn: AsyncConnection, after_seq: int = 0, batch: int = 2000
+    conn: AsyncConnection, after_seq: int = 0, batch: int = 2000, upto_seq: int | None = None
 ) -> AsyncIterator[Mapping[str, Any]]:
-    """Yield every entry with `seq > after_seq` in seq order, `batch` rows per query."""
+    """Yield entries with `after_seq < seq <= upto_seq` in seq order, `batch` rows per query."""
     last = after_seq
     while True:
-        result = await conn.execute(
-            select(audit_log).where(audit_log.c.seq > last).order_by(audit_log.c.seq).limit(batch)
-        )
+        condition = audit_log.c.seq > last
+        if upto_seq is not None:
+            condition = condition & (audit_log.c.seq <= upto_seq)
+        result = await conn.execute(select(audit_log).where(condition).order_by(audit_log.c.seq).limit(batch))
         rows = result.mappings().all()
         for row in rows:
             yield _normalized(row)
