@@ -127,3 +127,32 @@ async def test_repository_root_alembic_upgrade(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "root.db").exists()
+
+
+async def test_operator_cli_audit_verify_and_fsck_report_problems(backends: Backends) -> None:
+    """`audit verify` and `fsck` exit 0 on a healthy store and 1 once something is wrong."""
+    from panaversity_fs.server import create_server
+    from tests.support import BOOK, LESSON, call, client
+
+    settings = await backends.settings("sqlite-fs")
+    async with client(create_server(settings)) as c:
+        await call(c, "write_content", book_id=BOOK, path=LESSON, content="x")
+    env = settings_env(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "panaversity_fs", *args],
+            check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert (await asyncio.to_thread(cli, "audit", "verify")).returncode == 0
+    assert (await asyncio.to_thread(cli, "fsck")).returncode == 0
+    (Path(settings.storage_root) / "books" / BOOK / LESSON).unlink()
+    broken = await asyncio.to_thread(cli, "fsck")
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["missing"] == [f"books/{BOOK}/{LESSON}"]

@@ -130,6 +130,23 @@ async def _recover(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
+async def _fsck(args: argparse.Namespace) -> int:
+    from panaversity_fs.consistency.fsck import check
+    from panaversity_fs.journal.engine import Database
+    from panaversity_fs.storage.blobs import BlobStore
+
+    settings = _settings(args)
+    db = Database.from_settings(settings)
+    store = BlobStore.from_settings(settings)
+    try:
+        report = await check(db, store, args.book)
+    finally:
+        store.close()
+        await db.dispose()
+    print(json.dumps(report.as_dict()))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `panaversity-fs`."""
     parser = argparse.ArgumentParser(prog="panaversity-fs", description=__doc__)
@@ -154,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="verify the whole hash chain (exit 1 if broken)")
 
+    fsck = commands.add_parser("fsck", help="compare journal and storage (exit 1 on any problem)")
+    fsck.add_argument("--book", help="check one book only")
+
     recover = commands.add_parser("recover", help="finish pending publishes, remove orphans")
     recover.add_argument("--grace", type=float, default=300.0, help="orphan age in seconds")
     return parser
@@ -169,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_db(args))
         if args.command == "audit":
             return asyncio.run(_audit(args))
+        if args.command == "fsck":
+            return asyncio.run(_fsck(args))
         return asyncio.run(_recover(args))
     except (ConfigurationError, ValidationError) as exc:
         print(f"panaversity-fs: configuration error: {exc}", file=sys.stderr)
