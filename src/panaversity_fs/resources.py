@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from panaversity_fs.audit.recorder import AuditRecorder
@@ -42,7 +42,6 @@ class ServerState:
     """Holder the tools and routes read `Resources` from while the lifespan is open."""
 
     resources: Resources | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=lambda: list[asyncio.Task[None]]())
 
     def require(self) -> Resources:
         """Return the open resources.

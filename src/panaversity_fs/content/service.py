@@ -232,10 +232,9 @@ class ContentService:
             staging_key = await self._store.stage(data)
         except StorageError as exc:
             self._metrics.write_total.labels("error", "unknown").inc()
-            await self._audit_refusal(
-                caller, "write_content", book_id, path, user_id, started, _unavailable("storage", exc)
-            )
-            raise _unavailable("storage", exc) from None
+            failure = _unavailable("storage", exc)
+            await self._audit_refusal(caller, "write_content", book_id, path, user_id, started, failure)
+            raise failure from None
         staged_at = datetime.now(UTC)
         self._metrics.write_duration.labels("storage").observe(time.perf_counter() - started)
         commit_started = time.perf_counter()
@@ -326,16 +325,18 @@ class ContentService:
         key = target.key
         backend = self._store.backend
         if expected is None:
-            if await journal.create(conn, key, new_hash, size, staging_key, now, backend):
-                return ("created", None, await self._version(conn, key))
+            version = await journal.create(conn, key, new_hash, size, staging_key, now, backend)
+            if version is not None:
+                return ("created", None, version)
             row = await journal.lock(conn, key)
             current = row.sha256 if row is not None else None
             return HashRequired(
                 "the file exists: pass its current hash as expected_hash to replace it",
                 current_hash=current,
             )
-        if await journal.compare_and_swap(conn, key, expected, new_hash, size, staging_key, now):
-            return ("updated", expected, await self._version(conn, key))
+        version = await journal.compare_and_swap(conn, key, expected, new_hash, size, staging_key, now)
+        if version is not None:
+            return ("updated", expected, version)
         row = await journal.lock(conn, key)
         if row is not None and row.exists:
             return Conflict(
@@ -347,8 +348,9 @@ class ContentService:
             if base is not None and base.exists:
                 if base.sha256 == expected:
                     # Forking the overlay from the base version the agent read.
-                    if await journal.create(conn, key, new_hash, size, staging_key, now, backend):
-                        return ("created", None, await self._version(conn, key))
+                    version = await journal.create(conn, key, new_hash, size, staging_key, now, backend)
+                    if version is not None:
+                        return ("created", None, version)
                     row = await journal.lock(conn, key)
                     return Conflict(
                         "the overlay was created concurrently: re-read, merge, retry",
@@ -360,10 +362,6 @@ class ContentService:
                     current_source="base",
                 )
         return NotFound("the file does not exist: create it without expected_hash", path=target.path)
-
-    async def _version(self, conn: AsyncConnection, key: FileKey) -> int:
-        rows = await journal.fetch(conn, key.book_id, key.path, [key.user_id])
-        return rows[key.user_id].version
 
     async def _resolve_unknown_commit(
         self,
@@ -446,7 +444,7 @@ class ContentService:
                     )
                 else:
                     if previous is not None:
-                        await journal.tombstone(conn, target.key, None, datetime.now(UTC))
+                        await journal.tombstone(conn, target.key, datetime.now(UTC))
                     entry = self._file_entry(caller, "delete_content", target, previous, None, started)
                 await self._audit.append(conn, entry)
         except _DB_ERRORS as exc:

@@ -104,6 +104,19 @@ async def lock(conn: AsyncConnection, key: FileKey) -> JournalRow | None:
     return _row(row) if row is not None else None
 
 
+def _next_version(sha256: str | None, size: int, staging_key: str | None, now: datetime) -> dict[str, Any]:
+    """Column values of a committed change that still waits for its publish."""
+    return {
+        "sha256": sha256,
+        "size": size,
+        "version": J.version + 1,
+        "last_written_at": now,
+        "publish_pending": True,
+        "staging_key": staging_key,
+        "pending_since": now,
+    }
+
+
 async def compare_and_swap(
     conn: AsyncConnection,
     key: FileKey,
@@ -112,22 +125,18 @@ async def compare_and_swap(
     size: int,
     staging_key: str,
     now: datetime,
-) -> bool:
-    """Point a live row whose hash is `expected` at new staged bytes; False if it is not."""
+) -> int | None:
+    """Point a live row whose hash is `expected` at new staged bytes.
+
+    Returns the row's new version, or None if its hash is not `expected` (or it is absent).
+    """
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256 == expected)
-        .values(
-            sha256=new_hash,
-            size=size,
-            version=J.version + 1,
-            last_written_at=now,
-            publish_pending=True,
-            staging_key=staging_key,
-            pending_since=now,
-        )
+        .values(_next_version(new_hash, size, staging_key, now))
+        .returning(J.version)
     )
-    return result.rowcount == 1
+    return result.scalar_one_or_none()
 
 
 async def create(
@@ -138,8 +147,11 @@ async def create(
     staging_key: str,
     now: datetime,
     backend: str,
-) -> bool:
-    """Record a new file (a fresh row, or a revived tombstone); False if it is live already."""
+) -> int | None:
+    """Record a new file (a fresh row, or a revived tombstone).
+
+    Returns the row's version, or None if the file is live already.
+    """
     values: dict[str, Any] = {
         "book_id": key.book_id,
         "path": key.path,
@@ -154,43 +166,27 @@ async def create(
         "pending_since": now,
     }
     dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    result = await conn.execute(dialect_insert(file_journal).values(values).on_conflict_do_nothing())
-    if result.rowcount == 1:
-        return True
+    inserted = await conn.execute(
+        dialect_insert(file_journal).values(values).on_conflict_do_nothing().returning(J.version)
+    )
+    version = inserted.scalar_one_or_none()
+    if version is not None:
+        return version
     revived = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256.is_(None))
-        .values(
-            sha256=new_hash,
-            size=size,
-            version=J.version + 1,
-            last_written_at=now,
-            storage_backend=backend,
-            publish_pending=True,
-            staging_key=staging_key,
-            pending_since=now,
-        )
+        .values(_next_version(new_hash, size, staging_key, now) | {"storage_backend": backend})
+        .returning(J.version)
     )
-    return revived.rowcount == 1
+    return revived.scalar_one_or_none()
 
 
-async def tombstone(conn: AsyncConnection, key: FileKey, expected: str | None, now: datetime) -> bool:
-    """Mark a live file deleted (its object is removed at publish); False if not live/matching."""
-    condition = key.where() & J.sha256.is_not(None)
-    if expected is not None:
-        condition = condition & (J.sha256 == expected)
+async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime) -> bool:
+    """Mark a live file deleted (its object is removed at publish); False if it is not live."""
     result = await conn.execute(
         update(file_journal)
-        .where(condition)
-        .values(
-            sha256=None,
-            size=0,
-            version=J.version + 1,
-            last_written_at=now,
-            publish_pending=True,
-            staging_key=None,
-            pending_since=now,
-        )
+        .where(key.where(), J.sha256.is_not(None))
+        .values(_next_version(None, 0, None, now))
     )
     return result.rowcount == 1
 
