@@ -104,3 +104,16 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `panaversity-fs ARGS` (as `python -m panaversity_fs`) from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "panaversity_fs", *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ from mcp_types import Implementation
 from panaversity_fs.journal import audit_repository
 from panaversity_fs.journal.engine import Database
 from tests.conftest import Backends
-from tests.processes import REPO, ServerProcess, settings_env
+from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, LESSON, call, error_of
 
 INIT = {
@@ -123,16 +121,7 @@ async def test_dns_rebinding_and_body_limits(backends: Backends, tmp_path: Path)
 async def test_public_bind_without_allow_list_refuses_to_start(backends: Backends) -> None:
     settings = await backends.settings("sqlite-fs")
     env = settings_env(settings) | {"PANAVERSITY_SERVER_HOST": "0.0.0.0"}
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "panaversity_fs", "serve", "--port", "0"],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = await asyncio.to_thread(run_cli, env, "serve", "--port", "0")
     assert result.returncode == 2
     assert "PANAVERSITY_ALLOWED_HOSTS" in result.stderr
 
@@ -163,14 +152,7 @@ async def test_cli_exits_cleanly_every_time(backends: Backends) -> None:
     env = settings_env(settings)
 
     def run_once() -> int:
-        return subprocess.run(
-            [sys.executable, "-m", "panaversity_fs", "recover", "--grace", "0"],
-            check=False,
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            timeout=120,
-        ).returncode
+        return run_cli(env, "recover", "--grace", "0").returncode
 
     statuses: list[int] = []
     for _ in range(10):

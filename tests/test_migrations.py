@@ -25,7 +25,7 @@ from panaversity_fs.journal.migrate import (
 )
 from panaversity_fs.resources import open_resources
 from tests.conftest import Backends
-from tests.processes import REPO, settings_env
+from tests.processes import REPO, run_cli, settings_env
 
 
 async def _run(db: Database, fn_name: str, *args: str) -> None:
@@ -92,15 +92,7 @@ async def test_db_cli_upgrade_current_check(tmp_path: Path) -> None:
     env = settings_env(settings)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "panaversity_fs", *args],
-            check=False,
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(env, *args)
 
     before = await asyncio.to_thread(cli, "db", "check")
     upgraded = await asyncio.to_thread(cli, "db", "upgrade")
@@ -140,15 +132,7 @@ async def test_operator_cli_audit_verify_and_fsck_report_problems(backends: Back
     env = settings_env(settings)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "panaversity_fs", *args],
-            check=False,
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(env, *args)
 
     assert (await asyncio.to_thread(cli, "audit", "verify")).returncode == 0
     assert (await asyncio.to_thread(cli, "fsck")).returncode == 0

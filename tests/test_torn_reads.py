@@ -20,6 +20,7 @@ async def _race(backends: Backends, combo: str) -> None:
     settings = await backends.settings(combo, max_content_bytes=SIZE + 1)
     caller = Caller("torn-read-test")
     committed: set[str] = set()
+    observed: set[str] = set()
     reads = retried = 0
     async with open_resources(settings, background=False) as resources:
         content = resources.content
@@ -37,6 +38,7 @@ async def _race(backends: Backends, combo: str) -> None:
                     retried += 1
                     continue
                 reads += 1
+                observed.add(got.file_hash)
                 assert hashlib.sha256(got.content.encode()).hexdigest() == got.file_hash
                 assert len(got.content) == SIZE
 
@@ -52,6 +54,7 @@ async def _race(backends: Backends, combo: str) -> None:
             await asyncio.gather(*tasks)
         final = await content.read(caller, BOOK, LESSON)
     assert final.file_hash == current
+    assert observed <= committed, "a read returned a version that was never committed"
     assert reads >= REWRITES, f"readers only completed {reads} reads"
     assert retried <= reads, f"{retried} retries for {reads} reads"
     await assert_invariants(settings)
