@@ -1,5 +1,5 @@
 """`python -m panaversity_fs` runs the command-line entry point."""
 
-from panaversity_fs.cli import main
+from panaversity_fs.cli import run
 
-raise SystemExit(main())
+run()

@@ -1,84 +1,59 @@
-"""`panaversity-fs`: serve, migrate, verify the audit chain, recover leftovers."""
+"""`panaversity-fs`: serve, migrate, verify the audit chain, recover leftovers, import, hydrate,
+mint development tokens."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
-from panaversity_fs.config import Settings
+from panaversity_fs.config import Settings, settings_from_environment
 from panaversity_fs.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from panaversity_fs.audit.checkpoints import CheckpointStore
+    from panaversity_fs.journal.engine import Database
+
+_OVERRIDES = (
+    "server_host",
+    "server_port",
+    "database_url",
+    "storage_backend",
+    "storage_root",
+    "log_level",
+    "workers",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line."""
+    return {name: value for name in _OVERRIDES if (value := getattr(args, name, None)) is not None}
+
+
+def _override_env(args: argparse.Namespace) -> dict[str, str]:
+    """The command-line overrides as environment variables (for worker processes)."""
+    return {f"PANAVERSITY_{name.upper()}": str(value) for name, value in _overrides(args).items()}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    for name in (
-        "server_host",
-        "server_port",
-        "database_url",
-        "storage_backend",
-        "storage_root",
-        "log_level",
-    ):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    return Settings(**overrides)
+    return settings_from_environment(**_overrides(args))
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-    from collections.abc import Generator
-    from contextlib import contextmanager
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn, except that a SIGTERM/SIGINT shutdown ends with status 0.
-
-        uvicorn re-raises the signal after its graceful shutdown, so the process would die
-        "killed by SIGTERM"; for us a requested stop that completed cleanly is a success.
-        """
-
-        @contextmanager
-        def capture_signals(self) -> Generator[None, None, None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            signals = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    from panaversity_fs.logs import configure_logging
-    from panaversity_fs.server import create_app
+    from panaversity_fs.serving import serve
 
     settings = _settings(args)
-    configure_logging(settings.log_level)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.server_host,
-        port=settings.server_port,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        server_header=False,
-    )
-    server = Server(config)
-    server.run()
-    return 0 if server.started else 3
+    return serve(settings, _override_env(args))
 
 
 async def _db(args: argparse.Namespace) -> int:
@@ -89,7 +64,14 @@ async def _db(args: argparse.Namespace) -> int:
     db = Database.from_settings(settings)
     try:
         if args.db_command == "upgrade":
-            await upgrade(db, args.revision)
+            from alembic.util import CommandError
+
+            try:
+                await upgrade(db, args.revision)
+            except CommandError as exc:
+                # E.g. a database migrated by a newer release: its revision is unknown here.
+                print(f"panaversity-fs db upgrade: {exc}", file=sys.stderr)
+                return 2
             print(f"database at {await current_revision(db)}")
             return 0
         current = await current_revision(db)
@@ -108,16 +90,73 @@ async def _db(args: argparse.Namespace) -> int:
 
 
 async def _audit(args: argparse.Namespace) -> int:
-    from panaversity_fs.audit.verify import verify_database
-    from panaversity_fs.journal.engine import Database
+    from pathlib import Path
 
-    db = Database.from_settings(_settings(args))
+    from panaversity_fs.audit.checkpoints import (
+        Checkpoint,
+        CheckpointError,
+        CheckpointSigner,
+        CheckpointStore,
+    )
+    from panaversity_fs.audit.verify import verify_everything
+    from panaversity_fs.journal.engine import Database
+    from panaversity_fs.storage.blobs import BlobStore
+
+    settings = _settings(args)
+    supplied: list[Checkpoint] = []
+    against: list[str] = getattr(args, "against", None) or []
+    for name in against:
+        try:
+            supplied.append(Checkpoint.parse(await asyncio.to_thread(Path(name).read_bytes)))
+        except (OSError, CheckpointError) as exc:
+            print(f"panaversity-fs audit: cannot use checkpoint {name}: {exc}", file=sys.stderr)
+            return 2
+    signer = CheckpointSigner.from_settings(settings)
+    db = Database.from_settings(settings)
+    store = None if getattr(args, "no_checkpoints", False) else BlobStore.from_settings(settings)
     try:
-        report = await verify_database(db)
+        checkpoints = (
+            CheckpointStore(store, signer, settings.audit_checkpoints_kept) if store is not None else None
+        )
+        if args.audit_command == "retire-checkpoints":
+            assert checkpoints is not None
+            return await _retire_checkpoints(db, checkpoints, args.yes)
+        result = await verify_everything(db, signer, checkpoints, supplied)
+        if args.audit_command == "checkpoint":
+            if not result.ok or checkpoints is None:
+                print(json.dumps(result.as_dict()), file=sys.stderr)
+                print("panaversity-fs audit: the chain does not verify; no checkpoint made", file=sys.stderr)
+                return 1
+            if result.chain.head_seq == 0:
+                print("panaversity-fs audit: the chain is empty; nothing to checkpoint", file=sys.stderr)
+                return 1
+            assert result.chain.last_hash is not None
+            print((await checkpoints.write(result.chain.head_seq, result.chain.last_hash)).to_json())
+            return 0
     finally:
+        if store is not None:
+            store.close()
         await db.dispose()
-    print(json.dumps(report.as_dict()))
-    return 0 if report.ok else 1
+    print(json.dumps(result.as_dict()))
+    return 0 if result.ok else 1
+
+
+async def _retire_checkpoints(db: Database, checkpoints: CheckpointStore, yes: bool) -> int:
+    from panaversity_fs.audit.verify import verify_connection
+
+    async with db.read() as conn:
+        chain = await verify_connection(conn)
+        stale = await checkpoints.mismatched(conn)
+    if not chain.ok:
+        print(json.dumps(chain.as_dict()), file=sys.stderr)
+        print("panaversity-fs audit: the chain itself does not verify; nothing retired", file=sys.stderr)
+        return 1
+    if not yes:
+        print(json.dumps({"would_retire": stale}))
+        return 0
+    moved_to = await checkpoints.retire(stale) if stale else None
+    print(json.dumps({"retired": stale, "to": moved_to}))
+    return 0
 
 
 async def _recover(args: argparse.Namespace) -> int:
@@ -125,26 +164,139 @@ async def _recover(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     async with open_resources(settings, background=False) as resources:
-        report = await resources.publisher.recover(timedelta(seconds=args.grace))
+        grace = settings.recovery_grace if args.grace is None else args.grace
+        report = await resources.publisher.recover(timedelta(seconds=grace))
     print(json.dumps(dataclasses.asdict(report)))
     return 0 if report.failed == 0 else 1
 
 
 async def _fsck(args: argparse.Namespace) -> int:
-    from panaversity_fs.consistency.fsck import check
-    from panaversity_fs.journal.engine import Database
-    from panaversity_fs.storage.blobs import BlobStore
+    from panaversity_fs.consistency.fsck import check, repair
+    from panaversity_fs.resources import open_resources
 
     settings = _settings(args)
-    db = Database.from_settings(settings)
-    store = BlobStore.from_settings(settings)
+    grace = timedelta(seconds=settings.recovery_grace if args.grace is None else args.grace)
+    async with open_resources(settings, background=False, recover=False) as resources:
+        report = await check(resources.db, resources.store, args.book, grace)
+        if not args.repair:
+            print(json.dumps(report.as_dict()))
+            return 0 if report.ok else 1
+        repaired = await repair(resources.db, resources.store, resources.publisher, report, grace)
+        after = await check(resources.db, resources.store, args.book, grace)
+    print(json.dumps({"found": report.as_dict(), "repair": repaired.as_dict(), "after": after.as_dict()}))
+    return 0 if after.ok else 1
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from panaversity_fs.auth.identity import check_agent_id
+    from panaversity_fs.builds.importer import ROOTS, Importer, ImportReport, terminal_progress
+    from panaversity_fs.errors import PanaversityFSError
+    from panaversity_fs.paths import check_book_id
+    from panaversity_fs.resources import open_resources
+
+    folder = Path(args.folder)
     try:
-        report = await check(db, store, args.book)
-    finally:
-        store.close()
-        await db.dispose()
-    print(json.dumps(report.as_dict()))
+        book_id = check_book_id(args.book_id)
+        agent_id = check_agent_id(args.agent)
+    except PanaversityFSError as error:
+        print(f"panaversity-fs import: {error.message}", file=sys.stderr)
+        return 2
+    if not folder.is_dir() or not any((folder / root).is_dir() for root in ROOTS):
+        print(f"panaversity-fs import: {folder} has neither content/ nor static/", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+
+    async def run() -> ImportReport:
+        async with open_resources(settings, background=False) as resources:
+            importer = Importer(resources, book_id, agent_id, args.dry_run, terminal_progress("importing"))
+            return await importer.run(folder)
+
+    report = asyncio.run(run())
+    summary = report.as_dict()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        verb = "would import" if args.dry_run else "imported"
+        print(
+            f"{book_id}: {verb} {summary['created']} new, {summary['updated']} updated; "
+            f"{summary['unchanged']} unchanged; {summary['rejected']} rejected"
+        )
+        for item in summary["rejected_files"]:
+            print(f"  rejected {item['path']}: {item['reason']} -> {item['suggestion']}")
     return 0 if report.ok else 1
+
+
+def _hydrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import httpx
+    from fastmcp import Client
+    from mcp_types import Implementation
+
+    from panaversity_fs.builds.hydrator import HydrateError, HydrateReport, Hydrator
+    from panaversity_fs.builds.importer import terminal_progress
+    from panaversity_fs.errors import PanaversityFSError
+    from panaversity_fs.paths import check_book_id
+
+    try:
+        book_id = check_book_id(args.book_id)
+    except PanaversityFSError as error:
+        print(f"panaversity-fs hydrate: {error.message}", file=sys.stderr)
+        return 2
+    server = args.server.rstrip("/")
+    if not server.startswith(("http://", "https://")):
+        print("panaversity-fs hydrate: --server must be an http(s) URL", file=sys.stderr)
+        return 2
+    folder = Path(args.folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"panaversity-fs hydrate: cannot create {folder}: {exc.strerror}", file=sys.stderr)
+        return 2
+    client: Client[Any] = Client(
+        f"{server}/mcp",
+        client_info=Implementation(name="panaversity-fs-hydrate", version="1"),
+        auth=args.token,
+        timeout=120,
+    )
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+
+    async def run() -> HydrateReport:
+        async with client, httpx.AsyncClient(headers=headers, timeout=120) as http:
+            progress = terminal_progress("downloading")
+            return await Hydrator(client, http, book_id, folder, server, progress).run()
+
+    try:
+        report = asyncio.run(run())
+    except (HydrateError, httpx.HTTPError, OSError, RuntimeError) as exc:
+        print(f"panaversity-fs hydrate: {exc}", file=sys.stderr)
+        return 1
+    summary = report.as_dict()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(
+            f"{book_id}: {summary['downloaded']} downloaded, {summary['deleted']} deleted, "
+            f"{summary['unchanged']} unchanged, {summary['failed']} failed"
+        )
+        for item in summary["failures"]:
+            print(f"  failed {item['path']}: {item['reason']}")
+    return 0 if report.ok else 1
+
+
+def _token(args: argparse.Namespace) -> int:
+    from panaversity_fs.auth.tokens import mint_token
+    from panaversity_fs.errors import PanaversityFSError
+
+    books = [b.strip() for b in args.books.split(",") if b.strip()] if args.books is not None else None
+    try:
+        print(mint_token(_settings(args), args.sub, args.scope, args.user_id, books, args.ttl))
+    except PanaversityFSError as exc:
+        print(f"panaversity-fs token: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the MCP server over streamable HTTP")
     serve.add_argument("--host", dest="server_host")
     serve.add_argument("--port", dest="server_port", type=int)
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -169,14 +322,95 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="verify the whole hash chain (exit 1 if broken)")
+    verify = audit_commands.add_parser(
+        "verify", help="verify the hash chain and its checkpoints (exit 1 if anything is broken)"
+    )
+    verify.add_argument(
+        "--against",
+        action="append",
+        metavar="CHECKPOINT",
+        help="also compare with this checkpoint file (JSON, as `audit checkpoint` prints); repeatable",
+    )
+    verify.add_argument(
+        "--no-checkpoints", action="store_true", help="skip the checkpoints stored in storage"
+    )
+    audit_commands.add_parser(
+        "checkpoint", help="verify the chain, then sign, store and print a checkpoint of its head"
+    )
+    retire = audit_commands.add_parser(
+        "retire-checkpoints",
+        help="after restoring an older database: move the stored checkpoints the chain no longer "
+        "matches aside (.pfs/checkpoints-retired/); prints them, moves them only with --yes",
+    )
+    retire.add_argument("--yes", action="store_true", help="really move them")
 
     fsck = commands.add_parser("fsck", help="compare journal and storage (exit 1 on any problem)")
     fsck.add_argument("--book", help="check one book only")
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="finish pending publishes, remove stale staging, quarantine orphaned objects older "
+        "than the grace period (journal rows are never deleted); exit 1 if problems remain",
+    )
+    fsck.add_argument(
+        "--grace",
+        type=float,
+        help="seconds: anything younger belongs to a write in flight and is left alone "
+        "(default: PANAVERSITY_RECOVERY_GRACE)",
+    )
+
+    importer = commands.add_parser(
+        "import", help="import a book folder (content/, static/); exit 1 if files were rejected"
+    )
+    importer.add_argument("book_id")
+    importer.add_argument("folder")
+    importer.add_argument("--agent", default="panaversity-fs-import", help="agent id for the audit")
+    importer.add_argument("--dry-run", action="store_true", help="report what would change")
+    importer.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    hydrate = commands.add_parser("hydrate", help="update a local book folder from a running server")
+    hydrate.add_argument("book_id")
+    hydrate.add_argument("folder")
+    hydrate.add_argument("--server", required=True, help="server base URL, e.g. http://host:8000")
+    hydrate.add_argument("--token", default=os.environ.get("PANAVERSITY_TOKEN"), help="bearer token")
+    hydrate.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    token = commands.add_parser(
+        "token", help="print a development bearer token signed with PANAVERSITY_JWT_SECRET"
+    )
+    token.add_argument("--sub", required=True, help="agent id (the token's sub)")
+    token.add_argument("--scope", default="fs:read fs:write", help='e.g. "fs:read" or "fs:admin"')
+    token.add_argument("--user-id", dest="user_id", help="bind the token to this user's overlay")
+    token.add_argument("--books", help="comma-separated book ids the token may use")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
 
     recover = commands.add_parser("recover", help="finish pending publishes, remove orphans")
-    recover.add_argument("--grace", type=float, default=300.0, help="orphan age in seconds")
+    recover.add_argument(
+        "--grace", type=float, help="orphan age in seconds (default: PANAVERSITY_RECOVERY_GRACE)"
+    )
     return parser
+
+
+def run() -> NoReturn:
+    """The `panaversity-fs` executable: run `main`, flush output, end the process.
+
+    The process ends with `os._exit` rather than interpreter finalisation. OpenDAL's Tokio
+    threads may still be handing a finished async call back to Python at that moment, and on
+    CPython < 3.14 a foreign thread that takes the GIL during finalisation is killed with
+    `pthread_exit`, which aborts through the Rust frames (SIGABRT, about 1 run in 30 here).
+    Everything worth finishing (database pools, stores, logs) is closed by `main` itself.
+    """
+    try:
+        status = main()
+    except SystemExit as exc:  # argparse's --help and usage errors
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,6 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_audit(args))
         if args.command == "fsck":
             return asyncio.run(_fsck(args))
+        if args.command == "import":
+            return _import(args)
+        if args.command == "hydrate":
+            return _hydrate(args)
+        if args.command == "token":
+            return _token(args)
         return asyncio.run(_recover(args))
     except (ConfigurationError, ValidationError) as exc:
         print(f"panaversity-fs: configuration error: {exc}", file=sys.stderr)

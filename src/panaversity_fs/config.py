@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +44,31 @@ class Settings(BaseSettings):
 
     server_host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     server_port: int = Field(8000, ge=0, le=65535, description="Port the HTTP server listens on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port. Each has its own database pool, rate limits, "
+        "load-shedding slots and background checks, like a replica; more workers use more cores.",
+    )
+    stateless_http: bool = Field(
+        False,
+        description="Serve MCP without sessions, so any process can answer any request: needed "
+        "behind a load balancer without session affinity, and implied by workers > 1. Agents are "
+        "then identified by their bearer token, or by the client info current MCP clients send "
+        "with every request.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For / "
+        "X-Forwarded-Proto are trusted (`*`: any; set it behind a load balancer, so per-address "
+        "limits see clients rather than the proxy).",
+    )
+    public_without_auth: bool = Field(
+        False,
+        description="Allow binding a non-loopback address with authentication off (only on a "
+        "network where every client is trusted); otherwise such a server refuses to start.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Extra Host header values accepted (DNS-rebinding protection). Loopback "
@@ -56,6 +81,38 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="Largest HTTP request body accepted."
     )
 
+    rate_limit_reads_per_minute: int = Field(
+        1200, ge=0, description="Read tool calls one agent may make per minute, per process (0: unlimited)."
+    )
+    rate_limit_writes_per_minute: int = Field(
+        300,
+        ge=0,
+        description="Mutating tool calls one agent may make per minute, per process (0: unlimited).",
+    )
+    rate_limit_burst: float = Field(
+        2.0, ge=0.1, description="Minutes of an agent's rate it may spend at once (token-bucket size)."
+    )
+    auth_failures_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Failed authentications per minute one client address may cause before its "
+        "requests get 429 without their token being verified (0: unlimited).",
+    )
+    max_concurrent_calls: int = Field(32, ge=1, description="Tool calls run at once; more wait for a slot.")
+    max_waiting_calls: int = Field(
+        256, ge=0, description="Tool calls that may wait for a slot; beyond that they are shed at once."
+    )
+    max_call_wait: float = Field(
+        1.0, gt=0, description="Seconds a tool call waits for a slot before it is shed (UNAVAILABLE)."
+    )
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline in seconds of one tool call: read tools are cut off at it "
+        "(UNAVAILABLE); a mutation still before its commit gives up (a commit is never abandoned). "
+        "Audit tools are exempt: they report progress and take `max_entries`.",
+    )
+
     storage_backend: Literal["fs", "s3"] = Field("fs", description="`fs` or `s3` (R2 = s3).")
     storage_root: Path = Field(Path("./data"), description="Root folder of the fs backend.")
     s3_bucket: str | None = Field(None, description="Bucket of the s3 backend.")
@@ -66,6 +123,14 @@ class Settings(BaseSettings):
     s3_root: str = Field("/", description="Key prefix inside the bucket.")
     storage_threads: int = Field(16, ge=1, le=256, description="Threads doing storage I/O.")
     storage_timeout: float = Field(30.0, gt=0, description="Seconds one storage call may take.")
+    storage_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Times an s3 request failing with a temporary error (503 SlowDown, 500, a reset "
+        "connection, a body cut short) is retried, after 0.1 s doubling to at most 1 s, jittered "
+        "(0: never). Within `storage_timeout`; the fs backend never retries.",
+    )
 
     database_url: str = Field(
         DEFAULT_SQLITE_URL,
@@ -93,6 +158,12 @@ class Settings(BaseSettings):
     database_statement_timeout: float = Field(
         15.0, gt=0, description="Seconds one database statement may run (PostgreSQL)."
     )
+    database_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds to open a new PostgreSQL connection (TCP and authentication); a "
+        "database that does not answer fails the calls that need one after this.",
+    )
     auto_migrate: bool = Field(True, description="Upgrade the schema to head at start-up (FR-031).")
 
     max_content_bytes: int = Field(
@@ -107,6 +178,15 @@ class Settings(BaseSettings):
         description="Age in seconds after which an unpublished write or a staged object "
         "with no journal row is considered abandoned by its writer.",
     )
+    fsck_interval: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds between the server's read-only journal/storage consistency checks, "
+        "exported as `panaversityfs_fsck_problems` (0: never).",
+    )
+    idempotency_ttl: float = Field(
+        86400.0, gt=0, description="Seconds an idempotency key (and the result it replays) is kept."
+    )
     audit_read_batch_interval: float = Field(
         0.05, gt=0, description="Seconds read audit entries wait to be appended as one batch."
     )
@@ -118,10 +198,69 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Seconds an archive build may take before it ends partial."
     )
 
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach this server at (e.g. https://fs.example.com), used in "
+        "download and upload URLs. Unset: the URL of the MCP request that asked for one.",
+    )
+    url_signing_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC that signs download and upload URLs. Replicas behind one "
+        "address must share it; unset, each process draws a random key at start.",
+    )
+    archive_url_ttl: float = Field(900.0, gt=0, description="Seconds a signed archive URL stays valid.")
+    asset_url_ttl: float = Field(
+        900.0, gt=0, description="Seconds a signed asset download or upload URL stays valid."
+    )
+    max_inline_asset_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1,
+        description="Largest asset `upload_asset` accepts inline (base64) and `get_asset` returns inline.",
+    )
+    max_asset_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest asset an upload URL accepts.")
+    page_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Content bytes one page of a bulk read carries at most."
+    )
+    search_time_budget: float = Field(
+        10.0, gt=0, description="Seconds one glob or grep search may run before it ends truncated."
+    )
+    manifest_snapshots_kept: int = Field(
+        200, ge=2, description="Build manifests kept per book for plan_build (oldest pruned)."
+    )
+
+    audit_checkpoint_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key (at least 32 bytes) that signs audit chain checkpoints. Unset: a key "
+        "derived from PANAVERSITY_URL_SIGNING_SECRET, or unsigned checkpoints when that is unset too.",
+    )
+    audit_checkpoint_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between audit checkpoints written by the server when the chain grew "
+        "(0: none; `panaversity-fs audit checkpoint` writes one on demand).",
+    )
+    audit_checkpoints_kept: int = Field(
+        1000, ge=1, description="Newest audit checkpoints kept in storage (older ones are pruned)."
+    )
+
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret; enables JWT auth.")
     jwks_url: str | None = Field(None, description="JWKS URL (RS256/ES256); enables JWT auth.")
     auth_issuer: str | None = Field(None, description="Required `iss` of bearer tokens.")
     auth_audience: str | None = Field(None, description="Required `aud` of bearer tokens.")
+    jwt_algorithms: list[str] = Field(
+        default_factory=list,
+        description="Signature algorithms accepted (never taken from the token). Default: "
+        "`HS256` with a JWT secret, `RS256` and `ES256` with a JWKS URL.",
+    )
+    jwt_leeway: float = Field(
+        30.0, ge=0, le=300, description="Seconds of clock skew allowed on `exp`, `nbf` and `iat`."
+    )
+    jwks_refresh_interval: float = Field(
+        30.0,
+        ge=0,
+        description="Least seconds between two JWKS fetches caused by an unknown key id (keys "
+        "rotate in at most this delay; tokens with made-up key ids cannot flood the issuer).",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -143,3 +282,12 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """Whether the configured database is SQLite."""
         return self.database_url.startswith("sqlite")
+
+
+def settings_from_environment(**overrides: Any) -> Settings:
+    """Settings from the environment (and `.env`), with `overrides` taking precedence.
+
+    Raises:
+        pydantic.ValidationError: a setting is malformed.
+    """
+    return Settings(**overrides)

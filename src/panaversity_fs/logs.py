@@ -12,6 +12,14 @@ from typing import Any
 request_context: ContextVar[dict[str, Any] | None] = ContextVar("pfs_request_context", default=None)
 """Fields (request id, agent, tool, book, path) added to every log line of the current call."""
 
+
+def current_request_id() -> str | None:
+    """The id the current tool call goes by in logs and in the audit log (None outside a call)."""
+    context = request_context.get()
+    value = context.get("request_id") if context else None
+    return str(value) if value is not None else None
+
+
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
     "message",
     "asctime",
@@ -29,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
         context = request_context.get()
         if context:
@@ -54,3 +63,7 @@ def configure_logging(level: str) -> None:
         named.handlers[:] = []
         named.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # From INFO down these log every statement with its parameters (SQLAlchemy's echo): idempotency
+    # keys, user ids, paths; and formatting them costs a tenth of a read's CPU.
+    for chatty in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg", "botocore", "urllib3"):
+        logging.getLogger(chatty).setLevel(max(logging.getLogger().level, logging.WARNING))

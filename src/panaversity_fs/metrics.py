@@ -1,11 +1,14 @@
 """Prometheus metrics of one server, on a private registry (never the global one).
 
-Label values are bounded enums (status, mode, tool, code, source): never a user id or a path.
+Label values are bounded enums (status, mode, tool, code, source, scope, kind) or a validated
+book id (`book_label`): never a user id or a path.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from panaversity_fs.paths import is_book_id
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -18,8 +21,9 @@ class Metrics:
         r = self.registry
         self.write_total = Counter(
             "panaversityfs_write_total",
-            "Content writes by outcome and mode.",
-            ["status", "mode"],
+            "Writes (content and assets) by book, outcome (`success` or the lower-case error code, "
+            "e.g. `conflict`, `schema_violation`) and mode (`create`, `update`, `unknown`).",
+            ["book_id", "status", "mode"],
             registry=r,
         )
         self.write_duration = Histogram(
@@ -54,6 +58,22 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.limited_total = Counter(
+            "panaversityfs_limited_total",
+            "Tool calls refused by a limit: `rate` (an agent over its budget) or `overload` (shed).",
+            ["limit"],
+            registry=r,
+        )
+        self.calls_running = Gauge("panaversityfs_calls_running", "Tool calls running now.", registry=r)
+        self.calls_waiting = Gauge(
+            "panaversityfs_calls_waiting", "Tool calls waiting for a slot now.", registry=r
+        )
+        self.replays = Counter(
+            "panaversityfs_idempotent_replays_total",
+            "Mutations answered from an idempotency key's stored outcome (nothing changed), by tool.",
+            ["tool"],
+            registry=r,
+        )
         self.storage_rollback_total = Counter(
             "panaversityfs_storage_rollback_total",
             "Staged uploads discarded because their journal commit did not happen.",
@@ -72,7 +92,18 @@ class Metrics:
         )
         self.audit_entries_total = Counter(
             "panaversityfs_audit_entries_total",
-            "Audit entries appended, by status.",
+            "Audit entries committed to the log, by status (success, refused, error).",
+            ["status"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "panaversityfs_audit_dropped_total",
+            "Batched audit entries (reads, limit refusals) dropped because the queue was full.",
+            registry=r,
+        )
+        self.storage_calls = Counter(
+            "panaversityfs_storage_calls_total",
+            "Storage calls by outcome (`ok`, `error`), for the storage success rate.",
             ["status"],
             registry=r,
         )
@@ -80,6 +111,88 @@ class Metrics:
             "panaversityfs_audit_queue_entries", "Read audit entries waiting for a batch.", registry=r
         )
 
+        self.audit_chain_valid = Gauge(
+            "panaversityfs_audit_chain_valid",
+            "1 when the last audit check verified the chain and its checkpoints, 0 when it failed "
+            "(NaN until the first check).",
+            registry=r,
+        )
+        self.audit_chain_valid.set(float("nan"))
+        self.audit_checkpoint_seq = Gauge(
+            "panaversityfs_audit_checkpoint_seq", "Chain position of the last checkpoint written.", registry=r
+        )
+
+        self.fsck_problems = Gauge(
+            "panaversityfs_fsck_problems",
+            "Journal/storage disagreements found by the last periodic check, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.fsck_last_run = Gauge(
+            "panaversityfs_fsck_last_run_timestamp_seconds",
+            "When the last periodic consistency check finished (unix time).",
+            registry=r,
+        )
+        self.fsck_duration = Gauge(
+            "panaversityfs_fsck_duration_seconds",
+            "How long the last periodic consistency check took.",
+            registry=r,
+        )
+
+        self.archive_total = Counter(
+            "panaversityfs_archive_total",
+            "Archive downloads by book, scope and outcome (complete, partial, aborted, refused).",
+            ["book_id", "scope", "status"],
+            registry=r,
+        )
+        self.archive_duration = Histogram(
+            "panaversityfs_archive_duration_seconds",
+            "Time to stream one archive.",
+            ["scope"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=r,
+        )
+        self.archive_memory = Gauge(
+            "panaversityfs_archive_memory_bytes",
+            "Bytes archive downloads hold between storage and the ZIP writer, all archives together.",
+            registry=r,
+        )
+
+        self.journal_entries = Gauge(
+            "panaversityfs_journal_entries_total",
+            "Live files (journal rows that are not tombstones) per book, base and overlays together.",
+            ["book_id"],
+            registry=r,
+        )
+        self.delta_files = Histogram(
+            "panaversityfs_delta_files_count",
+            "Files one delta_build page or plan_build diff reported, per book.",
+            ["book_id"],
+            buckets=(0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000),
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "panaversityfs_storage_errors_total",
+            "Failed or timed-out storage calls, by error kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.database_errors = Counter(
+            "panaversityfs_database_errors_total",
+            "Failed database statements or connections, by error kind.",
+            ["kind"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """Return the registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+    def count_write(self, book_id: object, status: str, mode: str = "unknown") -> None:
+        """Count one write outcome (`status`: `success` or an error code)."""
+        self.write_total.labels(book_label(book_id), status.lower(), mode).inc()
+
+
+def book_label(book_id: object) -> str:
+    """`book_id` as a label value if it is a valid book id, else `invalid` (bounded, no injection)."""
+    return book_id if isinstance(book_id, str) and is_book_id(book_id) else "invalid"

@@ -2,26 +2,47 @@
 
 `ToolCallMiddleware` is the one place where exceptions become MCP tool errors: typed errors
 render as their JSON wire form, argument validation failures as `INVALID_ARGUMENT`, anything
-else as `INTERNAL` (logged with its traceback, shown without it). It also writes the one JSON
-log line per call and the per-tool metrics.
+else as `INTERNAL` (logged with its traceback, shown without it). It is also the one place
+where a call is authorised (`auth.access.authorize`: scope, user and book limits of the bearer
+token, checked before the tool runs; denials are audited), rate-limited per agent, given a
+slot among the calls running at once (or shed), and given its deadline (`limits`); and it
+writes the one JSON log line per call and the per-tool metrics. Calls refused by a limit are
+audited in the read batches: appending each under the chain lock would let a flood of refused
+calls load the database it is being kept away from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from fastmcp.exceptions import NotFoundError, ToolError, ValidationError
+from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams
+from fastmcp.tools.base import Tool, ToolResult
+from fastmcp.utilities.json_schema import dereference_refs
+from mcp_types import CallToolRequestParams, ListToolsRequest
 from pydantic import ValidationError as PydanticValidationError
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from panaversity_fs.errors import Internal, InvalidArgument, PanaversityFSError
+from panaversity_fs.auth.access import ADMIN, READ, TOOL_RULES, WRITE, Rule, authorize
+from panaversity_fs.auth.identity import Caller, auth_required, caller_from_claims, check_agent_id
+from panaversity_fs.config import Settings
+from panaversity_fs.errors import (
+    Forbidden,
+    Internal,
+    InvalidArgument,
+    PanaversityFSError,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
+from panaversity_fs.limits import LoadShedder, RateLimiter, deadline_scope
 from panaversity_fs.logs import request_context
 from panaversity_fs.paths import describe_rejected_path
 from panaversity_fs.resources import ServerState
@@ -30,10 +51,24 @@ logger = logging.getLogger("panaversity_fs.calls")
 
 
 class ToolCallMiddleware(Middleware):
-    """Maps errors, logs one line per call, and records tool metrics."""
+    """Authorises, limits and times every call; maps errors, logs one line, records metrics."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, settings: Settings) -> None:
         self._state = state
+        self._rates = RateLimiter(
+            settings.rate_limit_reads_per_minute,
+            settings.rate_limit_writes_per_minute,
+            settings.rate_limit_burst,
+        )
+        self._shedder = LoadShedder(
+            settings.max_concurrent_calls, settings.max_waiting_calls, settings.max_call_wait
+        )
+        self._timeout = settings.request_timeout
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """Tool calls running and waiting for a slot right now."""
+        return self._shedder.running, self._shedder.waiting
 
     async def on_call_tool(
         self,
@@ -44,7 +79,9 @@ class ToolCallMiddleware(Middleware):
         tool = context.message.name
         arguments: dict[str, Any] = dict(context.message.arguments or {})
         fields = {
-            "request_id": _request_id(context),
+            # JSON-RPC ids repeat across sessions; this one names the call in logs and audit alike.
+            "request_id": uuid.uuid4().hex,
+            "rpc_id": _rpc_id(context),
             "agent_id": _agent_name(context),
             "tool": tool,
             "book_id": describe_rejected_path(arguments.get("book_id"), 64)
@@ -56,7 +93,18 @@ class ToolCallMiddleware(Middleware):
         started = time.perf_counter()
         status = "ok"
         try:
-            return await call_next(context)
+            caller = await self._authorize(context, tool, arguments, fields["request_id"], started)
+            rule = TOOL_RULES.get(tool)
+            try:
+                self._rates.check(
+                    caller.agent_id, "write" if rule is not None and rule.scope == WRITE else "read"
+                )
+                async with self._shedder.slot():
+                    return await self._run(context, call_next, rule)
+            except (RateLimited, Unavailable) as error:
+                if isinstance(error, RateLimited) or error.details.get("overloaded"):
+                    self._note_refusal(caller, tool, arguments, started, error)
+                raise
         except PanaversityFSError as error:
             status = error.code
             raise ToolError(error.to_json()) from None
@@ -77,21 +125,103 @@ class ToolCallMiddleware(Middleware):
             elapsed = time.perf_counter() - started
             resources = self._state.resources
             if resources is not None:
-                resources.metrics.tool_duration.labels(tool).observe(elapsed)
+                label = tool if tool in TOOL_RULES else "unknown"  # never a name a client made up
+                resources.metrics.tool_duration.labels(label).observe(elapsed)
                 if status != "ok":
-                    resources.metrics.errors_total.labels(tool, status).inc()
+                    resources.metrics.errors_total.labels(label, status).inc()
             logger.info("tool call", extra={"status": status, "duration_ms": round(elapsed * 1000, 2)})
             request_context.reset(token)
 
+    async def _run(
+        self,
+        context: MiddlewareContext[CallToolRequestParams],
+        call_next: CallNext[CallToolRequestParams, ToolResult],
+        rule: Rule | None,
+    ) -> ToolResult:
+        """Run the tool within its deadline (audit tools have none; see `limits`).
 
-def _request_id(context: MiddlewareContext[Any]) -> str:
+        Raises:
+            Unavailable: a read tool ran past the deadline.
+        """
+        if rule is not None and rule.scope == ADMIN:
+            return await call_next(context)
+        with deadline_scope(self._timeout):
+            if rule is not None and rule.scope == WRITE:
+                return await call_next(context)
+            timer = asyncio.timeout(self._timeout)
+            try:
+                async with timer:
+                    return await call_next(context)
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                raise Unavailable(
+                    f"the call did not finish within its {self._timeout:g} s deadline; retry",
+                    retry_after=1.0,
+                ) from None
+
+    def _note_refusal(
+        self, caller: Caller, tool: str, arguments: dict[str, Any], started: float, error: PanaversityFSError
+    ) -> None:
+        resources = self._state.resources
+        if resources is None:
+            return
+        book, what, user = arguments.get("book_id"), arguments.get("path"), arguments.get("user_id")
+        resources.content.note_read(
+            caller, tool, book if book is not None else "*", what, user, started, error
+        )
+        resources.metrics.limited_total.labels("rate" if isinstance(error, RateLimited) else "overload").inc()
+
+    async def _authorize(
+        self,
+        context: MiddlewareContext[CallToolRequestParams],
+        tool: str,
+        arguments: dict[str, Any],
+        request_id: str | None,
+        started: float,
+    ) -> Caller:
+        """Return the caller, unless the bearer token (if auth is on) does not allow the call.
+
+        Denials are audited.
+
+        Raises:
+            Unauthenticated: the call carries no usable identity (auth on: no verified token
+                with an agent id; auth off: no usable client name).
+            Forbidden: the token lacks the tool's scope or its user/book limits exclude the call.
+        """
+        token = get_access_token()
+        if token is None:
+            if auth_required(context.fastmcp_context):
+                raise Unauthenticated("this server requires a bearer token (Authorization: Bearer <JWT>)")
+            name = _agent_name(context)
+            return Caller(agent_id=check_agent_id(name), request_id=request_id)
+        caller = caller_from_claims(token.claims, request_id)
+        try:
+            authorize(caller, tool, arguments)
+        except Forbidden as error:
+            resources = self._state.resources
+            if resources is not None:
+                book, path, user = arguments.get("book_id"), arguments.get("path"), arguments.get("user_id")
+                rule = TOOL_RULES.get(tool)
+                if rule is None or rule.scope == READ:
+                    resources.content.note_read(caller, tool, book, path, user, started, error)
+                else:
+                    await resources.content.audit_refusal(caller, tool, book, path, user, started, error)
+            raise
+        return caller
+
+
+def _rpc_id(context: MiddlewareContext[Any]) -> str | None:
     ctx = context.fastmcp_context
     if ctx is not None and ctx.request_context is not None:
-        return str(ctx.request_id)
-    return uuid.uuid4().hex
+        return str(ctx.request_id)[:64]
+    return None
 
 
 def _agent_name(context: MiddlewareContext[Any]) -> str | None:
+    token = get_access_token()
+    if token is not None:
+        return token.client_id[:255]
     ctx = context.fastmcp_context
     if ctx is None:
         return None
@@ -122,8 +252,41 @@ def _code_of(error: ToolError) -> str:
     return "TOOL_ERROR"
 
 
+class DereferencedTools(Middleware):
+    """Tool schemas with every `$ref` inlined (some clients cannot follow them), made once.
+
+    FastMCP's own `DereferenceRefsMiddleware` re-walks every schema on every `tools/list`, and
+    clients such as fastmcp's list the tools before calls: that walk was over a third of the
+    server's CPU under load. Tools never change after start-up, so each is dereferenced once.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, int, int], Tool] = {}
+
+    async def on_list_tools(
+        self,
+        context: MiddlewareContext[ListToolsRequest],
+        call_next: CallNext[ListToolsRequest, Sequence[Tool]],
+    ) -> Sequence[Tool]:
+        """The tools, with dereferenced schemas."""
+        return [self._dereferenced(tool) for tool in await call_next(context)]
+
+    def _dereferenced(self, tool: Tool) -> Tool:
+        key = (tool.name, id(tool.parameters), id(tool.output_schema))
+        done = self._done.get(key)
+        if done is None:
+            updates: dict[str, object] = {"parameters": dereference_refs(tool.parameters)}
+            if tool.output_schema is not None:
+                updates["output_schema"] = dereference_refs(tool.output_schema)
+            done = self._done[key] = tool.model_copy(update=updates)
+        return done
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over `limit` bytes with 413, before anything parses them."""
+
+    EXEMPT_PREFIXES = ("/uploads/",)
+    """Routes that stream their body to storage and enforce their own, larger limit."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -131,7 +294,7 @@ class BodyLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, cutting it off at the limit."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.EXEMPT_PREFIXES):
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):

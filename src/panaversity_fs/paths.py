@@ -58,6 +58,11 @@ class BookPath:
     kind: Kind
 
 
+def is_book_id(value: str) -> bool:
+    """Whether `value` is a well-formed book id."""
+    return _BOOK_ID.fullmatch(value) is not None
+
+
 def check_book_id(book_id: object) -> str:
     """Return `book_id` if it matches `^[a-z0-9][a-z0-9-]{1,62}$`.
 

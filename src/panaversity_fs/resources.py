@@ -6,20 +6,30 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
+
+from panaversity_fs.audit.checkpoints import CheckpointSigner, CheckpointStore
+from panaversity_fs.audit.monitor import ChainMonitor
 from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.config import Settings
+from panaversity_fs.consistency.fsck import check
 from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.service import ContentService
 from panaversity_fs.errors import Unavailable
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal import idempotency_repository as idem_sql
+from panaversity_fs.journal.audit_repository import watch_appends
+from panaversity_fs.journal.engine import DB_ERRORS, Database
 from panaversity_fs.journal.migrate import ensure_schema
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.storage.blobs import BlobStore
+from panaversity_fs.signing import UrlSigner
+from panaversity_fs.storage.blobs import BlobStore, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,8 @@ class Resources:
     audit: AuditRecorder
     publisher: Publisher
     content: ContentService
+    signer: UrlSigner
+    checkpoints: CheckpointStore
 
 
 @dataclass
@@ -55,8 +67,15 @@ class ServerState:
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings, background: bool = True) -> AsyncGenerator[Resources, None]:
+async def open_resources(
+    settings: Settings, background: bool = True, recover: bool = True
+) -> AsyncGenerator[Resources, None]:
     """Open database and storage, bring the schema to head, recover, start background work.
+
+    Args:
+        settings: what to open.
+        background: start the audit batcher and the periodic sweeps and checks.
+        recover: run a recovery sweep before yielding (fsck turns it off to see the leftovers).
 
     Raises:
         ConfigurationError: the schema is newer than this code, or the storage root is unsafe.
@@ -69,17 +88,63 @@ async def open_resources(settings: Settings, background: bool = True) -> AsyncGe
         await ensure_schema(db, settings.auto_migrate)
         store = BlobStore.from_settings(settings)
         metrics = Metrics()
+        store.on_error = lambda kind: metrics.storage_errors.labels(kind).inc()
+        store.on_call = lambda ok: metrics.storage_calls.labels("ok" if ok else "error").inc()
+        _count_database_errors(db, metrics)
+        watch_appends(db.engine, lambda statuses: _count_audit(metrics, statuses))
         audit = AuditRecorder(db, settings.audit_read_batch_interval)
+        audit.on_drop = metrics.audit_dropped.inc
         publisher = Publisher(db, store, metrics)
         content = ContentService(settings, db, store, publisher, audit, metrics)
-        resources = Resources(settings, db, store, metrics, audit, publisher, content)
+        signer = UrlSigner.from_settings(settings)
+        checkpoints = CheckpointStore(
+            store, CheckpointSigner.from_settings(settings), settings.audit_checkpoints_kept
+        )
+        resources = Resources(settings, db, store, metrics, audit, publisher, content, signer, checkpoints)
         grace = timedelta(seconds=settings.recovery_grace)
-        report = await publisher.recover(grace)
-        if report.published or report.orphans_removed or report.failed:
-            logger.info("start-up recovery", extra={"recovery": dataclasses.asdict(report)})
+        if recover:
+            try:
+                report = await publisher.recover(grace)
+            except (StorageError, *DB_ERRORS):
+                # Serve anyway (/ready tells the balancer): the periodic sweep retries, and a
+                # replica that crash-looped while storage blinked would help nobody.
+                logger.exception("start-up recovery failed; the periodic sweep will retry")
+            else:
+                if report.published or report.orphans_removed or report.failed:
+                    logger.info("start-up recovery", extra={"recovery": dataclasses.asdict(report)})
         if background:
             tasks.append(asyncio.create_task(audit.run(), name="pfs-audit-batcher"))
             tasks.append(asyncio.create_task(_recover_forever(resources), name="pfs-recovery"))
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        settings.recovery_interval, "idempotency key pruning", lambda: _prune_keys(resources)
+                    ),
+                    name="pfs-idempotency-prune",
+                )
+            )
+            if settings.fsck_interval > 0:
+                tasks.append(
+                    asyncio.create_task(
+                        _every(
+                            settings.fsck_interval, "consistency check", lambda: _check_consistency(resources)
+                        ),
+                        name="pfs-fsck",
+                    )
+                )
+            if settings.audit_checkpoint_interval > 0:
+                monitor = ChainMonitor(db, checkpoints, metrics)
+                tasks.append(
+                    asyncio.create_task(
+                        _every(
+                            settings.audit_checkpoint_interval,
+                            "audit check",
+                            monitor.run_once,
+                            first=min(5.0, settings.audit_checkpoint_interval),
+                        ),
+                        name="pfs-audit-monitor",
+                    )
+                )
         yield resources
     finally:
         for task in tasks:
@@ -99,9 +164,56 @@ async def open_resources(settings: Settings, background: bool = True) -> AsyncGe
 
 async def _recover_forever(resources: Resources) -> None:
     grace = timedelta(seconds=resources.settings.recovery_grace)
+    await _every(
+        resources.settings.recovery_interval, "recovery sweep", lambda: resources.publisher.recover(grace)
+    )
+
+
+def _count_audit(metrics: Metrics, statuses: list[str]) -> None:
+    for status in statuses:
+        metrics.audit_entries_total.labels(status).inc()
+
+
+def _count_database_errors(db: Database, metrics: Metrics) -> None:
+    def count(context: ExceptionContext) -> None:
+        metrics.database_errors.labels(type(context.original_exception).__name__).inc()
+
+    event.listen(db.engine.sync_engine, "handle_error", count)
+
+
+async def _prune_keys(resources: Resources) -> None:
+    """Forget idempotency keys older than `idempotency_ttl`."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=resources.settings.idempotency_ttl)
+    async with resources.db.write() as conn:
+        await idem_sql.prune(conn, cutoff)
+
+
+async def _check_consistency(resources: Resources) -> None:
+    """The periodic, read-only fsck; its problem counts become metrics."""
+    started = time.monotonic()
+    report = await check(
+        resources.db, resources.store, grace=timedelta(seconds=resources.settings.recovery_grace)
+    )
+    metrics = resources.metrics
+    for kind, count in report.counts().items():
+        metrics.fsck_problems.labels(kind).set(count)
+    metrics.fsck_last_run.set_to_current_time()
+    metrics.fsck_duration.set(time.monotonic() - started)
+    if not report.ok:
+        logger.warning(
+            "journal and storage disagree; run `panaversity-fs fsck`", extra={"fsck": report.counts()}
+        )
+
+
+async def _every(
+    interval: float, what: str, job: Callable[[], Awaitable[object]], first: float | None = None
+) -> None:
+    """Run `job` after `first` seconds (default `interval`), then every `interval` seconds,
+    forever; a failed run is logged and retried next time."""
+    await asyncio.sleep(interval if first is None else first)
     while True:
-        await asyncio.sleep(resources.settings.recovery_interval)
         try:
-            await resources.publisher.recover(grace)
+            await job()
         except Exception:
-            logger.exception("recovery sweep failed; will retry")
+            logger.exception("%s failed; will retry", what)
+        await asyncio.sleep(interval)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+import time
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,11 +17,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from panaversity_fs import __version__
+from panaversity_fs.archive import routes as archive_routes
+from panaversity_fs.assets import routes as asset_routes
+from panaversity_fs.auth.tokens import auth_enabled, build_verifier
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
-from panaversity_fs.middleware import BodyLimitMiddleware, ToolCallMiddleware
-from panaversity_fs.resources import ServerState, open_resources
+from panaversity_fs.journal import repository as journal
+from panaversity_fs.journal.engine import DB_ERRORS
+from panaversity_fs.limits import AuthFailureLimiter
+from panaversity_fs.middleware import BodyLimitMiddleware, DereferencedTools, ToolCallMiddleware
+from panaversity_fs.resources import Resources, ServerState, open_resources
 from panaversity_fs.tools import register_tools
+
+logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 PanaversityFS stores AI-written books. Lessons live at
@@ -36,11 +47,17 @@ def create_server(settings: Settings, *, background: bool = True) -> FastMCP:
     Args:
         settings: the process's configuration.
         background: run the audit batcher and periodic recovery (tests may turn them off).
+
+    Raises:
+        ConfigurationError: the auth settings are unusable (e.g. a short or placeholder secret).
     """
     state = ServerState()
+    verifier = build_verifier(settings)
+    calls = ToolCallMiddleware(state, settings)
 
     @asynccontextmanager
-    async def lifespan(_server: FastMCP) -> AsyncGenerator[dict[str, Any], None]:
+    async def lifespan(server: FastMCP) -> AsyncGenerator[dict[str, Any], None]:
+        await _index_input_schemas(server)
         async with open_resources(settings, background=background) as resources:
             state.resources = resources
             try:
@@ -53,16 +70,32 @@ def create_server(settings: Settings, *, background: bool = True) -> FastMCP:
         instructions=INSTRUCTIONS,
         version=__version__,
         lifespan=lifespan,
-        middleware=[ToolCallMiddleware(state)],
+        auth=verifier,
+        middleware=[calls, DereferencedTools()],
+        dereference_schemas=False,  # done once per tool by DereferencedTools
         mask_error_details=True,
         on_duplicate="error",
     )
     register_tools(mcp, state)
-    _register_routes(mcp, state)
+    _register_routes(mcp, state, calls)
+    archive_routes.register_routes(mcp, state)
+    asset_routes.register_routes(mcp, state)
     return mcp
 
 
-def _register_routes(mcp: FastMCP, state: ServerState) -> None:
+async def _index_input_schemas(mcp: FastMCP) -> None:
+    """Give the MCP SDK each tool's input schema by name.
+
+    Without this lookup the SDK validates a call's `Mcp-Param-*` headers by running a whole
+    `tools/list` (middleware included) before every `tools/call` of the current protocol:
+    about a quarter of the server's CPU per read. The tools never change after start-up.
+    """
+    schemas = {tool.name: tool.parameters for tool in await mcp.list_tools(run_middleware=False)}
+    low_level: Any = getattr(mcp, "_mcp_server")  # noqa: B009 - FastMCP exposes no setter for this hook
+    low_level.get_tool_input_schema = schemas.get
+
+
+def _register_routes(mcp: FastMCP, state: ServerState, calls: ToolCallMiddleware) -> None:
     @mcp.custom_route("/health", methods=["GET"])
     async def health(_request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
         return JSONResponse({"status": "ok", "version": __version__})
@@ -89,13 +122,37 @@ def _register_routes(mcp: FastMCP, state: ServerState) -> None:
             {"status": "ready" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
         )
 
+    journal_counted = [0.0]  # when the per-book file counts were last read
+
     @mcp.custom_route("/metrics", methods=["GET"])
     async def metrics(_request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
         resources = state.resources
         if resources is None:
             return Response("", status_code=503)
+        if time.monotonic() - journal_counted[0] > JOURNAL_COUNT_EVERY:
+            journal_counted[0] = time.monotonic()
+            await _count_journal(resources)
         resources.metrics.audit_queue.set(resources.audit.queued)
+        running, waiting = calls.load
+        resources.metrics.calls_running.set(running)
+        resources.metrics.calls_waiting.set(waiting)
         return Response(resources.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+JOURNAL_COUNT_EVERY = 15.0
+"""Seconds between two reads of the per-book file counts (scrapes in between reuse them)."""
+
+
+async def _count_journal(resources: Resources) -> None:
+    """Refresh `panaversityfs_journal_entries_total`; a slow or failing database keeps the last values."""
+    try:
+        async with asyncio.timeout(2.0), resources.db.read() as conn:
+            counts = await journal.live_files_by_book(conn)
+    except (TimeoutError, *DB_ERRORS):
+        logger.warning("could not count journal entries for /metrics", exc_info=True)
+        return
+    for book_id, count in counts.items():
+        resources.metrics.journal_entries.labels(book_id).set(count)
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -115,6 +172,11 @@ def allowed_hosts(settings: Settings) -> list[str]:
             f"bound to {host}: set PANAVERSITY_ALLOWED_HOSTS to the host names clients use "
             "(DNS-rebinding protection needs an explicit allow-list)"
         )
+    if not loopback and not auth_enabled(settings) and not settings.public_without_auth:
+        raise ConfigurationError(
+            f"bound to {host} with authentication off: set PANAVERSITY_JWT_SECRET or "
+            "PANAVERSITY_JWKS_URL (or PANAVERSITY_PUBLIC_WITHOUT_AUTH=true on a trusted network)"
+        )
     return hosts + [f"{name}:*" for name in hosts if ":" not in name]
 
 
@@ -123,8 +185,18 @@ def create_app(settings: Settings, mcp: FastMCP | None = None) -> Starlette:
     server = mcp or create_server(settings)
     return server.http_app(
         path="/mcp",
+        # Sessions live in one process's memory: several processes behind one address must not
+        # depend on them.
+        stateless_http=settings.stateless_http or settings.workers > 1,
         host_origin_protection=True,
         allowed_hosts=allowed_hosts(settings),
         allowed_origins=list(settings.allowed_origins),
-        middleware=[ASGIMiddleware(BodyLimitMiddleware, limit=settings.max_request_bytes)],
+        middleware=[
+            ASGIMiddleware(
+                AuthFailureLimiter,
+                per_minute=settings.auth_failures_per_minute if auth_enabled(settings) else 0,
+                burst=settings.rate_limit_burst,
+            ),
+            ASGIMiddleware(BodyLimitMiddleware, limit=settings.max_request_bytes),
+        ],
     )

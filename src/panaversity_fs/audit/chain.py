@@ -70,7 +70,8 @@ class ChainReport:
     """Outcome of verifying a chain.
 
     `first_bad_seq` is the position of the first entry that does not verify (or, for a
-    truncated tail, the first missing position); None when the chain is intact.
+    truncated tail, the first missing position); None when the chain is intact. `last_hash` is
+    the `entry_hash` at `head_seq` when the chain verified.
     """
 
     ok: bool
@@ -78,6 +79,7 @@ class ChainReport:
     head_seq: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    last_hash: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-ready dict."""
@@ -122,4 +124,4 @@ async def verify_chain(
             return ChainReport(False, checked, last_seq, last_seq + 1, "entries missing at tail")
         if head_seq < last_seq or head_hash != expected_prev:
             return ChainReport(False, checked, last_seq, head_seq + 1, "chain head mismatch")
-    return ChainReport(True, checked, last_seq)
+    return ChainReport(True, checked, last_seq, last_hash=expected_prev)

@@ -15,11 +15,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.engine import DB_ERRORS, Database
 from panaversity_fs.journal.repository import FileKey
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.paths import storage_key
-from panaversity_fs.storage.blobs import STAGING_PREFIX, BlobNotFound, BlobStore
+from panaversity_fs.storage.blobs import (
+    STAGING_PREFIX,
+    UPLOAD_PREFIX,
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    StorageError,
+    upload_expiry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ class RecoveryReport:
     published: int
     failed: int
     orphans_removed: int
+    uploads_removed: int = 0
 
 
 class Publisher:
@@ -66,6 +75,13 @@ class Publisher:
             return False
         return True
 
+    async def publish_or_defer(self, key: FileKey, staging_key: str | None) -> None:
+        """`publish`, leaving the change pending for recovery if storage or the database fails."""
+        try:
+            await self.publish(key, staging_key)
+        except (StorageError, *DB_ERRORS):
+            logger.warning("publish deferred to recovery", exc_info=True)
+
     async def _move(self, staging_key: str, final_key: str, sha256: str | None) -> None:
         try:
             await self._store.publish(staging_key, final_key)
@@ -78,10 +94,12 @@ class Publisher:
             logger.warning("publish found its bytes already in place", extra={"key": final_key})
 
     async def recover(self, orphan_grace: timedelta, now: datetime | None = None) -> RecoveryReport:
-        """Finish abandoned publishes and remove staged objects no journal row references.
+        """Finish abandoned publishes, remove staged objects no journal row references and
+        upload-URL objects never completed.
 
         Staged objects younger than `orphan_grace` are kept: their writer may still be about
-        to commit them.
+        to commit them. An upload object is kept until `orphan_grace` after its URL expired:
+        a completion that verified the URL just before expiry may still be reading it.
         """
         now = now or datetime.now(UTC)
         async with self._db.read() as conn:
@@ -106,4 +124,19 @@ class Publisher:
             await self._store.delete(blob.key)
             orphans += 1
             self._metrics.recovery_total.labels("orphan_removed").inc()
-        return RecoveryReport(published, failed, orphans)
+        uploads = 0
+        for blob in await self._store.list(UPLOAD_PREFIX):
+            if now < _upload_deadline(blob) + orphan_grace:
+                continue
+            await self._store.delete(blob.key)
+            uploads += 1
+            self._metrics.recovery_total.labels("upload_expired").inc()
+        return RecoveryReport(published, failed, orphans, uploads)
+
+
+def _upload_deadline(blob: BlobInfo) -> datetime:
+    expires = upload_expiry(blob.key)
+    if expires is not None:
+        return datetime.fromtimestamp(expires, UTC)
+    # Not a name we give out: treat it like an orphan of unknown age.
+    return blob.last_modified or datetime.min.replace(tzinfo=UTC)

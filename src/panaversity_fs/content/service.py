@@ -18,80 +18,54 @@ the unique staging key in the journal; it is never blindly replayed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
+from panaversity_fs.content.cas import apply_write, resolve_unknown_commit, write_outcome
+from panaversity_fs.content.deletes import Deleter
+from panaversity_fs.content.entries import (
+    DB_ERRORS,
+    append_refusal,
+    audit_entry,
+    file_entry,
+    outcome_status,
+    unavailable,
+)
+from panaversity_fs.content.idempotency import Idempotency, Replay, claim, payload, replayed
 from panaversity_fs.content.publisher import Publisher
+from panaversity_fs.content.reads import FileReader
 from panaversity_fs.content.results import DeleteOutcome, FileContent, WriteOutcome
+from panaversity_fs.content.target import Target, sha256_hex
 from panaversity_fs.errors import (
     Conflict,
     HashRequired,
-    Internal,
     InvalidArgument,
-    NotFound,
     PanaversityFSError,
     TooLarge,
     Unavailable,
 )
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.audit_repository import NewAuditEntry
+from panaversity_fs.journal import idempotency_repository as idem_sql
+from panaversity_fs.journal import transactions
 from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.repository import FileKey, JournalRow
+from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.limits import deadline_passed
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.paths import (
-    BASE_USER,
-    check_book_id,
-    check_hash,
-    check_user_id,
-    content_path,
-    describe_rejected_path,
-    storage_key,
-)
-from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
+from panaversity_fs.paths import check_hash
+from panaversity_fs.storage.blobs import BlobStore, StorageError
+
+__all__ = ["ContentService", "Target", "sha256_hex"]
 
 logger = logging.getLogger(__name__)
 
-READ_ATTEMPTS = 4
-"""Journal/storage round trips a read makes before it calls a mismatch real."""
 
-_DB_ERRORS = (SQLAlchemyError, OSError)
-
-WriteDecision = tuple[Literal["created", "updated"], str | None, int]
-"""A committed write: mode, previous hash, new version."""
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A validated file address: book, canonical path, optional overlay owner."""
-
-    book_id: str
-    path: str
-    user_id: str | None
-
-    @property
-    def key(self) -> FileKey:
-        """The journal key (overlays by user, shared content as `__base__`)."""
-        return FileKey(self.book_id, self.path, self.user_id or BASE_USER)
-
-    @property
-    def source(self) -> str:
-        """`overlay` for a user's file, `base` for shared content."""
-        return "overlay" if self.user_id else "base"
-
-
-def sha256_hex(data: bytes) -> str:
-    """Return the lowercase hex sha256 of `data`."""
-    return hashlib.sha256(data).hexdigest()
+class _StagedTooLong(Exception):
+    """Raised inside a write transaction to roll it back: its staged bytes are too old to use."""
 
 
 class ContentService:
@@ -113,6 +87,8 @@ class ContentService:
         self._audit = audit
         self._metrics = metrics
         self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
+        self._reader = FileReader(db, store, metrics)
+        self._deleter = Deleter(db, publisher, audit, metrics)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -128,75 +104,44 @@ class ContentService:
         started = time.perf_counter()
         try:
             target = self._target(book_id, path, user_id)
-            result = await self._read_resolved(target)
+            result = await self._reader.resolved(target)
         except PanaversityFSError as error:
-            self._metrics.read_total.labels(_status(error), "none").inc()
+            self._metrics.read_total.labels(outcome_status(error), "none").inc()
             self._audit.enqueue(
-                self._entry(caller, "read_content", book_id, path, user_id, None, None, started, error)
+                audit_entry(caller, "read_content", book_id, path, user_id, None, None, started, error)
             )
             raise
         self._metrics.read_total.labels("success", result.source).inc()
         if target.user_id:
             self._metrics.overlay_latency.observe(time.perf_counter() - started)
         self._audit.enqueue(
-            self._file_entry(caller, "read_content", target, result.file_hash, result.file_hash, started)
+            file_entry(caller, "read_content", target, result.file_hash, result.file_hash, started)
         )
         return result
 
-    async def _read_resolved(self, target: Target) -> FileContent:
-        users = [target.user_id, BASE_USER] if target.user_id else [BASE_USER]
-        versions_seen: set[tuple[str, int]] = set()
-        for _ in range(READ_ATTEMPTS):
-            try:
-                async with self._db.read() as conn:
-                    rows = await journal.fetch(conn, target.book_id, target.path, users)
-            except _DB_ERRORS as exc:
-                raise _unavailable("database", exc) from None
-            row = _resolve(rows, target.user_id)
-            if row is None:
-                raise NotFound(f"{target.path} does not exist", path=target.path)
-            data = await self._read_row_bytes(row)
-            if data is not None and sha256_hex(data) == row.sha256:
-                return self._file_content(target, row, data)
-            versions_seen.add((row.user_id, row.version))
-        if len(versions_seen) == 1:
-            self._metrics.journal_storage_mismatch_total.inc()
-            logger.error(
-                "stored bytes do not match the journal",
-                extra={"book_id": target.book_id, "path": target.path},
-            )
-            raise Internal("stored bytes do not match the journal; an operator should run fsck")
-        raise Unavailable("the file changed during the read; retry", path=target.path)
+    async def fetch_bytes(self, row: JournalRow) -> bytes | None:
+        """Return the bytes of a journal row if they match its hash, else None (changed or lost).
 
-    async def _read_row_bytes(self, row: JournalRow) -> bytes | None:
-        final_key = storage_key(row.book_id, row.path, row.user_id)
-        candidates = [final_key]
-        if row.publish_pending and row.staging_key:
-            candidates.insert(0, row.staging_key)
-        for key in candidates:
-            try:
-                return await self._store.read(key)
-            except BlobNotFound:
-                continue
-            except StorageError as exc:
-                raise _unavailable("storage", exc) from None
-        return None
+        The pending staging key is tried first, so a committed but unpublished write is served.
 
-    def _file_content(self, target: Target, row: JournalRow, data: bytes) -> FileContent:
-        source = "overlay" if row.user_id != BASE_USER else "base"
-        digest = row.sha256 or ""
-        return FileContent(
-            book_id=target.book_id,
-            path=target.path,
-            content=data.decode("utf-8", errors="surrogateescape"),
-            file_hash=digest,
-            file_hash_sha256=digest,
-            size=len(data),
-            last_modified=row.last_written_at.isoformat(),
-            version=row.version,
-            user_id=target.user_id,
-            source=source,  # type: ignore[arg-type]
-            namespace=source,  # type: ignore[arg-type]
+        Raises:
+            Unavailable: storage failed.
+        """
+        return await self._reader.fetch_bytes(row)
+
+    def note_read(
+        self,
+        caller: Caller,
+        operation: str,
+        book_id: object,
+        what: object,
+        user_id: object,
+        started: float,
+        error: PanaversityFSError | None = None,
+    ) -> None:
+        """Audit a read-only operation (batched, like single-file reads); `what` names its scope."""
+        self._audit.enqueue(
+            audit_entry(caller, operation, book_id, what, user_id, None, None, started, error)
         )
 
     # -- writes --------------------------------------------------------------------------
@@ -209,11 +154,14 @@ class ContentService:
         content: str,
         expected_hash: str | None = None,
         user_id: str | None = None,
+        idempotency_key: object = None,
     ) -> WriteOutcome:
         """Create a file (no `expected_hash`) or replace it (its current hash).
 
+        With `idempotency_key`, a call repeating one that committed returns its outcome.
+
         Raises:
-            InvalidPath, SchemaViolation, InvalidArgument, TooLarge: bad arguments.
+            InvalidPath, SchemaViolation, InvalidArgument, TooLarge: bad arguments (a reused key).
             HashRequired: the file exists and no `expected_hash` was given.
             Conflict: `expected_hash` is not the current hash.
             NotFound: `expected_hash` was given for a file that does not exist.
@@ -224,48 +172,120 @@ class ContentService:
             target = self._target(book_id, path, user_id)
             expected = check_hash(expected_hash)
             data = self._encode(content)
+            idem = Idempotency.for_call(
+                caller, "write_content", idempotency_key, target.arguments(expected, sha256_hex(data))
+            )
+            replay = await replayed(self._db, idem)
         except PanaversityFSError as error:
-            await self._audit_refusal(caller, "write_content", book_id, path, user_id, started, error)
+            self._metrics.count_write(book_id, error.code)
+            await self.audit_refusal(caller, "write_content", book_id, path, user_id, started, error)
             raise
-        new_hash = sha256_hex(data)
+        if replay is not None:
+            self._metrics.replays.labels("write_content").inc()
+            return replay.write()[0]
+        return await self.write_bytes(caller, "write_content", target, data, expected, None, started, idem)
+
+    async def write_bytes(
+        self,
+        caller: Caller,
+        operation: str,
+        target: Target,
+        data: bytes,
+        expected: str | None,
+        content_type: str | None,
+        started: float,
+        idem: Idempotency | None = None,
+    ) -> WriteOutcome:
+        """Stage validated bytes, then commit and publish them (steps 2-4 of the protocol).
+
+        Raises:
+            HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
+            Unavailable: the database or storage failed; nothing was written.
+        """
         try:
             staging_key = await self._store.stage(data)
         except StorageError as exc:
-            self._metrics.write_total.labels("error", "unknown").inc()
-            failure = _unavailable("storage", exc)
-            await self._audit_refusal(caller, "write_content", book_id, path, user_id, started, failure)
+            failure = unavailable("storage", exc)
+            self._metrics.count_write(target.book_id, failure.code)
+            await self.audit_refusal(
+                caller, operation, target.book_id, target.path, target.user_id, started, failure
+            )
             raise failure from None
-        staged_at = datetime.now(UTC)
         self._metrics.write_duration.labels("storage").observe(time.perf_counter() - started)
+        return await self.commit_staged(
+            caller,
+            operation,
+            target,
+            staging_key,
+            sha256_hex(data),
+            len(data),
+            expected,
+            content_type,
+            started,
+            staged_at=datetime.now(UTC),
+            idem=idem,
+        )
+
+    async def commit_staged(
+        self,
+        caller: Caller,
+        operation: str,
+        target: Target,
+        staging_key: str,
+        new_hash: str,
+        size: int,
+        expected: str | None,
+        content_type: str | None,
+        started: float,
+        staged_at: datetime,
+        idem: Idempotency | None = None,
+    ) -> WriteOutcome:
+        """Commit bytes already staged at `staging_key` (verified to hash to `new_hash`), then publish.
+
+        The staged object is removed if the commit refuses or fails, or if `idem`'s key turns
+        out to be held by a call that committed first (its outcome is returned).
+
+        Raises:
+            HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
+            Unavailable: the database failed; nothing was written.
+        """
         commit_started = time.perf_counter()
         outcome = await self._commit(
-            caller, target, expected, new_hash, len(data), staging_key, staged_at, started
+            caller,
+            operation,
+            target,
+            expected,
+            new_hash,
+            size,
+            staging_key,
+            staged_at,
+            started,
+            content_type,
+            idem,
         )
         self._metrics.write_duration.labels("journal").observe(time.perf_counter() - commit_started)
-        if isinstance(outcome, PanaversityFSError):
+        if isinstance(outcome, Replay):
             await self._discard(staging_key)
-            self._metrics.write_total.labels(_status(outcome), "unknown").inc()
+            self._metrics.replays.labels(operation).inc()
+            return outcome.write()[0]
+        if isinstance(outcome, PanaversityFSError):
+            if not outcome.details.get("outcome_unknown"):
+                # A commit that may have happened may point at these bytes: recovery removes
+                # them later only if no journal row does.
+                await self._discard(staging_key)
+            self._metrics.count_write(target.book_id, outcome.code)
             raise outcome
-        mode, previous, version = outcome
-        await self._publish_now(target.key, staging_key)
-        self._metrics.write_total.labels("success", "create" if mode == "created" else "update").inc()
-        self._metrics.write_duration.labels("total").observe(time.perf_counter() - started)
-        return WriteOutcome(
-            book_id=target.book_id,
-            path=target.path,
-            mode=mode,
-            file_hash=new_hash,
-            size=len(data),
-            version=version,
-            previous_hash=previous,
-            user_id=target.user_id,
-            source=target.source,  # type: ignore[arg-type]
-            namespace=target.source,  # type: ignore[arg-type]
+        await self._publisher.publish_or_defer(target.key, staging_key)
+        self._metrics.count_write(
+            target.book_id, "success", "create" if outcome.mode == "created" else "update"
         )
+        self._metrics.write_duration.labels("total").observe(time.perf_counter() - started)
+        return outcome
 
     async def _commit(
         self,
         caller: Caller,
+        operation: str,
         target: Target,
         expected: str | None,
         new_hash: str,
@@ -273,128 +293,104 @@ class ContentService:
         staging_key: str,
         staged_at: datetime,
         started: float,
-    ) -> WriteDecision | PanaversityFSError:
-        if datetime.now(UTC) - staged_at > self._stage_deadline:
-            return Unavailable("the upload took too long to commit; retry")
-        statements_done = False
-        decided: WriteDecision | PanaversityFSError | None = None
+        content_type: str | None,
+        idem: Idempotency | None,
+    ) -> WriteOutcome | Replay | PanaversityFSError:
+        late = self._too_late(staged_at)
+        if late is not None:
+            await self.audit_refusal(
+                caller, operation, target.book_id, target.path, target.user_id, started, late
+            )
+            return late
+        decided: WriteOutcome | Replay | PanaversityFSError | None = None
+        transaction: tuple[int, int] | None = None
         try:
             async with self._db.write() as conn:
-                now = datetime.now(UTC)
-                decided = await self._apply_write(conn, target, expected, new_hash, size, staging_key, now)
-                if isinstance(decided, PanaversityFSError):
-                    current = (
-                        decided.details.get("current_hash")
-                        if isinstance(decided, Conflict | HashRequired)
-                        else None
-                    )
-                    own = current if decided.details.get("current_source") != "base" else None
-                    await self._audit.append(
-                        conn,
-                        self._file_entry(caller, "write_content", target, own, own, started, decided),
-                    )
-                    decided.details.pop("current_source", None)
-                else:
-                    _mode, previous, _ = decided
-                    await self._audit.append(
-                        conn,
-                        self._file_entry(caller, "write_content", target, previous, new_hash, started),
-                    )
-                statements_done = True
-        except _DB_ERRORS as exc:
-            if not statements_done:
-                return _unavailable("database", exc)
-            assert decided is not None
-            return await self._resolve_unknown_commit(target, staging_key, decided, exc)
-        if not isinstance(decided, PanaversityFSError):
-            self._metrics.audit_entries_total.labels("success").inc()
-        else:
-            self._metrics.audit_entries_total.labels(_status(decided)).inc()
+                decided = await self._decide(
+                    conn,
+                    caller,
+                    operation,
+                    target,
+                    expected,
+                    new_hash,
+                    size,
+                    staging_key,
+                    started,
+                    content_type,
+                    idem,
+                )
+                transaction = transactions.remembered(conn)
+                if isinstance(decided, WriteOutcome) and datetime.now(UTC) - staged_at > self._stage_deadline:
+                    # Lock waits made the commit late: recovery may already treat the staged
+                    # bytes as abandoned, so this transaction must not point at them.
+                    raise _StagedTooLong
+        except _StagedTooLong:
+            late = Unavailable("the write waited too long for its commit; nothing was written, retry")
+            await self.audit_refusal(
+                caller, operation, target.book_id, target.path, target.user_id, started, late
+            )
+            return late
+        except DB_ERRORS as exc:
+            if decided is None:  # failed before COMMIT: nothing happened
+                return unavailable("database", exc)
+            return await resolve_unknown_commit(self._db, target, staging_key, decided, exc, transaction)
         return decided
 
-    async def _apply_write(
+    def _too_late(self, staged_at: datetime) -> Unavailable | None:
+        if datetime.now(UTC) - staged_at > self._stage_deadline:
+            return Unavailable("the upload took too long to commit; retry")
+        if deadline_passed():
+            return Unavailable("the call ran out of time before its commit; nothing was written, retry")
+        return None
+
+    async def _decide(
         self,
         conn: AsyncConnection,
+        caller: Caller,
+        operation: str,
         target: Target,
         expected: str | None,
         new_hash: str,
         size: int,
         staging_key: str,
-        now: datetime,
-    ) -> WriteDecision | PanaversityFSError:
-        key = target.key
-        backend = self._store.backend
-        if expected is None:
-            version = await journal.create(conn, key, new_hash, size, staging_key, now, backend)
-            if version is not None:
-                return ("created", None, version)
-            row = await journal.lock(conn, key)
-            current = row.sha256 if row is not None else None
-            return HashRequired(
-                "the file exists: pass its current hash as expected_hash to replace it",
-                current_hash=current,
-            )
-        version = await journal.compare_and_swap(conn, key, expected, new_hash, size, staging_key, now)
-        if version is not None:
-            return ("updated", expected, version)
-        row = await journal.lock(conn, key)
-        if row is not None and row.exists:
-            return Conflict(
-                "expected_hash is not the file's current hash: re-read, merge, retry",
-                current_hash=row.sha256,
-            )
-        if target.user_id is not None:
-            base = (await journal.fetch(conn, key.book_id, key.path, [BASE_USER])).get(BASE_USER)
-            if base is not None and base.exists:
-                if base.sha256 == expected:
-                    # Forking the overlay from the base version the agent read.
-                    version = await journal.create(conn, key, new_hash, size, staging_key, now, backend)
-                    if version is not None:
-                        return ("created", None, version)
-                    row = await journal.lock(conn, key)
-                    return Conflict(
-                        "the overlay was created concurrently: re-read, merge, retry",
-                        current_hash=row.sha256 if row is not None else None,
-                    )
-                return Conflict(
-                    "expected_hash is not the current hash of the file you read",
-                    current_hash=base.sha256,
-                    current_source="base",
-                )
-        return NotFound("the file does not exist: create it without expected_hash", path=target.path)
-
-    async def _resolve_unknown_commit(
-        self,
-        target: Target,
-        staging_key: str,
-        decided: WriteDecision | PanaversityFSError,
-        exc: BaseException,
-    ) -> WriteDecision | PanaversityFSError:
-        """Decide whether a transaction whose COMMIT failed took effect, without replaying it.
-
-        The staging key is unique to this attempt: if the journal row points at it, the commit
-        happened and `decided` is what it did.
-        """
-        logger.warning("commit outcome unknown; checking the journal", exc_info=exc)
+        started: float,
+        content_type: str | None,
+        idem: Idempotency | None,
+    ) -> WriteOutcome | Replay | PanaversityFSError:
+        """The write's statements in one transaction: claim the key, compare-and-swap, audit."""
+        now = datetime.now(UTC)
+        decided: WriteOutcome | PanaversityFSError
         try:
-            async with self._db.read() as conn:
-                rows = await journal.fetch(conn, target.book_id, target.path, [target.key.user_id])
-        except _DB_ERRORS:
-            return Unavailable(
-                "the database failed while committing and the outcome is unknown; re-read the "
-                "file before retrying",
-                outcome_unknown=True,
+            replay = await claim(conn, idem, now) if idem is not None else None
+        except PanaversityFSError as reused:
+            idem, decided = None, reused  # the key is another request's: neither record nor release it
+        else:
+            if replay is not None:
+                return replay
+            applied = await apply_write(
+                conn, target, expected, new_hash, size, staging_key, now, content_type, self._store.backend
             )
-        row = rows.get(target.key.user_id)
-        if row is not None and row.staging_key == staging_key and not isinstance(decided, PanaversityFSError):
+            decided = (
+                applied
+                if isinstance(applied, PanaversityFSError)
+                else write_outcome(target, applied, new_hash, size)
+            )
+        if isinstance(decided, PanaversityFSError):
+            if idem is not None:
+                await idem_sql.release(conn, idem.agent_id, idem.key)
+            current = (
+                decided.details.get("current_hash") if isinstance(decided, Conflict | HashRequired) else None
+            )
+            own = current if decided.details.get("current_source") != "base" else None
+            await self._audit.append(conn, file_entry(caller, operation, target, own, own, started, decided))
+            decided.details.pop("current_source", None)
             return decided
-        return _unavailable("database", exc)
-
-    async def _publish_now(self, key: FileKey, staging_key: str | None) -> None:
-        try:
-            await self._publisher.publish(key, staging_key)
-        except (StorageError, *_DB_ERRORS):
-            logger.warning("publish deferred to recovery", exc_info=True)
+        await self._audit.append(
+            conn, file_entry(caller, operation, target, decided.previous_hash, new_hash, started)
+        )
+        if idem is not None:
+            await idem_sql.record(conn, idem.agent_id, idem.key, payload(decided, content_type))
+        return decided
 
     async def _discard(self, staging_key: str) -> None:
         try:
@@ -412,13 +408,15 @@ class ContentService:
         path: str,
         user_id: str | None = None,
         expected_hash: str | None = None,
+        idempotency_key: object = None,
     ) -> DeleteOutcome:
         """Delete a file (an overlay when `user_id` is given; base is never touched then).
 
-        Deleting a missing file succeeds with `existed: false`.
+        Deleting a missing file succeeds with `existed: false`. With `idempotency_key`, a call
+        repeating one that committed returns its outcome.
 
         Raises:
-            InvalidPath, SchemaViolation, InvalidArgument: bad arguments.
+            InvalidPath, SchemaViolation, InvalidArgument: bad arguments (a reused key).
             Conflict: `expected_hash` is given and is not the current hash.
             Unavailable: the database failed; nothing was deleted.
         """
@@ -426,50 +424,34 @@ class ContentService:
         try:
             target = self._target(book_id, path, user_id)
             expected = check_hash(expected_hash)
+            idem = Idempotency.for_call(caller, "delete_content", idempotency_key, target.arguments(expected))
         except PanaversityFSError as error:
-            await self._audit_refusal(caller, "delete_content", book_id, path, user_id, started, error)
+            await self.audit_refusal(caller, "delete_content", book_id, path, user_id, started, error)
             raise
-        refusal: PanaversityFSError | None = None
-        previous: str | None = None
-        try:
-            async with self._db.write() as conn:
-                row = await journal.lock(conn, target.key)
-                previous = row.sha256 if row is not None else None
-                if row is not None and row.exists and expected is not None and expected != row.sha256:
-                    refusal = Conflict(
-                        "expected_hash is not the file's current hash", current_hash=row.sha256
-                    )
-                    entry = self._file_entry(
-                        caller, "delete_content", target, previous, previous, started, refusal
-                    )
-                else:
-                    if previous is not None:
-                        await journal.tombstone(conn, target.key, datetime.now(UTC))
-                    entry = self._file_entry(caller, "delete_content", target, previous, None, started)
-                await self._audit.append(conn, entry)
-        except _DB_ERRORS as exc:
-            self._metrics.delete_total.labels("error").inc()
-            raise _unavailable("database", exc) from None
-        if refusal is not None:
-            self._metrics.delete_total.labels("refused").inc()
-            raise refusal
-        if previous is not None:
-            await self._publish_now(target.key, None)
-        self._metrics.delete_total.labels("success").inc()
-        return DeleteOutcome(
-            book_id=target.book_id,
-            path=target.path,
-            existed=previous is not None,
-            previous_hash=previous,
-            user_id=target.user_id,
-            source=target.source,  # type: ignore[arg-type]
-            namespace=target.source,  # type: ignore[arg-type]
-        )
+        return await self.delete_file(caller, "delete_content", target, expected, started, idem)
+
+    async def delete_file(
+        self,
+        caller: Caller,
+        operation: str,
+        target: Target,
+        expected: str | None,
+        started: float,
+        idem: Idempotency | None = None,
+    ) -> DeleteOutcome:
+        """Tombstone a validated file and remove its object (see `Deleter.delete_file`).
+
+        Raises:
+            InvalidArgument: `idem`'s key was used for another request.
+            Conflict: `expected` is given and is not the current hash.
+            Unavailable: the database failed; nothing was deleted.
+        """
+        return await self._deleter.delete_file(caller, operation, target, expected, started, idem)
 
     # -- shared helpers ------------------------------------------------------------------
 
     def _target(self, book_id: object, path: object, user_id: object) -> Target:
-        return Target(check_book_id(book_id), content_path(path).path, check_user_id(user_id))
+        return Target.content(book_id, path, user_id)
 
     def _encode(self, content: object) -> bytes:
         if not isinstance(content, str):
@@ -485,7 +467,7 @@ class ContentService:
             )
         return data
 
-    async def _audit_refusal(
+    async def audit_refusal(
         self,
         caller: Caller,
         operation: str,
@@ -495,78 +477,5 @@ class ContentService:
         started: float,
         error: PanaversityFSError,
     ) -> None:
-        entry = self._entry(caller, operation, book_id, path, user_id, None, None, started, error)
-        try:
-            async with self._db.write() as conn:
-                await self._audit.append(conn, entry)
-            self._metrics.audit_entries_total.labels(_status(error)).inc()
-        except _DB_ERRORS:
-            logger.exception("could not audit a refused %s", operation)
-
-    def _file_entry(
-        self,
-        caller: Caller,
-        operation: str,
-        target: Target,
-        prev_hash: str | None,
-        new_hash: str | None,
-        started: float,
-        error: PanaversityFSError | None = None,
-    ) -> NewAuditEntry:
-        return self._entry(
-            caller,
-            operation,
-            target.book_id,
-            target.path,
-            target.user_id,
-            prev_hash,
-            new_hash,
-            started,
-            error,
-        )
-
-    def _entry(
-        self,
-        caller: Caller,
-        operation: str,
-        book_id: object,
-        path: object,
-        user_id: object,
-        prev_hash: str | None,
-        new_hash: str | None,
-        started: float,
-        error: PanaversityFSError | None = None,
-    ) -> NewAuditEntry:
-        return NewAuditEntry(
-            created_at=datetime.now(UTC),
-            agent_id=caller.agent_id,
-            operation=operation,
-            book_id=describe_rejected_path(book_id, 64),
-            path=describe_rejected_path(path, 600),
-            user_id=describe_rejected_path(user_id, 100) if user_id is not None else BASE_USER,
-            prev_hash=prev_hash,
-            new_hash=new_hash,
-            status="success" if error is None else _status(error),
-            error_code=error.code if error is not None else None,
-            error_message=error.message[:500] if error is not None else None,
-            execution_time_ms=int((time.perf_counter() - started) * 1000),
-            request_id=caller.request_id[:64] if caller.request_id else None,
-        )
-
-
-def _resolve(rows: dict[str, JournalRow], user_id: str | None) -> JournalRow | None:
-    if user_id is not None:
-        overlay = rows.get(user_id)
-        if overlay is not None and overlay.exists:
-            return overlay
-    base = rows.get(BASE_USER)
-    return base if base is not None and base.exists else None
-
-
-def _status(error: PanaversityFSError) -> str:
-    return "error" if error.code in ("UNAVAILABLE", "INTERNAL") else "refused"
-
-
-def _unavailable(component: str, exc: BaseException) -> Unavailable:
-    logger.warning("%s failure", component, exc_info=exc)
-    return Unavailable(f"the {component} is unavailable; nothing was changed, retry later")
+        """Audit a refused mutation in a transaction of its own."""
+        await append_refusal(self._db, self._audit, caller, operation, book_id, path, user_id, started, error)

@@ -10,17 +10,36 @@ concurrent writers queue instead of sleeping in SQLite's busy handler.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from panaversity_fs.config import Settings
+from panaversity_fs.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+DB_ERRORS = (SQLAlchemyError, OSError)
+"""What a failing database or a lost connection raises through SQLAlchemy."""
+
+
+def database_unavailable(exc: BaseException) -> Unavailable:
+    """Log a database failure and return the caller's UNAVAILABLE error (safe to retry)."""
+    logger.warning("database failure", exc_info=exc)
+    return Unavailable("the database is unavailable; nothing was changed, retry later")
+
 
 _WRITE_OPTION = "pfs_write"
+
+COMMAND_TIMEOUT_MARGIN = 1.0
+"""Seconds the driver waits beyond `statement_timeout` before it gives up on a statement:
+enough for PostgreSQL's own cancellation to arrive first from a database that is alive."""
 
 
 class Database:
@@ -74,8 +93,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "idle_in_transaction_session_timeout": str(timeout_ms * 4),
             "application_name": "panaversity-fs",
         },
-        "command_timeout": settings.database_statement_timeout + 5,
-        "timeout": settings.database_pool_timeout,
+        # The client-side bound on every statement, for a database that stopped answering
+        # (statement_timeout cannot fire then). SQLAlchemy then spends up to 2 s closing the
+        # connection: a statement sent to a dead database fails within statement timeout + 3 s.
+        "command_timeout": settings.database_statement_timeout + COMMAND_TIMEOUT_MARGIN,
+        "timeout": settings.database_connect_timeout,
     }
     return create_async_engine(
         url,

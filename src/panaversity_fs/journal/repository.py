@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, case, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.audit.chain import to_utc
 from panaversity_fs.journal.schema import file_journal
+from panaversity_fs.paths import BASE_USER
 
 J = file_journal.c
 
@@ -45,6 +46,7 @@ class JournalRow:
     publish_pending: bool
     staging_key: str | None
     pending_since: datetime | None
+    content_type: str | None = None
 
     @property
     def key(self) -> FileKey:
@@ -68,6 +70,7 @@ _COLUMNS = (
     J.publish_pending,
     J.staging_key,
     J.pending_since,
+    J.content_type,
 )
 
 
@@ -84,6 +87,7 @@ def _row(row: Any) -> JournalRow:
         publish_pending=bool(row.publish_pending),
         staging_key=row.staging_key,
         pending_since=to_utc(pending_since) if pending_since is not None else None,
+        content_type=row.content_type,
     )
 
 
@@ -104,9 +108,26 @@ async def lock(conn: AsyncConnection, key: FileKey) -> JournalRow | None:
     return _row(row) if row is not None else None
 
 
-def _next_version(sha256: str | None, size: int, staging_key: str | None, now: datetime) -> dict[str, Any]:
+def visible(rows: dict[str, JournalRow], user_id: str | None) -> JournalRow | None:
+    """Of one path's rows keyed by user, the one `user_id` reads: a live overlay, else live base."""
+    if user_id is not None:
+        overlay = rows.get(user_id)
+        if overlay is not None and overlay.exists:
+            return overlay
+    base = rows.get(BASE_USER)
+    return base if base is not None and base.exists else None
+
+
+def _next_version(
+    sha256: str | None,
+    size: int,
+    staging_key: str | None,
+    now: datetime,
+    content_type: str | None = None,
+) -> dict[str, Any]:
     """Column values of a committed change that still waits for its publish."""
     return {
+        "content_type": content_type,
         "sha256": sha256,
         "size": size,
         "version": J.version + 1,
@@ -125,6 +146,7 @@ async def compare_and_swap(
     size: int,
     staging_key: str,
     now: datetime,
+    content_type: str | None = None,
 ) -> int | None:
     """Point a live row whose hash is `expected` at new staged bytes.
 
@@ -133,7 +155,7 @@ async def compare_and_swap(
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256 == expected)
-        .values(_next_version(new_hash, size, staging_key, now))
+        .values(_next_version(new_hash, size, staging_key, now, content_type))
         .returning(J.version)
     )
     return result.scalar_one_or_none()
@@ -147,6 +169,7 @@ async def create(
     staging_key: str,
     now: datetime,
     backend: str,
+    content_type: str | None = None,
 ) -> int | None:
     """Record a new file (a fresh row, or a revived tombstone).
 
@@ -164,6 +187,7 @@ async def create(
         "publish_pending": True,
         "staging_key": staging_key,
         "pending_since": now,
+        "content_type": content_type,
     }
     dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     inserted = await conn.execute(
@@ -175,7 +199,7 @@ async def create(
     revived = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256.is_(None))
-        .values(_next_version(new_hash, size, staging_key, now) | {"storage_backend": backend})
+        .values(_next_version(new_hash, size, staging_key, now, content_type) | {"storage_backend": backend})
         .returning(J.version)
     )
     return revived.scalar_one_or_none()
@@ -226,6 +250,156 @@ async def all_rows(conn: AsyncConnection, book_id: str | None = None) -> list[Jo
     return [_row(row) for row in await conn.execute(query)]
 
 
+async def rows_page(
+    conn: AsyncConnection, book_id: str | None, after: tuple[str, str, str] | None, limit: int
+) -> list[JournalRow]:
+    """Return up to `limit` rows (of one book, if given) after the key `(book_id, user_id, path)`
+    `after`, tombstones included, in key order: a keyset page of `all_rows`."""
+    query = select(*_COLUMNS)
+    if book_id is not None:
+        query = query.where(J.book_id == book_id)
+    if after is not None:
+        query = query.where(tuple_(J.book_id, J.user_id, J.path) > tuple_(*after))
+    return [
+        _row(row) for row in await conn.execute(query.order_by(J.book_id, J.user_id, J.path).limit(limit))
+    ]
+
+
+async def live_files_by_book(conn: AsyncConnection) -> dict[str, int]:
+    """Return each book's number of live files (0 for a book whose files were all deleted)."""
+    result = await conn.execute(select(J.book_id, func.count(J.sha256)).group_by(J.book_id))
+    return {str(book): int(count) for book, count in result.tuples()}
+
+
 async def count_live(conn: AsyncConnection) -> int:
     """Return the number of live (non-tombstone) rows."""
     return int((await conn.execute(select(func.count()).where(J.sha256.is_not(None)))).scalar_one())
+
+
+def binary_order(column: Any, conn: AsyncConnection) -> Any:
+    """`column` compared and sorted byte-wise (PostgreSQL's locale collations sort differently)."""
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+def _under(conn: AsyncConnection, prefix: str) -> Any:
+    """Predicate: the path starts with `prefix` (a literal, not a LIKE pattern)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return binary_order(J.path, conn).like(escaped + "%", escape="\\")
+
+
+async def view(
+    conn: AsyncConnection,
+    book_id: str,
+    user_id: str | None,
+    prefix: str = "",
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[JournalRow]:
+    """Return the live files of a book as `user_id` sees them, in byte-wise path order.
+
+    Overlay rows replace the base row of the same path; no other user's rows are read.
+    Only paths starting with `prefix` and sorting after `after` are returned, at most `limit`.
+    One query.
+    """
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    path = binary_order(J.path, conn)
+    query = (
+        select(*_COLUMNS)
+        .where(J.book_id == book_id, J.user_id.in_(users), J.sha256.is_not(None))
+        .order_by(path, J.user_id)
+    )
+    if prefix:
+        query = query.where(_under(conn, prefix))
+    if after is not None:
+        query = query.where(path > after)
+    if limit is not None:
+        # A path has at most two rows (base, overlay); one more row tells whether the last
+        # path's pair was cut by the limit.
+        query = query.limit(2 * limit + 1)
+    rows = [_row(row) for row in await conn.execute(query)]
+    resolved: dict[str, JournalRow] = {}
+    for row in rows:
+        if row.path not in resolved or row.user_id != BASE_USER:
+            resolved[row.path] = row
+    files = list(resolved.values())
+    if limit is not None and len(rows) == 2 * limit + 1 and len(files) > 1:
+        files.pop()
+    return files if limit is None else files[:limit]
+
+
+ROW_COLUMNS = _COLUMNS
+"""The columns a `JournalRow` is built from, for queries in the other journal repositories."""
+
+
+def to_journal_row(row: Any) -> JournalRow:
+    """Build a `JournalRow` from a result row selected with `ROW_COLUMNS`."""
+    return _row(row)
+
+
+# -- whole-book queries (catalogue, search) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookSummary:
+    """Counts of one book's live files; overlays are counted, never listed."""
+
+    book_id: str
+    base_files: int
+    content_files: int
+    asset_files: int
+    base_bytes: int
+    overlay_files: int
+    last_written_at: datetime
+
+
+async def book_ids(conn: AsyncConnection, user_id: str | None = None) -> list[str]:
+    """Return the books with a live base file (or a live overlay of `user_id`), byte-wise sorted."""
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    query = (
+        select(J.book_id)
+        .where(J.sha256.is_not(None), J.user_id.in_(users))
+        .group_by(J.book_id)
+        .order_by(binary_order(J.book_id, conn))
+    )
+    return [str(book) for book in (await conn.execute(query)).scalars()]
+
+
+async def book_summaries(conn: AsyncConnection, book_id: str | None = None) -> list[BookSummary]:
+    """Return, per book with at least one live row, its file counts, bytes and last change.
+
+    One query; `last_written_at` covers every row of the book (deletions too).
+    """
+    live = J.sha256.is_not(None)
+    base = and_(live, J.user_id == BASE_USER)
+
+    def count(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    query = (
+        select(
+            J.book_id,
+            count(base).label("base_files"),
+            count(and_(base, J.path.like("content/%"))).label("content_files"),
+            count(and_(base, J.path.like("static/%"))).label("asset_files"),
+            func.coalesce(func.sum(case((base, J.size), else_=0)), 0).label("base_bytes"),
+            count(and_(live, J.user_id != BASE_USER)).label("overlay_files"),
+            func.max(J.last_written_at).label("last_written_at"),
+        )
+        .group_by(J.book_id)
+        .having(count(live) > 0)
+        .order_by(binary_order(J.book_id, conn))
+    )
+    if book_id is not None:
+        query = query.where(J.book_id == book_id)
+    return [
+        BookSummary(
+            book_id=row.book_id,
+            base_files=int(row.base_files),
+            content_files=int(row.content_files),
+            asset_files=int(row.asset_files),
+            base_bytes=int(row.base_bytes),
+            overlay_files=int(row.overlay_files),
+            last_written_at=to_utc(row.last_written_at),
+        )
+        for row in await conn.execute(query)
+    ]

@@ -9,9 +9,11 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -44,8 +46,40 @@ file_journal = Table(
     Column("publish_pending", Boolean, nullable=False, server_default="0"),
     Column("staging_key", String(200), nullable=True),
     Column("pending_since", DateTime(timezone=True), nullable=True),
+    # MIME type sniffed from the bytes at write time (assets; NULL for markdown).
+    Column("content_type", String(100), nullable=True),
     Index("ix_file_journal_book_user_path", "book_id", "user_id", "path"),
     Index("ix_file_journal_pending", "publish_pending"),
+    Index("ix_file_journal_book_written", "book_id", "last_written_at"),
+)
+
+manifest_snapshot = Table(
+    "manifest_snapshot",
+    metadata,
+    # Keyed per book: two books with identical contents never share a snapshot.
+    Column("book_id", String(64), primary_key=True),
+    Column("manifest_hash", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=False),
+    Column("file_count", Integer, nullable=False),
+    # zlib-compressed manifest text: sorted `path:sha256` lines joined by "\n".
+    Column("entries", LargeBinary, nullable=False),
+    Index("ix_manifest_snapshot_book_used", "book_id", "last_used_at"),
+)
+
+idempotency_key = Table(
+    "idempotency_key",
+    metadata,
+    # Scoped per agent: one agent's keys can neither collide with nor reveal another's.
+    Column("agent_id", String(255), primary_key=True),
+    Column("idempotency_key", String(128), primary_key=True),
+    Column("tool", String(32), nullable=False),
+    # sha256 of the tool and its canonical arguments: the same key with other arguments is refused.
+    Column("fingerprint", String(64), nullable=False),
+    # JSON of the committed outcome, returned to every replay.
+    Column("result", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_idempotency_key_created_at", "created_at"),
 )
 
 audit_log = Table(

@@ -8,6 +8,7 @@ can abort the interpreter at exit (feasibility.md §2), which the blocking one d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import TypeVar
 
 import opendal
 from opendal import exceptions as dal
+from opendal.file import File
 
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
@@ -29,7 +31,16 @@ INTERNAL_PREFIX = ".pfs/"
 STAGING_PREFIX = ".pfs/staging/"
 """Where bytes wait between upload and the journal commit that makes them visible."""
 
+UPLOAD_PREFIX = ".pfs/uploads/"
+"""Where upload-URL bytes wait for their completion; `{expiry}-{uuid}`, removed once expired."""
+
 _T = TypeVar("_T")
+
+DAL_ERRORS: tuple[type[Exception], ...] = tuple(
+    value for value in vars(dal).values() if isinstance(value, type) and issubclass(value, Exception)
+)
+"""Every exception OpenDAL raises. They do not derive from `opendal.exceptions.Error`, so
+catching that alone would let a refused connection escape as an unexpected error."""
 
 
 class StorageError(Exception):
@@ -49,6 +60,71 @@ class BlobInfo:
     last_modified: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class PresignedRequest:
+    """A request a client can send straight to the store."""
+
+    url: str
+    method: str
+    headers: dict[str, str]
+
+
+def upload_key(expires: int) -> str:
+    """A fresh upload key that records when its upload URL expires (unix seconds)."""
+    return f"{UPLOAD_PREFIX}{expires}-{uuid.uuid4().hex}"
+
+
+def upload_expiry(key: str) -> int | None:
+    """The expiry recorded in an upload key, or None if the key is not one of ours."""
+    stamp = key.removeprefix(UPLOAD_PREFIX).partition("-")[0]
+    return int(stamp) if key.startswith(UPLOAD_PREFIX) and stamp.isdigit() else None
+
+
+class BlobReader:
+    """Sequential reads of one object through one open handle (close it when done).
+
+    On the fs backend the handle keeps reading the object it opened even if a publish
+    replaces the key meanwhile.
+    """
+
+    def __init__(self, store: BlobStore, handle: File) -> None:
+        self._store = store
+        self._handle = handle
+
+    async def read(self, size: int) -> bytes:
+        """Return up to `size` bytes (empty at the end).
+
+        Raises:
+            BlobNotFound: the object vanished.
+            StorageError: the store failed.
+        """
+        return bytes(await self._store.run_file(lambda: self._handle.read(size)))
+
+    async def close(self) -> None:
+        """Release the handle."""
+        await self._store.run_file(self._handle.close)
+
+
+class BlobWriter:
+    """Streams bytes into one object; nothing is visible at the key until `close`."""
+
+    def __init__(self, store: BlobStore, handle: File) -> None:
+        self._store = store
+        self._handle = handle
+
+    async def write(self, data: bytes) -> None:
+        """Append `data`.
+
+        Raises:
+            StorageError: the store failed.
+        """
+        await self._store.run_file(lambda: self._handle.write(data))
+
+    async def close(self) -> None:
+        """Finish the object (it becomes visible at its key)."""
+        await self._store.run_file(self._handle.close)
+
+
 class BlobStore:
     """Async facade over an OpenDAL operator."""
 
@@ -57,6 +133,10 @@ class BlobStore:
         self._operator = operator
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pfs-storage")
+        self.on_error: Callable[[str], None] | None = None
+        """Told the kind of every failed or timed-out call (the server counts them as metrics)."""
+        self.on_call: Callable[[bool], None] | None = None
+        """Told whether each call succeeded (a missing object counts as an answer, not a failure)."""
         self._can_rename = bool(operator.capability().rename)
         # Listing uses the async operator: the blocking one holds the GIL while it pages
         # through a remote listing, which would stall every other thread of the process.
@@ -84,18 +164,34 @@ class BlobStore:
                 options["access_key_id"] = settings.s3_access_key_id.get_secret_value()
                 options["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
             operator = opendal.Operator("s3", **options)
+            if settings.storage_retries:
+                operator = operator.layer(_retry_layer(settings.storage_retries))
         return cls(operator, settings.storage_backend, settings.storage_threads, settings.storage_timeout)
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self._timeout)
+            result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self._timeout)
         except dal.NotFound as exc:
+            self._answered(True)
             raise BlobNotFound(str(exc)) from None
         except TimeoutError:
+            self._failed("timeout")
             raise StorageError("storage call timed out") from None
-        except dal.Error as exc:
+        except DAL_ERRORS as exc:
+            self._failed(type(exc).__name__)
             raise StorageError(type(exc).__name__) from exc
+        self._answered(True)
+        return result
+
+    def _failed(self, kind: str) -> None:
+        self._answered(False)
+        if self.on_error is not None:
+            self.on_error(kind)
+
+    def _answered(self, ok: bool) -> None:
+        if self.on_call is not None:
+            self.on_call(ok)
 
     async def read(self, key: str) -> bytes:
         """Return the bytes at `key`.
@@ -105,6 +201,31 @@ class BlobStore:
             StorageError: the store failed.
         """
         return bytes(await self._run(lambda: self._operator.read(key)))
+
+    async def read_range(self, key: str, offset: int, size: int) -> bytes:
+        """Return up to `size` bytes of the object at `key`, starting at `offset`.
+
+        Raises:
+            BlobNotFound: no object there.
+            StorageError: the store failed.
+        """
+
+        def read() -> bytes:
+            try:
+                return self._operator.read(key, offset=offset, size=size)
+            except dal.NotFound:
+                raise
+            except Exception:
+                # A range past the end fails (fs: RangeNotSatisfied, s3: "too little data");
+                # an object shorter than offset + size gives what it has from offset.
+                length = int(self._operator.stat(key).content_length)
+                if length >= offset + size:
+                    raise
+                return (
+                    self._operator.read(key, offset=offset, size=length - offset) if length > offset else b""
+                )
+
+        return bytes(await self._run(read))
 
     async def write(self, key: str, data: bytes) -> None:
         """Store `data` at `key`, replacing any object there, atomically for readers."""
@@ -128,6 +249,103 @@ class BlobStore:
         """Remove the object at `key`; removing a missing object is not an error."""
         await self._run(lambda: self._operator.delete(key))
 
+    async def copy(self, source: str, target: str) -> None:
+        """Copy the object at `source` to `target` (a new object with a fresh modification time).
+
+        Raises:
+            BlobNotFound: no object at `source`.
+            StorageError: the store failed.
+        """
+        await self._run(lambda: self._operator.copy(source, target))
+
+    async def size(self, key: str) -> int:
+        """Return the size in bytes of the object at `key`.
+
+        Raises:
+            BlobNotFound: no object there.
+            StorageError: the store failed.
+        """
+        return int((await self._run(lambda: self._operator.stat(key))).content_length)
+
+    async def stat(self, key: str) -> BlobInfo:
+        """Return the size and modification time of the object at `key`.
+
+        Raises:
+            BlobNotFound: no object there.
+            StorageError: the store failed.
+        """
+        meta = await self._run(lambda: self._operator.stat(key))
+        return BlobInfo(key, int(meta.content_length), meta.last_modified)
+
+    async def sha256(self, key: str, chunk: int = 1024 * 1024) -> tuple[str, int]:
+        """Return the lowercase hex sha256 and the size of the object at `key`, read in chunks.
+
+        Raises:
+            BlobNotFound: no object there.
+            StorageError: the store failed.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        reader = await self.open_reader(key)
+        try:
+            while data := await reader.read(chunk):
+                digest.update(data)
+                size += len(data)
+        finally:
+            await reader.close()
+        return digest.hexdigest(), size
+
+    async def open_reader(self, key: str, offset: int = 0) -> BlobReader:
+        """Open the object at `key` for chunked reading from `offset`.
+
+        A missing object may only be reported by the first `read` (opening is lazy).
+
+        Raises:
+            BlobNotFound: no object there.
+            StorageError: the store failed.
+        """
+        handle = await self._run(lambda: self._operator.open(key, "rb"))
+        reader = BlobReader(self, handle)
+        if offset:
+            await self.run_file(lambda: handle.seek(offset))
+        return reader
+
+    async def open_writer(self, key: str) -> BlobWriter:
+        """Open `key` for streaming writes; the object replaces any old one on `close`.
+
+        Raises:
+            StorageError: the store failed.
+        """
+        return BlobWriter(self, await self._run(lambda: self._operator.open(key, "wb")))
+
+    async def presign_write(self, key: str, ttl: int) -> PresignedRequest:
+        """A request that lets a client PUT the object at `key` directly, valid `ttl` seconds.
+
+        Raises:
+            StorageError: the backend cannot presign (the fs backend) or failed.
+        """
+        if not self._operator.capability().presign_write:
+            raise StorageError("this storage backend cannot presign uploads")
+        try:
+            signed = await asyncio.wait_for(self._lister.presign_write(key, ttl), self._timeout)
+        except TimeoutError:
+            raise StorageError("storage call timed out") from None
+        except DAL_ERRORS as exc:
+            raise StorageError(type(exc).__name__) from exc
+        return PresignedRequest(signed.url, signed.method, dict(signed.headers))
+
+    async def run_file(self, fn: Callable[[], _T]) -> _T:
+        """Run a call on an open `opendal.File` on the I/O threads, mapping its errors.
+
+        File handles report failures as plain `OSError`s rather than OpenDAL's exceptions.
+        """
+        try:
+            return await self._run(fn)
+        except OSError as exc:
+            if "NotFound" in str(exc):
+                raise BlobNotFound("object not found") from None
+            raise StorageError(type(exc).__name__) from exc
+
     async def exists(self, key: str) -> bool:
         """Whether an object exists at `key`."""
         return bool(await self._run(lambda: self._operator.exists(key)))
@@ -139,8 +357,10 @@ class BlobStore:
         except dal.NotFound:
             return []
         except TimeoutError:
+            self._failed("timeout")
             raise StorageError("storage listing timed out") from None
-        except dal.Error as exc:
+        except DAL_ERRORS as exc:
+            self._failed(type(exc).__name__)
             raise StorageError(type(exc).__name__) from exc
 
     async def _list(self, prefix: str) -> list[BlobInfo]:
@@ -167,6 +387,18 @@ class BlobStore:
     def close(self) -> None:
         """Stop the I/O threads (waiting for calls in flight)."""
         self._pool.shutdown(wait=True)
+
+
+def _retry_layer(retries: int) -> opendal.layers.RetryLayer:
+    """Retries of s3 requests OpenDAL marks temporary (5xx, SlowDown, resets, bodies cut short).
+
+    Repeating them is safe: a PUT writes the same bytes to the same fresh staging or upload key,
+    a copy the same source to the same key, deleting a gone object succeeds, and a read or stat
+    changes nothing (a body cut short resumes where it ended; reads are hash-checked anyway).
+    Bad input never gets this far (paths are validated first, E3). Backoff 0.1 s doubling to at
+    most 1 s, jittered: three retries add a second or two, inside `storage_timeout`.
+    """
+    return opendal.layers.RetryLayer(max_times=retries, factor=2.0, jitter=True, min_delay=0.1, max_delay=1.0)
 
 
 def _prepare_fs_root(root: Path) -> Path:

@@ -5,9 +5,15 @@ from __future__ import annotations
 from fastmcp import FastMCP
 
 from panaversity_fs.resources import ServerState
-from panaversity_fs.tools import content
+from panaversity_fs.tools import archive, assets, audit, books, builds, content, search
 
 
 def register_tools(mcp: FastMCP, state: ServerState) -> None:
     """Register every tool on `mcp` (explicitly; importing a module registers nothing)."""
     content.register(mcp, state)
+    books.register(mcp, state)
+    search.register(mcp, state)
+    builds.register(mcp, state)
+    archive.register(mcp, state)
+    assets.register(mcp, state)
+    audit.register(mcp, state)

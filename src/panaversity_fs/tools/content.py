@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any, Literal
 
 from fastmcp import Context, FastMCP
+from fastmcp.tools.base import ToolResult
 from mcp_types import ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from panaversity_fs.auth.identity import caller_from_context
+from panaversity_fs.books.bulk import BulkReader
+from panaversity_fs.books.results import BulkPage
 from panaversity_fs.content.results import DeleteOutcome, FileContent, WriteOutcome
+from panaversity_fs.errors import InvalidArgument
+from panaversity_fs.paths import CONTENT_EXAMPLE
 from panaversity_fs.resources import ServerState
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
@@ -21,26 +27,78 @@ UserId = Annotated[
     str | None,
     Field(description="Overlay owner: read/write/delete that user's personal copy instead of the base."),
 ]
+ReadPath = Annotated[
+    str | None,
+    Field(
+        description="scope file: the lesson or summary path. chapter: `content/{NN-Part}/{NN-Chapter}`. "
+        "part: `content/{NN-Part}`. book: omit."
+    ),
+]
 Hash = Annotated[
     str | None,
     Field(description="The file's current `file_hash` (sha256, lowercase hex), from your last read."),
 ]
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        description="Optional key (1-128 of `[A-Za-z0-9._:-]`, unique per change you intend): repeating "
+        "a call that committed, with the same key and arguments, returns its result and changes "
+        "nothing; the same key with other arguments is refused. Use it to retry safely after "
+        "UNAVAILABLE or a lost connection."
+    ),
+]
+
+
+# One file (scope file) or one page of files (bulk scopes), both unwrapped objects.
+READ_OUTPUT_SCHEMA: dict[str, Any] = {"type": "object", **TypeAdapter(FileContent | BulkPage).json_schema()}
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
     """Register the content tools on `mcp`."""
 
     async def read_content(
-        book_id: BookId, path: ContentPath, ctx: Context, user_id: UserId = None
-    ) -> FileContent:
-        """Read a lesson or summary: its exact content and `file_hash`.
+        book_id: BookId,
+        ctx: Context,
+        path: ReadPath = None,
+        user_id: UserId = None,
+        scope: Annotated[
+            Literal["file", "chapter", "part", "book"],
+            Field(description="`file` (default): one file. `chapter` / `part` / `book`: pages of files."),
+        ] = "file",
+        cursor: Annotated[
+            str | None, Field(description="Bulk scopes: `next_cursor` of the previous page (same arguments).")
+        ] = None,
+        limit: Annotated[
+            int | None, Field(description="Bulk scopes: files per page, 1-500 (default 100).")
+        ] = None,
+    ) -> ToolResult:
+        """Read a lesson or summary, or a whole chapter, part or book page by page.
 
-        With `user_id`, that user's overlay is returned if it exists (`source: "overlay"`),
-        otherwise the shared base file (`source: "base"`). Keep `file_hash`: you need it as
-        `expected_hash` to change the file.
+        `scope: "file"`: the file's exact content and `file_hash`. With `user_id`, that user's
+        overlay is returned if it exists (`source: "overlay"`), otherwise the shared base file
+        (`source: "base"`). Keep `file_hash`: you need it as `expected_hash` to change the file.
+
+        `scope: "chapter"` (path `content/01-Part/02-Chapter`), `"part"` (path
+        `content/01-Part`) or `"book"` (no path): a page of `files` (path, content,
+        file_hash, source, ...) in path order, overlay-resolved for `user_id`, markdown only.
+        Call again with `cursor: next_cursor` until `next_cursor` is null.
         """
         resources = state.require()
-        return await resources.content.read(caller_from_context(ctx), book_id, path, user_id)
+        caller = caller_from_context(ctx)
+        if scope == "file":
+            if path is None:
+                error = InvalidArgument(
+                    "path is required for scope file", field="path", example=CONTENT_EXAMPLE
+                )
+                resources.content.note_read(
+                    caller, "read_content", book_id, None, user_id, time.perf_counter(), error
+                )
+                raise error
+            result: BaseModel = await resources.content.read(caller, book_id, path, user_id)
+        else:
+            reader = BulkReader(resources.settings, resources.db, resources.content)
+            result = await reader.read_page(caller, book_id, scope, path, user_id, cursor, limit)
+        return ToolResult(structured_content=result.model_dump(mode="json"))
 
     async def write_content(
         book_id: BookId,
@@ -49,6 +107,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ctx: Context,
         expected_hash: Hash = None,
         user_id: UserId = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> WriteOutcome:
         """Create or replace a lesson or summary.
 
@@ -61,7 +120,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         """
         resources = state.require()
         return await resources.content.write(
-            caller_from_context(ctx), book_id, path, content, expected_hash, user_id
+            caller_from_context(ctx), book_id, path, content, expected_hash, user_id, idempotency_key
         )
 
     async def delete_content(
@@ -70,6 +129,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ctx: Context,
         user_id: UserId = None,
         expected_hash: Hash = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> DeleteOutcome:
         """Delete a lesson or summary (idempotent: a missing file gives `existed: false`).
 
@@ -77,10 +137,13 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         Pass `expected_hash` to delete only the version you read (`CONFLICT` otherwise).
         """
         resources = state.require()
-        return await resources.content.delete(caller_from_context(ctx), book_id, path, user_id, expected_hash)
+        return await resources.content.delete(
+            caller_from_context(ctx), book_id, path, user_id, expected_hash, idempotency_key
+        )
 
     mcp.tool(
         read_content,
+        output_schema=READ_OUTPUT_SCHEMA,
         annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
     )
     mcp.tool(

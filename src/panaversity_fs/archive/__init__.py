@@ -1,0 +1,1 @@
+"""Streaming ZIP archives of whole books, served from a signed HTTP route."""

@@ -1,0 +1,1 @@
+"""Binary assets under `static/`: inline and URL uploads, downloads, listing, MIME sniffing."""

@@ -1,0 +1,1 @@
+"""Whole-book reads: bulk pages, search, the book catalogue and schema validation."""

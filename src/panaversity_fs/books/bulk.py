@@ -1,0 +1,183 @@
+"""Bulk reads: a chapter, a part or a whole book, page by page.
+
+One page = one journal query (`journal.view`, overlay-resolved, byte-wise path order) plus
+parallel, hash-verified storage reads. A page holds at most `limit` files and, beyond its first
+file, at most `settings.page_bytes` bytes, so one huge file still makes progress alone.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from panaversity_fs.auth.identity import Caller
+from panaversity_fs.books import cursor as cursors
+from panaversity_fs.books.fetch import fetch_in_order
+from panaversity_fs.books.results import BulkFile, BulkPage, BulkScope
+from panaversity_fs.config import Settings
+from panaversity_fs.content.service import ContentService
+from panaversity_fs.errors import InvalidArgument, PanaversityFSError, SchemaViolation
+from panaversity_fs.journal import repository as journal
+from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.paths import canonicalize, check_book_id, check_user_id
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+SCOPES: tuple[BulkScope, ...] = ("chapter", "part", "book")
+
+_FOLDER = re.compile(r"[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*")
+_EXAMPLES = {"chapter": "content/01-Introduction/02-Variables", "part": "content/01-Introduction"}
+
+
+def scope_prefix(scope: object, path: object) -> tuple[BulkScope, str]:
+    """Validate a bulk scope and its folder; return the scope and the folder's path prefix.
+
+    `chapter` needs `content/{NN-Part}/{NN-Chapter}`, `part` needs `content/{NN-Part}`;
+    `book` ignores `path`. The prefix ends with `/`.
+
+    Raises:
+        InvalidArgument: unknown scope.
+        InvalidPath: the folder path is unsafe.
+        SchemaViolation: the folder is not a part or chapter folder.
+    """
+    if scope == "book":
+        return "book", "content/"
+    if scope not in ("chapter", "part"):
+        raise InvalidArgument("scope must be one of file, chapter, part, book", field="scope")
+    depth = 3 if scope == "chapter" else 2
+    if path is None:
+        raise InvalidArgument(f"scope {scope} needs the {scope} folder as path", example=_EXAMPLES[scope])
+    folder = canonicalize(path)
+    segments = folder.split("/")
+    if (
+        len(segments) != depth
+        or segments[0] != "content"
+        or not all(_FOLDER.fullmatch(s) for s in segments[1:])
+    ):
+        shape = "content/{NN-Part}/{NN-Chapter}" if scope == "chapter" else "content/{NN-Part}"
+        raise SchemaViolation(
+            f"a {scope} is named by its folder, {shape} (NN two digits, then a name)",
+            rule=shape,
+            example=_EXAMPLES[scope],
+        )
+    return scope, folder + "/"  # type: ignore[return-value]
+
+
+def check_limit(limit: object, default: int, maximum: int) -> int:
+    """Return `limit` (or `default` when None) if it is an integer in 1..`maximum`.
+
+    Raises:
+        InvalidArgument: it is not.
+    """
+    if limit is None:
+        return default
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
+        raise InvalidArgument(f"limit must be an integer from 1 to {maximum}", field="limit", maximum=maximum)
+    return limit
+
+
+class BulkReader:
+    """`read_content` for the chapter, part and book scopes."""
+
+    def __init__(self, settings: Settings, db: Database, content: ContentService) -> None:
+        self._settings = settings
+        self._db = db
+        self._content = content
+
+    async def read_page(
+        self,
+        caller: Caller,
+        book_id: object,
+        scope: object,
+        path: object,
+        user_id: object = None,
+        cursor: object = None,
+        limit: object = None,
+    ) -> BulkPage:
+        """Return one page of the files under a chapter, part or book, as `user_id` sees them.
+
+        Only markdown under `content/` is returned; overlays of `user_id` replace base files
+        and no other user's overlay is read. Every file is verified against its hash.
+
+        Raises:
+            InvalidArgument: bad book id, user id, scope, limit, or a cursor issued for
+                another query.
+            InvalidPath, SchemaViolation: bad folder path.
+            Unavailable: the database or storage failed, or a file kept changing; retry.
+            Internal: stored bytes do not match the journal (run fsck).
+        """
+        started = time.perf_counter()
+        what = f"{scope}:{path}"
+        try:
+            book = check_book_id(book_id)
+            user = check_user_id(user_id)
+            kind, prefix = scope_prefix(scope, path)
+            what = f"{kind}:{prefix}"
+            page_limit = check_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
+            query = cursors.query_digest("read_content", book, user, kind, prefix)
+            after = None if cursor is None else cursors.text_field(cursors.decode(cursor, query), "p")
+            page = await self._page(book, user, kind, prefix, query, after, page_limit)
+        except PanaversityFSError as error:
+            self._content.note_read(caller, "read_content", book_id, what, user_id, started, error)
+            raise
+        self._content.note_read(caller, "read_content", book, what, user, started)
+        return page
+
+    async def _page(
+        self,
+        book: str,
+        user: str | None,
+        scope: BulkScope,
+        prefix: str,
+        query: str,
+        after: str | None,
+        limit: int,
+    ) -> BulkPage:
+        try:
+            async with self._db.read() as conn:
+                rows = await journal.view(conn, book, user, prefix, after=after, limit=limit + 1)
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc) from None
+        more = len(rows) > limit
+        chosen = self._within_budget(rows[:limit])
+        more = more or len(chosen) < min(len(rows), limit)
+        files: list[BulkFile] = []
+        readable = [row for row in chosen if row.path.endswith(".md")]
+        async for _, fetched in fetch_in_order(self._db, self._content, readable, user):
+            if fetched is None:
+                continue  # deleted since the listing: the page shows the later state
+            row = fetched.row
+            files.append(
+                BulkFile(
+                    path=row.path,
+                    content=fetched.data.decode("utf-8", errors="surrogateescape"),
+                    file_hash=row.sha256 or "",
+                    size=len(fetched.data),
+                    source=fetched.source,  # type: ignore[arg-type]
+                    namespace=fetched.source,  # type: ignore[arg-type]
+                    last_modified=row.last_written_at.isoformat(),
+                    version=row.version,
+                )
+            )
+        next_cursor = cursors.encode(query, {"p": chosen[-1].path}) if more and chosen else None
+        return BulkPage(
+            book_id=book,
+            scope=scope,
+            path=prefix.rstrip("/") if scope != "book" else "content",
+            user_id=user,
+            files=files,
+            next_cursor=next_cursor,
+            truncated=next_cursor is not None,
+        )
+
+    def _within_budget(self, rows: list[JournalRow]) -> list[JournalRow]:
+        budget = self._settings.page_bytes
+        chosen: list[JournalRow] = []
+        total = 0
+        for row in rows:
+            if chosen and total + row.size > budget:
+                break
+            chosen.append(row)
+            total += row.size
+        return chosen

@@ -1,0 +1,147 @@
+"""`list_books`: the books the journal knows, with their part / chapter / lesson tree on request.
+
+A book exists while it has at least one live journal row. Counts come from one grouped query.
+The structure is built from the base view (overlays are personal and never shown here) and is
+bounded: without `book_id` it is given only while the listed books hold at most
+`STRUCTURE_MAX_FILES` base files together; beyond that, ask for one book at a time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from typing import Literal
+
+from panaversity_fs.auth.identity import Caller
+from panaversity_fs.books.results import BookInfo, BookList, Chapter, ContentTree, Lesson, Part
+from panaversity_fs.content.service import ContentService
+from panaversity_fs.errors import InvalidArgument, NotFound, PanaversityFSError
+from panaversity_fs.journal import repository as journal
+from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.journal.repository import BookSummary, JournalRow
+from panaversity_fs.paths import check_book_id
+
+Structure = Literal["none", "content", "assets", "all"]
+STRUCTURES: tuple[Structure, ...] = ("none", "content", "assets", "all")
+
+STRUCTURE_MAX_FILES = 5000
+"""Base files the structure of several books may cover in one reply."""
+
+_LESSON = re.compile(
+    r"content/(?P<part>[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*)/(?P<chapter>[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*)/"
+    r"(?P<lesson>[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*)(?P<summary>\.summary)?\.md"
+)
+
+
+def content_tree(rows: list[JournalRow]) -> ContentTree:
+    """The part / chapter / lesson tree of schema-valid lesson rows (summaries mark lessons)."""
+    lessons: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    summaries: set[str] = set()
+    for row in rows:
+        match = _LESSON.fullmatch(row.path)
+        if match is None:
+            continue
+        if match["summary"]:
+            summaries.add(row.path.removesuffix(".summary.md") + ".md")
+        else:
+            lessons[match["part"]][match["chapter"]][match["lesson"]] = row.path
+    return ContentTree(
+        parts=[
+            Part(
+                id=part,
+                chapters=[
+                    Chapter(
+                        id=chapter,
+                        lessons=[
+                            Lesson(path=path, name=name, has_summary=path in summaries)
+                            for name, path in sorted(lessons[part][chapter].items())
+                        ],
+                    )
+                    for chapter in sorted(lessons[part])
+                ],
+            )
+            for part in sorted(lessons)
+        ]
+    )
+
+
+def asset_tree(rows: list[JournalRow]) -> dict[str, list[str]]:
+    """Asset paths grouped by their type folder (`static/{type}/...`)."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        segments = row.path.split("/")
+        if len(segments) >= 3 and segments[0] == "static":
+            grouped[segments[1]].append(row.path)
+    return {kind: grouped[kind] for kind in sorted(grouped)}
+
+
+class Catalog:
+    """The book listing."""
+
+    def __init__(self, db: Database, content: ContentService) -> None:
+        self._db = db
+        self._content = content
+
+    async def list_books(
+        self, caller: Caller, include_structure: object = "none", book_id: object = None
+    ) -> BookList:
+        """Return every book (or `book_id` only) with counts, and the structure when asked.
+
+        Raises:
+            InvalidArgument: bad `include_structure` or book id, or a structure request over
+                several books that together exceed `STRUCTURE_MAX_FILES` files.
+            NotFound: `book_id` has no live file.
+            Unavailable: the database failed; retry.
+        """
+        started = time.perf_counter()
+        what = f"structure:{include_structure}"
+        try:
+            if include_structure not in STRUCTURES:
+                raise InvalidArgument(
+                    "include_structure must be one of none, content, assets, all", field="include_structure"
+                )
+            structure: Structure = include_structure  # type: ignore[assignment]
+            book = None if book_id is None else check_book_id(book_id)
+            result = await self._list(structure, book)
+        except PanaversityFSError as error:
+            self._content.note_read(caller, "list_books", book_id or "*", what, None, started, error)
+            raise
+        self._content.note_read(caller, "list_books", book or "*", what, None, started)
+        return result
+
+    async def _list(self, structure: Structure, book: str | None) -> BookList:
+        try:
+            async with self._db.read() as conn:
+                summaries = await journal.book_summaries(conn, book)
+                if book is not None and not summaries:
+                    raise NotFound(f"book {book} has no files", book_id=book)
+                if structure != "none" and book is None:
+                    total = sum(s.base_files for s in summaries)
+                    if total > STRUCTURE_MAX_FILES:
+                        raise InvalidArgument(
+                            f"the structure of all books covers {total} files (limit "
+                            f"{STRUCTURE_MAX_FILES}); pass book_id to get one book's structure",
+                            field="include_structure",
+                        )
+                books: list[BookInfo] = []
+                for summary in summaries:
+                    rows = [] if structure == "none" else await journal.view(conn, summary.book_id, None)
+                    books.append(_info(summary, structure, rows))
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc) from None
+        return BookList(books=books, include_structure=structure)
+
+
+def _info(summary: BookSummary, structure: Structure, rows: list[JournalRow]) -> BookInfo:
+    return BookInfo(
+        book_id=summary.book_id,
+        files=summary.base_files,
+        content_files=summary.content_files,
+        asset_files=summary.asset_files,
+        bytes=summary.base_bytes,
+        overlay_files=summary.overlay_files,
+        last_modified=summary.last_written_at.isoformat(),
+        content=content_tree(rows) if structure in ("content", "all") else None,
+        assets=asset_tree(rows) if structure in ("assets", "all") else None,
+    )

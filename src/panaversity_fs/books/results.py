@@ -1,0 +1,164 @@
+"""What the whole-book tools return (these are also the tools' structured outputs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from panaversity_fs.content.results import Source
+
+BulkScope = Literal["chapter", "part", "book"]
+Severity = Literal["error", "warning"]
+
+
+class BulkFile(BaseModel):
+    """One file of a bulk read page."""
+
+    path: str
+    content: str
+    file_hash: str = Field(description="Lowercase hex sha256 of exactly these bytes.")
+    size: int
+    source: Source = "base"
+    namespace: Source = "base"
+    last_modified: str = Field(description="ISO-8601 time of the last committed change.")
+    version: int
+
+
+class BulkPage(BaseModel):
+    """One page of a chapter, part or book, in byte-wise path order."""
+
+    book_id: str
+    scope: BulkScope
+    path: str = Field(description="The folder read (`content/` for the whole book).")
+    user_id: str | None = None
+    files: list[BulkFile]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+    truncated: bool = Field(description="True when more files follow (`next_cursor` is set).")
+
+
+class GlobMatch(BaseModel):
+    """A file whose path matches a glob pattern."""
+
+    book_id: str
+    path: str
+    file_hash: str
+    size: int
+    source: Source = "base"
+
+
+class GlobResult(BaseModel):
+    """Bounded glob matches, in (book, path) order."""
+
+    pattern: str
+    matches: list[GlobMatch]
+    truncated: bool
+    next_cursor: str | None = None
+
+
+class GrepMatch(BaseModel):
+    """A line holding a regex match (one entry per matching line)."""
+
+    book_id: str
+    path: str
+    line_number: int = Field(description="1-based line of the match start.")
+    line: str = Field(description="The line, cut to 500 characters around the match.")
+    file_hash: str
+    source: Source = "base"
+
+
+class GrepResult(BaseModel):
+    """Bounded regex matches in (book, path, line) order."""
+
+    pattern: str
+    matches: list[GrepMatch]
+    files_searched: int
+    truncated: bool = Field(description="True when the result cap or the time budget stopped the search.")
+    next_cursor: str | None = Field(None, description="Pass as `cursor` (same arguments) to continue.")
+    reason: Literal["max_results", "time_budget"] | None = None
+
+
+class Lesson(BaseModel):
+    """A lesson of the structure tree."""
+
+    path: str
+    name: str = Field(description="The lesson's file name without `.md`.")
+    has_summary: bool
+
+
+class Chapter(BaseModel):
+    """A chapter folder and its lessons."""
+
+    id: str
+    lessons: list[Lesson]
+
+
+class Part(BaseModel):
+    """A part folder and its chapters."""
+
+    id: str
+    chapters: list[Chapter]
+
+
+class ContentTree(BaseModel):
+    """The part / chapter / lesson tree of a book's base content."""
+
+    parts: list[Part]
+
+
+class BookInfo(BaseModel):
+    """A book with at least one live file."""
+
+    book_id: str
+    files: int = Field(description="Live base files (content and assets).")
+    content_files: int
+    asset_files: int
+    bytes: int = Field(description="Total size of the live base files.")
+    overlay_files: int = Field(description="Live overlay files of all users (counted, never listed).")
+    last_modified: str = Field(description="ISO-8601 time of the last committed change (base or overlay).")
+    content: ContentTree | None = None
+    assets: dict[str, list[str]] | None = Field(
+        None, description="Asset paths by type folder (`images`, `slides`, ...)."
+    )
+
+
+class BookList(BaseModel):
+    """Every book (or one), with the structure when asked."""
+
+    books: list[BookInfo]
+    include_structure: Literal["none", "content", "assets", "all"]
+
+
+class Issue(BaseModel):
+    """One schema violation found by `validate_book`."""
+
+    path: str = Field(
+        description="Book path, `users/{user}/...` for overlays, or the storage key's book part."
+    )
+    severity: Severity
+    rule: str
+    message: str
+    suggestion: str | None = None
+
+
+class ValidationSummary(BaseModel):
+    """Counts of what `validate_book` looked at and found."""
+
+    files: int = Field(description="Distinct journal rows and storage objects examined.")
+    content_files: int
+    asset_files: int
+    overlay_files: int
+    stray_objects: int
+    errors: int
+    warnings: int
+
+
+class ValidationReport(BaseModel):
+    """The result of `validate_book`."""
+
+    book_id: str
+    valid: bool
+    strict: bool
+    summary: ValidationSummary
+    issues: list[Issue]
+    truncated: bool = Field(description="True when more issues exist than are listed.")

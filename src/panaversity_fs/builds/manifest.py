@@ -1,0 +1,69 @@
+"""The build manifest of a book: its format, hash, stored form and diff. Pure functions.
+
+Format (FR-025/026): one line `{path}:{sha256}` per live base file (lessons, summaries and
+assets; never overlays), sorted byte-wise by path, joined by "\\n" with no trailing newline.
+The manifest hash is the lowercase hex sha256 of that text in UTF-8; an empty book's manifest
+is the empty string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterable, Mapping
+
+from panaversity_fs.builds.results import PlannedFile
+
+COMPRESSION_LEVEL = 1
+"""zlib level of stored manifests: hashes do not compress, so a higher level buys little."""
+
+
+def manifest_text(entries: Iterable[tuple[str, str]]) -> str:
+    """Return the manifest text of `(path, sha256)` pairs (sorted here, byte-wise)."""
+    # Code-point order of str is the byte order of its UTF-8 encoding.
+    ordered = sorted(entries, key=lambda item: item[0])
+    return "\n".join(f"{path}:{digest}" for path, digest in ordered)
+
+
+def manifest_hash(text: str) -> str:
+    """Return the sha256 of a manifest text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pack(text: str) -> bytes:
+    """The stored (compressed) form of a manifest text."""
+    return zlib.compress(text.encode("utf-8"), COMPRESSION_LEVEL)
+
+
+def unpack(blob: bytes) -> dict[str, str]:
+    """Return `{path: sha256}` of a stored manifest.
+
+    Raises:
+        ValueError: the blob is not a stored manifest.
+    """
+    try:
+        text = zlib.decompress(blob).decode("utf-8")
+    except (zlib.error, UnicodeDecodeError) as exc:
+        raise ValueError("stored manifest is corrupt") from exc
+    if not text:
+        return {}
+    files: dict[str, str] = {}
+    for line in text.split("\n"):
+        path, sep, digest = line.rpartition(":")
+        if not sep or not path:
+            raise ValueError("stored manifest is corrupt")
+        files[path] = digest
+    return files
+
+
+def diff(current: Mapping[str, str], target: Mapping[str, str]) -> list[PlannedFile]:
+    """Files whose hash differs between `target` (last build) and `current`, by path (byte-wise)."""
+    changed: list[PlannedFile] = []
+    for path in sorted(current.keys() | target.keys()):
+        now = current.get(path)
+        before = target.get(path)
+        if now == before:
+            continue
+        kind = "added" if before is None else "deleted" if now is None else "modified"
+        changed.append(PlannedFile(path=path, current_hash=now, target_hash=before, change_type=kind))
+    return changed

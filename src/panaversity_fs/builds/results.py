@@ -1,0 +1,65 @@
+"""What `plan_build` and `delta_build` return (also the tools' structured outputs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ChangeType = Literal["added", "modified", "deleted"]
+
+
+class PlannedFile(BaseModel):
+    """One file a build must add, replace or remove."""
+
+    path: str
+    current_hash: str | None = Field(description="sha256 now (None: the file was deleted).")
+    target_hash: str | None = Field(description="sha256 in the target manifest (None: not there).")
+    change_type: ChangeType
+
+
+class BuildPlan(BaseModel):
+    """The book's manifest now and the files that differ from a target manifest."""
+
+    book_id: str
+    status: Literal["unchanged", "changed"]
+    manifest_hash: str = Field(description="Hash of the current manifest; store it for the next build.")
+    target_manifest_hash: str | None = None
+    target_found: bool | None = Field(
+        default=None, description="Whether the target manifest is known (None when no target was given)."
+    )
+    files: list[PlannedFile]
+    changed_count: int
+    total_files: int = Field(description="Files in the current manifest.")
+    warning: str | None = None
+
+
+class ChangedFile(BaseModel):
+    """One journal change after `since` (a deletion has no hash)."""
+
+    path: str
+    change_type: ChangeType
+    sha256: str | None
+    size: int
+    version: int
+    last_modified: str = Field(description="ISO-8601 time of the change.")
+    namespace: Literal["base", "overlay"]
+    user_id: str | None = None
+    content: str | None = Field(default=None, description="Markdown content (include_content, live files).")
+    content_error: str | None = Field(
+        default=None, description="Why `content` is missing for a live markdown file (it changed again)."
+    )
+
+
+class ChangeFeed(BaseModel):
+    """A page of the changes after `since`, oldest first."""
+
+    book_id: str
+    since: str
+    user_id: str | None = None
+    changed_files: list[ChangedFile]
+    changed_count: int = Field(description="Changes on this page.")
+    next_cursor: str | None = Field(default=None, description="Pass back as `cursor` for the next page.")
+    until: str = Field(
+        description="Pass as the next `since` once every page is read (changes may repeat, never miss)."
+    )

@@ -1,0 +1,324 @@
+"""`BuildService`: `plan_build` (manifest diff) and `delta_build` (the journal's change feed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from panaversity_fs.auth.identity import Caller
+from panaversity_fs.builds import manifest
+from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
+from panaversity_fs.errors import InvalidArgument, PanaversityFSError
+from panaversity_fs.journal import manifest_repository as manifests
+from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.journal.manifest_repository import ChangeKey
+from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.paths import BASE_USER, check_book_id, check_hash, check_user_id
+from panaversity_fs.resources import Resources
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 1000
+FETCH_CONCURRENCY = 16
+"""Storage reads one `delta_build` page with content runs at once."""
+
+UNKNOWN_TARGET_WARNING = (
+    "target_manifest_hash is not a stored manifest of this book (never seen, or pruned): "
+    "every current file is listed as added; do a full build and store manifest_hash"
+)
+
+
+class BuildService:
+    """Build planning over the journal; every call is audited as a read."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._settings = resources.settings
+        self._db = resources.db
+        self._content = resources.content
+        self._metrics = resources.metrics
+
+    # -- plan_build ----------------------------------------------------------------------
+
+    async def plan(self, caller: Caller, book_id: object, target_manifest_hash: object = None) -> BuildPlan:
+        """Compute the book's manifest, store it, and diff it against `target_manifest_hash`.
+
+        Raises:
+            InvalidArgument: a malformed book id or target hash.
+            Unavailable: the database failed.
+        """
+        started = time.perf_counter()
+        try:
+            plan = await self._plan(book_id, target_manifest_hash)
+        except PanaversityFSError as error:
+            self._content.note_read(caller, "plan_build", book_id, "*", None, started, error)
+            raise
+        self._metrics.delta_files.labels(plan.book_id).observe(plan.changed_count)
+        self._content.note_read(caller, "plan_build", book_id, "*", None, started)
+        return plan
+
+    async def _plan(self, book_id: object, target_manifest_hash: object) -> BuildPlan:
+        book = check_book_id(book_id)
+        target = check_hash(target_manifest_hash, "target_manifest_hash")
+        try:
+            async with self._db.read() as conn:
+                entries = await manifests.base_manifest(conn, book)
+            current = dict(entries)
+            text = manifest.manifest_text(entries)
+            digest = manifest.manifest_hash(text)
+            async with self._db.write() as conn:
+                now = datetime.now(UTC)
+                await manifests.save_snapshot(conn, book, digest, manifest.pack(text), len(current), now)
+                stored: bytes | None = None
+                protected = {digest}
+                if target is not None and target != digest:
+                    stored = await manifests.load_snapshot(conn, book, target)
+                    if stored is not None:
+                        await manifests.touch_snapshot(conn, book, target, now)
+                        protected.add(target)
+                await manifests.prune_snapshots(conn, book, self._settings.manifest_snapshots_kept, protected)
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc) from None
+        if target is None:
+            return _plan_result(book, digest, current, target, None, _all_added(current))
+        if target == digest:
+            return _plan_result(book, digest, current, target, True, [])
+        previous = _unpacked(stored) if stored is not None else None
+        if previous is None:
+            return _plan_result(book, digest, current, target, False, _all_added(current))
+        return _plan_result(book, digest, current, target, True, manifest.diff(current, previous))
+
+    # -- delta_build ---------------------------------------------------------------------
+
+    async def delta(
+        self,
+        caller: Caller,
+        book_id: object,
+        since: object,
+        user_id: object = None,
+        include_content: bool = False,
+        cursor: object = None,
+        limit: object = None,
+    ) -> ChangeFeed:
+        """Return one page of the changes (deletions included) written after `since`.
+
+        Raises:
+            InvalidArgument: a malformed argument (naive `since`, bad cursor or limit, ...).
+            Unavailable: the database or storage failed.
+        """
+        started = time.perf_counter()
+        try:
+            feed = await self._delta(book_id, since, user_id, include_content, cursor, limit)
+        except PanaversityFSError as error:
+            self._content.note_read(caller, "delta_build", book_id, "*", user_id, started, error)
+            raise
+        self._metrics.delta_files.labels(feed.book_id).observe(feed.changed_count)
+        self._content.note_read(caller, "delta_build", book_id, "*", user_id, started)
+        return feed
+
+    async def _delta(
+        self,
+        book_id: object,
+        since: object,
+        user_id: object,
+        include_content: bool,
+        cursor: object,
+        limit: object,
+    ) -> ChangeFeed:
+        book = check_book_id(book_id)
+        user = check_user_id(user_id)
+        moment = parse_since(since)
+        size = _check_limit(limit)
+        position, carried_until = _decode_cursor(cursor, moment, user)
+        asked_at = datetime.now(UTC)
+        try:
+            async with self._db.read() as conn:
+                rows = await manifests.changes(conn, book, user, moment, position, size + 1)
+                pending = await manifests.oldest_pending(conn, book)
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc) from None
+        more = len(rows) > size
+        rows = rows[:size]
+        if include_content:
+            rows, cut = self._within_budget(rows)
+            more = more or cut
+        until = self._until(moment, asked_at, pending, carried_until)
+        items = await self._items(rows, include_content)
+        next_cursor = _encode_cursor(rows[-1], moment, user, until) if more and rows else None
+        return ChangeFeed(
+            book_id=book,
+            since=moment.isoformat(),
+            user_id=user,
+            changed_files=items,
+            changed_count=len(items),
+            next_cursor=next_cursor,
+            until=until.isoformat(),
+        )
+
+    def _until(
+        self, since: datetime, asked_at: datetime, pending: datetime | None, carried: datetime | None
+    ) -> datetime:
+        # `last_written_at` is taken inside a write transaction, before its commit: a write
+        # still in flight now may commit later with an earlier time. Every statement of a write
+        # is bounded by the statement timeout, so the margin covers it; a change not yet
+        # published is reported again next time too. Changes may repeat; none is skipped.
+        margin = timedelta(seconds=2 * self._settings.database_statement_timeout)
+        until = min(asked_at, pending or asked_at) - margin
+        if carried is not None:
+            until = min(until, carried)
+        return max(until, since)
+
+    def _within_budget(self, rows: list[JournalRow]) -> tuple[list[JournalRow], bool]:
+        budget = self._settings.page_bytes
+        used = 0
+        for index, row in enumerate(rows):
+            if _wants_content(row):
+                used += row.size
+                if used > budget and index > 0:
+                    return rows[:index], True
+        return rows, False
+
+    async def _items(self, rows: list[JournalRow], include_content: bool) -> list[ChangedFile]:
+        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def one(row: JournalRow) -> ChangedFile:
+            item = _changed_file(row)
+            if include_content and _wants_content(row):
+                async with gate:
+                    data = await self._content.fetch_bytes(row)
+                try:
+                    item.content = data.decode("utf-8") if data is not None else None
+                except UnicodeDecodeError:
+                    item.content = None
+                if item.content is None:
+                    item.content_error = "the file changed or is unreadable; read it with read_content"
+            return item
+
+        return list(await asyncio.gather(*(one(row) for row in rows)))
+
+
+def parse_since(value: object) -> datetime:
+    """Return `value` (ISO-8601 with a timezone) as an aware UTC datetime.
+
+    Raises:
+        InvalidArgument: not a string, not ISO-8601, or without a timezone.
+    """
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidArgument("since must be an ISO-8601 timestamp", field="since")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(
+            "since must be an ISO-8601 timestamp", field="since", example="2026-01-31T12:00:00Z"
+        ) from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidArgument(
+            "since must carry a timezone (e.g. Z or +00:00)", field="since", example="2026-01-31T12:00:00Z"
+        )
+    return moment.astimezone(UTC)
+
+
+def _check_limit(limit: object) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    return limit
+
+
+def _wants_content(row: JournalRow) -> bool:
+    return row.exists and row.path.startswith("content/") and row.path.endswith(".md")
+
+
+def _changed_file(row: JournalRow) -> ChangedFile:
+    overlay = row.user_id != BASE_USER
+    change = "deleted" if not row.exists else "added" if row.version == 1 else "modified"
+    return ChangedFile(
+        path=row.path,
+        change_type=change,
+        sha256=row.sha256,
+        size=row.size,
+        version=row.version,
+        last_modified=row.last_written_at.isoformat(),
+        namespace="overlay" if overlay else "base",
+        user_id=row.user_id if overlay else None,
+    )
+
+
+def _all_added(current: dict[str, str]) -> list[PlannedFile]:
+    return [
+        PlannedFile(path=path, current_hash=sha, target_hash=None, change_type="added")
+        for path, sha in current.items()
+    ]
+
+
+def _plan_result(
+    book: str,
+    digest: str,
+    current: dict[str, str],
+    target: str | None,
+    found: bool | None,
+    files: list[PlannedFile],
+) -> BuildPlan:
+    return BuildPlan(
+        book_id=book,
+        status="unchanged" if found and not files else "changed",
+        manifest_hash=digest,
+        target_manifest_hash=target,
+        target_found=found,
+        files=files,
+        changed_count=len(files),
+        total_files=len(current),
+        warning=UNKNOWN_TARGET_WARNING if found is False else None,
+    )
+
+
+def _unpacked(blob: bytes) -> dict[str, str] | None:
+    try:
+        return manifest.unpack(blob)
+    except ValueError:
+        logger.error("a stored build manifest is corrupt; treating it as unknown")
+        return None
+
+
+def _encode_cursor(row: JournalRow, since: datetime, user: str | None, until: datetime) -> str:
+    state = {
+        "t": row.last_written_at.isoformat(),
+        "p": row.path,
+        "u": row.user_id,
+        "s": since.isoformat(),
+        "o": user,
+        "n": until.isoformat(),
+    }
+    raw = json.dumps(state, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(
+    cursor: object, since: datetime, user: str | None
+) -> tuple[ChangeKey | None, datetime | None]:
+    if cursor is None:
+        return None, None
+    bad = InvalidArgument("cursor is not one delta_build returned for these arguments", field="cursor")
+    if not isinstance(cursor, str) or len(cursor) > 2048:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        state = json.loads(raw)
+        key = ChangeKey(
+            last_written_at=datetime.fromisoformat(state["t"]),
+            path=str(state["p"]),
+            user_id=str(state["u"]),
+        )
+        matches = datetime.fromisoformat(state["s"]) == since and state["o"] == user
+        until = datetime.fromisoformat(state["n"])
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise bad from None
+    if not matches or key.last_written_at.tzinfo is None or until.tzinfo is None:
+        raise bad
+    return key, until

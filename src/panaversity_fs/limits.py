@@ -1,0 +1,228 @@
+"""Limits that keep one agent, or too many callers, from taking the server down.
+
+- `RateLimiter`: per-agent token buckets for reads and for writes (reliability.md S-9). A bucket
+  refills at the configured rate per minute and holds `burst` minutes of it; an empty bucket
+  refuses the call with `RATE_LIMITED` and the seconds until one call is allowed again.
+- `LoadShedder`: a bound on tool calls running at once. A call that finds every slot taken
+  waits a short while; if no slot frees up in time, or too many calls are already waiting, it
+  is refused with `UNAVAILABLE` and a retry hint instead of timing out later (L-6).
+- `AuthFailureLimiter`: an ASGI guard that counts failed authentications (401s) per client
+  address and answers 429 before any token is verified once an address is over its budget;
+  requests carrying a token that was recently accepted pass regardless (clients behind one NAT).
+- A per-call deadline (`deadline_scope`, `deadline_passed`): read tools are cut off at it; a
+  mutation checks it before its commit and never after (a commit is never abandoned midway).
+
+All counters are per process: N replicas allow N times the rate (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Generator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from panaversity_fs.errors import RateLimited, Unavailable
+
+Kind = Literal["read", "write"]
+MAX_TRACKED = 10_000
+"""Agents (or addresses) whose buckets are kept; the least recently seen are forgotten first."""
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class TokenBuckets:
+    """Token buckets by key: `rate` tokens per second, at most `capacity` saved up."""
+
+    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, capacity)
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def take(self, key: str) -> float | None:
+        """Take one token for `key`; None if there was one, else seconds until there is."""
+        now = self._clock()
+        bucket = self._buckets.pop(key, None) or _Bucket(self._capacity, now)
+        bucket.tokens = min(self._capacity, bucket.tokens + (now - bucket.stamp) * self._rate)
+        bucket.stamp = now
+        self._buckets[key] = bucket
+        if len(self._buckets) > MAX_TRACKED:
+            self._buckets.popitem(last=False)
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return (1.0 - bucket.tokens) / self._rate
+
+    def empty(self, key: str) -> float | None:
+        """Seconds until `key` has a token again, or None if it has one now (nothing taken)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        tokens = min(self._capacity, bucket.tokens + (self._clock() - bucket.stamp) * self._rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
+
+class RateLimiter:
+    """Per-agent read and write budgets; a limit of 0 per minute turns that kind off."""
+
+    def __init__(self, reads_per_minute: int, writes_per_minute: int, burst: float) -> None:
+        self._buckets: dict[Kind, TokenBuckets | None] = {
+            "read": _buckets(reads_per_minute, burst),
+            "write": _buckets(writes_per_minute, burst),
+        }
+
+    def check(self, agent_id: str, kind: Kind) -> None:
+        """Count one call of `kind` by `agent_id`.
+
+        Raises:
+            RateLimited: the agent is over its budget; `retry_after` says when to try again.
+        """
+        buckets = self._buckets[kind]
+        if buckets is None:
+            return
+        wait = buckets.take(agent_id)
+        if wait is not None:
+            retry_after = math.ceil(wait * 10) / 10
+            raise RateLimited(
+                f"too many {kind}s by this agent; retry after {retry_after} s",
+                retry_after=retry_after,
+                limit=kind,
+            )
+
+
+def _buckets(per_minute: int, burst: float) -> TokenBuckets | None:
+    return TokenBuckets(per_minute / 60.0, per_minute * burst) if per_minute > 0 else None
+
+
+class LoadShedder:
+    """At most `max_running` tool calls at once; a call waits at most `max_wait` seconds for a slot."""
+
+    def __init__(self, max_running: int, max_waiting: int, max_wait: float) -> None:
+        self._slots = asyncio.Semaphore(max_running)
+        self._max_waiting = max_waiting
+        self._max_wait = max_wait
+        self.running = 0
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncGenerator[None, None]:
+        """Hold a slot for the duration of one call.
+
+        Raises:
+            Unavailable: no slot freed up in time, or the waiting line is full (`retry_after`).
+        """
+        if self._slots.locked():
+            if self.waiting >= self._max_waiting:
+                raise self._overloaded()
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._max_wait)
+            except TimeoutError:
+                raise self._overloaded() from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._slots.release()
+
+    def _overloaded(self) -> Unavailable:
+        return Unavailable(
+            "the server is overloaded; nothing was done, retry shortly",
+            retry_after=max(0.5, round(self._max_wait, 1)),
+            overloaded=True,
+        )
+
+
+_deadline: ContextVar[float | None] = ContextVar("pfs_deadline", default=None)
+
+
+@contextmanager
+def deadline_scope(seconds: float) -> Generator[None, None, None]:
+    """Set the current call's deadline `seconds` from now (monotonic clock)."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def deadline_passed() -> bool:
+    """Whether the current call is past its deadline (False outside a call)."""
+    deadline = _deadline.get()
+    return deadline is not None and time.monotonic() > deadline
+
+
+class AuthFailureLimiter:
+    """ASGI guard: an address with too many failed authentications gets 429 before verification."""
+
+    OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+    """Probes that never authenticate and must answer even an address that is locked out."""
+
+    def __init__(self, app: ASGIApp, per_minute: int, burst: float) -> None:
+        self.app = app
+        self._failures = TokenBuckets(per_minute / 60.0, per_minute * burst) if per_minute > 0 else None
+        self._accepted: OrderedDict[str, None] = OrderedDict()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse or pass the request; count it as a failure if it is answered 401."""
+        if scope["type"] != "http" or self._failures is None or scope.get("path") in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        credential = _credential(scope)
+        known = credential is not None and credential in self._accepted
+        wait = None if known else self._failures.empty(address)
+        if wait is not None:
+            retry = str(max(1, math.ceil(wait)))
+            response = PlainTextResponse(
+                "too many failed authentications from this address",
+                status_code=429,
+                headers={"Retry-After": retry},
+            )
+            await response(scope, receive, send)
+            return
+        answered: list[int] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        status = answered[0] if answered else 0
+        if status == 401:
+            self._failures.take(address)
+            if credential is not None:
+                self._accepted.pop(credential, None)
+        elif credential is not None and 200 <= status < 500 and status != 403:
+            self._accepted[credential] = None
+            self._accepted.move_to_end(credential)
+            if len(self._accepted) > MAX_TRACKED:
+                self._accepted.popitem(last=False)
+
+
+def _credential(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return hashlib.sha256(value).hexdigest()
+    return None

@@ -1,0 +1,155 @@
+"""Asset tools: `upload_asset`, `complete_asset_upload`, `get_asset`, `list_assets`, `delete_asset`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastmcp import Context, FastMCP
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from panaversity_fs.assets.results import AssetInfo, AssetListing, AssetUpload
+from panaversity_fs.assets.service import AssetService
+from panaversity_fs.assets.uploads import Uploads
+from panaversity_fs.auth.identity import caller_from_context
+from panaversity_fs.content.results import DeleteOutcome
+from panaversity_fs.resources import ServerState
+from panaversity_fs.tools.content import BookId, Hash, IdempotencyKey
+
+AssetType = Annotated[str, Field(description="Asset folder: `img`, `images`, `slides`, `videos` or `audio`.")]
+AssetPath = Annotated[
+    str, Field(description="`static/{asset_type}/{filename}`, e.g. `static/images/diagram-1.png`.")
+]
+
+
+def register(mcp: FastMCP, state: ServerState) -> None:
+    """Register the asset tools on `mcp`."""
+
+    async def upload_asset(
+        book_id: BookId,
+        asset_type: AssetType,
+        filename: Annotated[
+            str,
+            Field(
+                description="Name under the asset folder; sub-folders allowed (`diagrams/ch1.png`). "
+                "Letters, digits, `-`, `_`, `.`; unsafe names are refused, never rewritten."
+            ),
+        ],
+        ctx: Context,
+        binary_data: Annotated[
+            str | None,
+            Field(description="The bytes, standard base64 (small files; the limit is in the error)."),
+        ] = None,
+        expected_hash: Hash = None,
+        size: Annotated[
+            int | None, Field(description="Large files: the exact byte count you will upload.")
+        ] = None,
+        sha256: Annotated[
+            str | None, Field(description="Large files: lowercase hex sha256 of the bytes you will upload.")
+        ] = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> AssetUpload:
+        """Store an image, slide deck, video or audio file under `static/{asset_type}/`.
+
+        Small files: pass `binary_data` (`status: "stored"`). Large files: pass `size` and
+        `sha256` instead; you get `status: "upload_required"` with an `upload_url`: PUT the
+        exact bytes there with the given `headers`, then call `complete_asset_upload` with the
+        `upload_id`. Same contract as `write_content`: omit `expected_hash` to create, pass
+        the current `file_hash` to replace (`HASH_REQUIRED` / `CONFLICT` / `NOT_FOUND`
+        otherwise). The MIME type is sniffed from the bytes, not taken from the name.
+        """
+        resources = state.require()
+        return await Uploads(resources).upload(
+            caller_from_context(ctx),
+            book_id,
+            asset_type,
+            filename,
+            binary_data,
+            expected_hash,
+            size,
+            sha256,
+            idempotency_key,
+        )
+
+    async def complete_asset_upload(
+        upload_id: Annotated[str, Field(description="The `upload_id` upload_asset returned.")],
+        ctx: Context,
+        idempotency_key: IdempotencyKey = None,
+    ) -> AssetUpload:
+        """Commit a large upload after its bytes were PUT to the `upload_url`.
+
+        The uploaded bytes must have exactly the declared size and sha256 (else
+        `INVALID_ARGUMENT` and the upload is discarded). Only the agent that declared the
+        upload may complete it (`FORBIDDEN` otherwise). A completed upload is consumed: a
+        second call gets `NOT_FOUND` (use `get_asset` to confirm the first one landed), unless it
+        repeats the `idempotency_key` of the first: then it returns the first result.
+        `UNAVAILABLE` keeps the upload; call again.
+        """
+        resources = state.require()
+        return await Uploads(resources).complete(caller_from_context(ctx), upload_id, idempotency_key)
+
+    async def get_asset(
+        book_id: BookId,
+        path: AssetPath,
+        ctx: Context,
+        include_binary: Annotated[
+            bool, Field(description="Also return the bytes (base64) if the asset is small enough.")
+        ] = False,
+    ) -> AssetInfo:
+        """Metadata of an asset: hash, size, sniffed MIME type, who uploaded it, and a
+        short-lived `download_url`. With `include_binary`, small assets also come inline in
+        `binary_data`; larger ones leave it null and say why in `binary_note`.
+        """
+        resources = state.require()
+        return await AssetService(resources).get(caller_from_context(ctx), book_id, path, include_binary)
+
+    async def list_assets(
+        book_id: BookId,
+        ctx: Context,
+        asset_type: Annotated[str | None, Field(description="Only this asset folder.")] = None,
+        cursor: Annotated[str | None, Field(description="`next_cursor` of the previous page.")] = None,
+        limit: Annotated[int | None, Field(description="Assets per page, 1-1000 (default 100).")] = None,
+    ) -> AssetListing:
+        """List a book's assets in path order, one bounded page at a time."""
+        resources = state.require()
+        return await AssetService(resources).list(
+            caller_from_context(ctx), book_id, asset_type, cursor, limit
+        )
+
+    async def delete_asset(
+        book_id: BookId,
+        path: AssetPath,
+        ctx: Context,
+        expected_hash: Hash = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> DeleteOutcome:
+        """Delete an asset (idempotent: a missing asset gives `existed: false`).
+
+        Pass `expected_hash` to delete only the version you know (`CONFLICT` otherwise).
+        """
+        resources = state.require()
+        return await AssetService(resources).delete(
+            caller_from_context(ctx), book_id, path, expected_hash, idempotency_key
+        )
+
+    read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+    mcp.tool(
+        upload_asset,
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    mcp.tool(
+        complete_asset_upload,
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    mcp.tool(get_asset, annotations=read_only)
+    mcp.tool(list_assets, annotations=read_only)
+    mcp.tool(
+        delete_asset,
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        ),
+    )

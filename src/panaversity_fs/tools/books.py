@@ -1,0 +1,71 @@
+"""Book tools: `list_books`, `validate_book`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastmcp import Context, FastMCP
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from panaversity_fs.auth.identity import caller_from_context
+from panaversity_fs.books.catalog import Catalog
+from panaversity_fs.books.results import BookList, ValidationReport
+from panaversity_fs.books.validate import Validator
+from panaversity_fs.resources import ServerState
+
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+
+
+def register(mcp: FastMCP, state: ServerState) -> None:
+    """Register the books tools on `mcp`."""
+
+    async def list_books(
+        ctx: Context,
+        include_structure: Annotated[
+            Literal["none", "content", "assets", "all"],
+            Field(
+                description="Add each book's part/chapter/lesson tree (`content`), its assets by type (`assets`), or both (`all`)."
+            ),
+        ] = "none",
+        book_id: Annotated[
+            str | None, Field(description="Only this book (needed for the structure of large libraries).")
+        ] = None,
+    ) -> BookList:
+        """List the books with their file counts, size and last change; optionally their structure.
+
+        A book exists while it has at least one file. The structure shows the shared (base)
+        book; personal overlays are counted but never listed. Without `book_id`, the
+        structure is given only while all books together hold at most
+        5000 files; otherwise pass `book_id`.
+        """
+        resources = state.require()
+        catalog = Catalog(resources.db, resources.content)
+        return await catalog.list_books(caller_from_context(ctx), include_structure, book_id)
+
+    async def validate_book(
+        book_id: Annotated[str, Field(description="Book id, e.g. `python-book`.")],
+        ctx: Context,
+        strict: Annotated[bool, Field(description="Count warnings as failures for `valid`.")] = False,
+    ) -> ValidationReport:
+        """Check a whole book against the book schema and report every violation with a fix.
+
+        Looks at the journal (every user's rows) and at the stored objects, so it also finds
+        stray files no other tool can see: objects outside content/ or static/, names that
+        break the schema, objects with no journal entry, and bad overlays. Each issue has a
+        `rule`, a `severity` (`error` or `warning`) and a concrete `suggestion`. At most 1000
+        issues are listed (`truncated` says when more exist; the summary counts them all).
+        Reports progress while it scans.
+        """
+        resources = state.require()
+        validator = Validator(resources.db, resources.store, resources.content)
+
+        async def progress(done: int, total: int) -> None:
+            await ctx.report_progress(done, total)
+
+        return await validator.validate(caller_from_context(ctx), book_id, strict, progress)
+
+    mcp.tool(list_books, annotations=READ_ONLY)
+    mcp.tool(validate_book, annotations=READ_ONLY)
