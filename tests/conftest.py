@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,11 +23,11 @@ from moto.server import ThreadedMotoServer
 from panaversity_fs.config import Settings
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.migrate import upgrade
+from tests.processes import IN_CI, free_port
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 PG_URL = os.environ.get("PFS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = bool(os.environ.get("CI"))
 BUCKET = "pfs-test"
 S3_KEYS = {"s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
 
@@ -43,12 +42,6 @@ def _unavailable(what: str, why: object) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI is set: a skipped backend is a failure)")
     pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_dsn(database: str) -> str:
@@ -92,7 +85,7 @@ async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on loopback with the test bucket."""
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

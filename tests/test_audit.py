@@ -387,7 +387,7 @@ async def test_a3_truncating_the_tail_is_detected_by_the_chain_head(
             .values(seq=n - 3, head_hash=chain[n - 4]["entry_hash"])
         )
         report = await verify_on(conn)
-    assert report.ok and report.head_seq == n - 3  # only an external checkpoint catches this
+    assert report.ok and report.head_seq == n - 3  # only a checkpoint catches this (test_audit_checkpoints)
     assert (await verify_database(db)).ok
 
 
@@ -395,8 +395,8 @@ async def test_a3_rehashing_a_whole_suffix_is_not_detected_without_a_checkpoint(
     db: Database, chain: list[dict[str, Any]]
 ) -> None:
     """Documents the limit of in-database verification: an attacker who can write the tables
-    and re-hashes every entry from k on, and the chain head, leaves a valid chain. Detecting this
-    needs checkpoints exported outside the database (a later feature)."""
+    and re-hashes every entry from k on, and the chain head, leaves a valid chain. Signed
+    checkpoints kept outside the database catch it (`test_audit_checkpoints.py`)."""
     rng = random.Random(5)
     n = len(chain)
     for k in positions(rng, 5, 1, n):

@@ -7,13 +7,14 @@ reported success if and only if its journal change committed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from panaversity_fs.audit.recorder import AuditRecorder
@@ -23,10 +24,11 @@ from panaversity_fs.config import Settings
 from panaversity_fs.consistency.fsck import check
 from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.service import ContentService
-from panaversity_fs.errors import PanaversityFSError
+from panaversity_fs.errors import PanaversityFSError, Unavailable
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.audit_repository import file_history
 from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.schema import file_journal
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 from tests.conftest import PAIRS, Backends
@@ -254,5 +256,38 @@ async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
             assert [e["status"] for e in history].count("success") == (1 if mode == "create" else 2)
         assert (await check(rig.db, rig.store)).ok
         assert (await verify_database(rig.db)).ok
+    finally:
+        await rig.close()
+
+
+async def test_a_commit_delayed_past_the_staging_deadline_writes_nothing(backends: Backends) -> None:
+    """Lock waits can push a commit past the age at which recovery may remove its staged bytes
+    (half the grace period): such a write is rolled back, answered UNAVAILABLE, and audited."""
+    settings = await backends.settings("postgres-fs", recovery_grace=2.0)
+    rig = Rig(settings)
+    path = _path(7)
+    try:
+        current = await _existing(rig, path)
+        blocker = await rig.db.engine.connect()
+        transaction = await blocker.begin()
+        await blocker.execute(
+            select(file_journal.c.version).where(file_journal.c.path == path).with_for_update()
+        )
+
+        async def release_later() -> None:
+            await asyncio.sleep(1.6)  # longer than the 1 s staging deadline
+            await transaction.rollback()
+            await blocker.close()
+
+        releaser = asyncio.create_task(release_later())
+        with pytest.raises(Unavailable, match="waited too long"):
+            await rig.service.write(CALLER, BOOK, path, "late content", expected_hash=current)
+        await releaser
+        row = await rig.row(path)
+        assert row is not None and row.sha256 == current and not row.publish_pending
+        async with rig.db.read() as conn:
+            history = await file_history(conn, BOOK, path, "__base__")
+        assert [(e["status"], e["error_code"]) for e in history][-1] == ("error", "UNAVAILABLE")
+        assert (await check(rig.db, rig.store)).ok
     finally:
         await rig.close()

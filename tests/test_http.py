@@ -74,9 +74,10 @@ async def test_tools_routes_and_metrics_over_http(backends: Backends, tmp_path: 
         assert all(tool.output_schema for tool in tools.values())
         async with httpx.AsyncClient(base_url=server.url) as http:
             metrics = (await http.get("/metrics")).text
-        assert _metric(metrics, "panaversityfs_write_total", status="success", mode="create") == 1
-        assert _metric(metrics, "panaversityfs_write_total", status="success", mode="update") == 1
-        assert _metric(metrics, "panaversityfs_write_total", status="refused", mode="unknown") == 1
+        writes = {"book_id": BOOK}
+        assert _metric(metrics, "panaversityfs_write_total", **writes, status="success", mode="create") == 1
+        assert _metric(metrics, "panaversityfs_write_total", **writes, status="success", mode="update") == 1
+        assert _metric(metrics, "panaversityfs_write_total", **writes, status="conflict", mode="unknown") == 1
         assert _metric(metrics, "panaversityfs_read_total", status="success", source="base") == 1
         assert LESSON not in metrics and "claude-lesson-writer-7" not in metrics
     db = Database.from_settings(settings)

@@ -74,6 +74,12 @@ async def test_server_refuses_a_newer_schema(backends: Backends, kind: str) -> N
     with pytest.raises(ConfigurationError):
         async with open_resources(settings, background=False):
             pass
+    env = settings_env(settings)
+    upgrade = await asyncio.to_thread(run_cli, env, "db", "upgrade")
+    assert upgrade.returncode == 2 and "f00dfeed" in upgrade.stderr and "Traceback" not in upgrade.stderr
+    serve = await asyncio.to_thread(run_cli, env, "serve", "--port", "0")
+    assert serve.returncode == 2, serve.stderr
+    assert "newer than this server" in serve.stderr and "Traceback" not in serve.stderr
 
 
 async def test_server_brings_an_empty_database_to_head(backends: Backends, tmp_path: Path) -> None:
