@@ -9,13 +9,16 @@ Starts, one after another, each as its own subprocess on a free loopback port:
 2. `panaversity-fs serve` on SQLite + a temporary fs storage folder;
 3. `panaversity-fs serve` on a scratch PostgreSQL database (`pfs_bench_<pid>`, created on
    `PFS_BENCH_PG_URL`, default postgresql://postgres@127.0.0.1:5432/postgres, dropped
-   afterwards) + a temporary fs storage folder.
+   afterwards) + a temporary fs storage folder;
+4. no server: plain asyncpg on that scratch database, an `UPDATE ... RETURNING` and an `INSERT`
+   in one transaction (the least database work of a write), sequentially on one connection
+   and from 8 connections: the same-run baseline of the PostgreSQL write series.
 
 Every latency series uses one connected fastmcp `Client` over streamable HTTP and sequential
 calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call. Throughput
 uses 8 clients (8 MCP sessions), each updating its own lesson with chained hashes.
 Results: a table on stdout, markdown rows for docs/benchmarks.md, and
-bench/results/core-<timestamp>.json. `--profile pyspy` also records a py-spy profile of the
+bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy profile of the
 server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python -m
 bench.bench_core --profile pyspy`); `--profile cprofile` runs the PanaversityFS servers under
 cProfile with the main thread's CPU clock, one .prof file per phase.
@@ -116,12 +119,20 @@ def summary_ms(samples: list[float]) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process `pid` (0 if it is gone)."""
+    """User + system CPU seconds used so far by process `pid` and its live children (0 if gone).
+
+    Children count because `serve --workers N` serves from N child processes of a supervisor.
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def machine_busy_seconds() -> float:
@@ -194,6 +205,18 @@ def machine_info() -> dict[str, Any]:
 # -- server processes ----------------------------------------------------------------------
 
 
+def stop_group(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM `process`'s process group; SIGKILL it if it has not exited after `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class ServerProcess:
     """A server subprocess in its own process group, with its output in a log file."""
 
@@ -238,17 +261,8 @@ class ServerProcess:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the process group; SIGKILL it if it has not exited after `timeout`."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if self.process is not None and self.process.poll() is None:
+            stop_group(self.process, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the process's output."""
@@ -609,6 +623,94 @@ async def write_throughput(server: ServerProcess, seconds: float) -> dict[str, A
     return phase.as_dict()
 
 
+RAW_TXN_TABLES = """
+CREATE TABLE bench_raw_journal (
+    book_id text, path text, user_id text, sha256 text NOT NULL, version bigint NOT NULL,
+    PRIMARY KEY (book_id, path, user_id)
+);
+CREATE TABLE bench_raw_audit (
+    seq bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), agent_id text NOT NULL,
+    book_id text NOT NULL, path text NOT NULL, new_hash text NOT NULL, version bigint NOT NULL
+);
+"""
+RAW_TXN_UPDATE = (
+    "UPDATE bench_raw_journal SET sha256 = $4, version = version + 1"
+    " WHERE book_id = $1 AND path = $2 AND user_id = $3 AND sha256 = $5 RETURNING version"
+)
+RAW_TXN_INSERT = (
+    "INSERT INTO bench_raw_audit (agent_id, book_id, path, new_hash, version) VALUES ($1, $2, $3, $4, $5)"
+)
+
+
+async def raw_txn(conn: asyncpg.Connection, path: str, old: str, new: str) -> None:
+    """The least database work of a write: a compare-and-swap UPDATE ... RETURNING plus an audit INSERT."""
+    async with conn.transaction():
+        version = await conn.fetchval(RAW_TXN_UPDATE, BOOK, path, "__base__", new, old)
+        assert version is not None, "compare-and-swap missed"
+        await conn.execute(RAW_TXN_INSERT, "bench-agent", BOOK, path, new, version)
+
+
+async def bench_raw_txn(pg_url: str, n: int, seconds: float) -> dict[str, Any]:
+    """Plain asyncpg, no server: one connection's sequential transactions, then 8 connections for `seconds`."""
+    conns = [await asyncpg.connect(pg_url, timeout=10) for _ in range(LOAD_CLIENTS)]
+    try:
+        await conns[0].execute(RAW_TXN_TABLES)
+        paths = [LOAD_LESSON.format(k + 1) for k in range(LOAD_CLIENTS)]
+        await conns[0].executemany(
+            "INSERT INTO bench_raw_journal VALUES ($1, $2, '__base__', 'h0', 1)", [(BOOK, p) for p in paths]
+        )
+        hashes = ["h0"] * LOAD_CLIENTS
+        counter = [0]
+
+        async def one(k: int) -> None:
+            counter[0] += 1
+            new = f"h{counter[0]}"
+            await raw_txn(conns[k], paths[k], hashes[k], new)
+            hashes[k] = new
+
+        async def timed(k: int) -> float:
+            started = time.perf_counter()
+            await one(k)
+            return time.perf_counter() - started
+
+        def totals() -> tuple[float, float, float]:
+            return time.perf_counter(), time.process_time(), machine_busy_seconds()
+
+        def accounting(before: tuple[float, float, float], calls: int) -> dict[str, float]:
+            wall, client, machine = (now - then for now, then in zip(totals(), before, strict=True))
+            return {
+                "wall_s": round(wall, 3),
+                "client_cpu_pct": round(100 * client / wall, 1),
+                "client_cpu_ms_per_call": round(1000 * client / calls, 3),
+                "other_processes_cpu_pct": round(100 * max(0.0, machine - client) / wall, 1),
+            }
+
+        for _ in range(WARMUP):
+            await one(0)
+        before = totals()
+        samples = [await timed(0) for _ in range(n)]
+        sequential = summary_ms(samples) | accounting(before, n)
+
+        latencies: list[float] = []
+
+        async def worker(k: int, deadline: float) -> None:
+            while time.perf_counter() < deadline:
+                latencies.append(await timed(k))
+
+        before = totals()
+        await asyncio.gather(*(worker(k, before[0] + seconds) for k in range(LOAD_CLIENTS)))
+        throughput = summary_ms(latencies) | accounting(before, len(latencies))
+        throughput |= {
+            "connections": LOAD_CLIENTS,
+            "txns": len(latencies),
+            "txns_per_s": round(len(latencies) / throughput["wall_s"], 1),
+        }
+        return {"sequential": sequential, "throughput": throughput}
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -619,6 +721,10 @@ def server_env(database_url: str, storage_root: Path, log_level: str) -> dict[st
     env["PANAVERSITY_STORAGE_BACKEND"] = "fs"
     env["PANAVERSITY_STORAGE_ROOT"] = str(storage_root)
     env["PANAVERSITY_LOG_LEVEL"] = log_level
+    # The benchmarks measure the server's capacity, not the per-agent limits (a few agents make
+    # every call here, so the default budgets would answer RATE_LIMITED within seconds).
+    env["PANAVERSITY_RATE_LIMIT_READS_PER_MINUTE"] = "0"
+    env["PANAVERSITY_RATE_LIMIT_WRITES_PER_MINUTE"] = "0"
     return env
 
 
@@ -692,6 +798,14 @@ def report(results: dict[str, Any]) -> str:
             f"   {t['writes_per_s']} writes/s, {t['errors']} errors, server CPU {t['server_cpu_pct']}%,"
             f" client CPU {t['client_cpu_pct']}%"
         )
+    if raw := results.get("postgres_raw_txn"):
+        for series, title in (("sequential", "raw asyncpg txn"), ("throughput", "raw asyncpg txn, 8 conns")):
+            s = raw[series]
+            rate = f"   {s['txns_per_s']} txns/s" if series == "throughput" else ""
+            lines.append(
+                f"{title:<34}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{'':>17}{s['client_cpu_ms_per_call']:>17.2f}"
+                f"{s['other_processes_cpu_pct']:>13.1f}{rate}"
+            )
     lines.append("")
     lines.append("Markdown rows (docs/benchmarks.md):")
     lines.append("")
@@ -722,6 +836,17 @@ def report(results: dict[str, Any]) -> str:
                 f"| {label}: {title}{suffix} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
                 f"{s['server_cpu_ms_per_call']:.2f} | {s['client_cpu_ms_per_call']:.2f} | "
                 f"{s['other_processes_cpu_pct']:.0f} |"
+            )
+    if raw := results.get("postgres_raw_txn"):
+        for series, title in (
+            ("sequential", "plain asyncpg: UPDATE ... RETURNING + INSERT, one transaction"),
+            ("throughput", "plain asyncpg: the same, 8 connections"),
+        ):
+            s = raw[series]
+            suffix = f" ({s['txns_per_s']} txns/s)" if series == "throughput" else ""
+            lines.append(
+                f"| {title}{suffix} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | | "
+                f"{s['client_cpu_ms_per_call']:.2f} | {s['other_processes_cpu_pct']:.0f} |"
             )
     lines.append("")
     present = [k for k in names if k in results]
@@ -823,6 +948,19 @@ async def _run(
         if server.process is not None and server.process.returncode not in (0, -signal.SIGTERM):
             print(f"  warning: {name} server exited with {server.process.returncode}:\n{server.log_tail()}")
 
+    if pg_url is not None and "postgres" in results:
+        print("plain asyncpg transactions on PostgreSQL (the write baseline)")
+        raw = await bench_raw_txn(pg_url, n, load_seconds)
+        results["postgres_raw_txn"] = raw
+        results["raw_txn_ratios"] = {
+            "write_p50_over_raw_txn_p50": round(
+                results["postgres"]["write"]["p50_ms"] / raw["sequential"]["p50_ms"], 3
+            ),
+            "writes_per_s_over_raw_txns_per_s": round(
+                results["postgres"]["throughput"]["writes_per_s"] / raw["throughput"]["txns_per_s"], 3
+            ),
+        }
+
     trivial_p50 = results["trivial"]["echo"]["p50_ms"]
     results["ratios"] = {name: ratios(trivial_p50, results[name]) for name, _ in backends}
     results["verdicts"] = {
@@ -867,6 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="first wait up to SECONDS for other processes to leave the CPU idle (< 15%% of a core)",
     )
+    parser.add_argument(
+        "--json", type=Path, help="write the results here (default bench/results/core-*.json)"
+    )
     args = parser.parse_args(argv)
     args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
 
@@ -904,11 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
         return 143
 
     stamp = results.pop("_stamp")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"core-{stamp}.json"
+    out = args.json or RESULTS / f"core-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))
-    print(f"\nresults: {out.relative_to(REPO)}")
+    print(f"\nresults: {out}")
     return 0
 
 
