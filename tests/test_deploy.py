@@ -30,7 +30,9 @@ from panaversity_fs import settings_reference
 from panaversity_fs.cli import build_parser
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
+from panaversity_fs.resources import CLOSE_SECONDS
 from panaversity_fs.server import allowed_hosts
+from panaversity_fs.serving import DRAIN_SECONDS
 from tests.processes import REPO, free_port, run_cli
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -238,6 +240,13 @@ def test_ports_agree_across_dockerfile_fly_and_settings() -> None:
     assert int(exposed) == config["http_service"]["internal_port"]
     assert config["env"]["PANAVERSITY_SERVER_PORT"] == exposed
     assert any("/health" in part for part in healthcheck())
+
+
+def test_fly_waits_for_the_drain_and_the_close_before_it_kills() -> None:
+    config = fly()
+    assert config["kill_signal"] == "SIGTERM"
+    assert config["kill_timeout"].endswith("s")
+    assert int(config["kill_timeout"].removesuffix("s")) >= DRAIN_SECONDS + CLOSE_SECONDS
 
 
 def test_deploy_files_name_only_real_settings() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -32,6 +31,10 @@ from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 
 logger = logging.getLogger(__name__)
+
+CLOSE_SECONDS = 4.0
+"""At most this long to close after the drain: 10 s + 4 s fit Fly's `kill_timeout` of 15 s."""
+SLOW_CLOSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -147,19 +150,41 @@ async def open_resources(
                 )
         yield resources
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if audit is not None and audit.queued:
-            try:
-                await audit.flush()
-            except Exception:
-                logger.exception("could not append %d queued read audit entries at exit", audit.queued)
-        if store is not None:
-            store.close()
-        await db.dispose()
+        await _close(tasks, audit, store, db)
+
+
+async def _close(
+    tasks: list[asyncio.Task[None]], audit: AuditRecorder | None, store: BlobStore | None, db: Database
+) -> None:
+    """Stop background work, append queued read audit entries, close storage and the database.
+
+    All of it takes at most `CLOSE_SECONDS`: after uvicorn's drain a stalled database or store
+    must not keep a stopping process past its orchestrator's kill timeout (docs/operations.md).
+    A step cut short is logged, and so is a slow shutdown, with the time of each step.
+    """
+    deadline = time.monotonic() + CLOSE_SECONDS
+    spent: dict[str, float] = {}
+
+    async def step(name: str, work: Awaitable[object]) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(work, max(0.05, deadline - started))
+        except TimeoutError:
+            logger.warning("shutdown: %s cut short (%.0f s to close in all)", name, CLOSE_SECONDS)
+        except Exception:
+            logger.exception("shutdown: %s failed", name)
+        spent[name] = round(time.monotonic() - started, 2)
+
+    for task in tasks:
+        task.cancel()
+    await step("background tasks", asyncio.gather(*tasks, return_exceptions=True))
+    if audit is not None and audit.queued:
+        await step(f"appending {audit.queued} queued read audit entries", audit.flush())
+    if store is not None:
+        await step("storage calls in flight", store.aclose())
+    await step("database pool", db.dispose())
+    if sum(spent.values()) > SLOW_CLOSE_SECONDS:
+        logger.warning("slow shutdown", extra={"seconds": spent})
 
 
 async def _recover_forever(resources: Resources) -> None:

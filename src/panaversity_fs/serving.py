@@ -29,6 +29,10 @@ from panaversity_fs.journal.migrate import ensure_schema
 from panaversity_fs.logs import configure_logging
 from panaversity_fs.server import allowed_hosts, create_app
 
+DRAIN_SECONDS = 10
+"""On SIGTERM, calls in flight get this long to finish before they are cancelled (then the
+lifespan closes in at most `resources.CLOSE_SECONDS`)."""
+
 
 class GracefulServer(uvicorn.Server):
     """uvicorn, except that a SIGTERM/SIGINT shutdown ends with status 0.
@@ -115,7 +119,7 @@ def serve(settings: Settings, overrides: dict[str, str]) -> int:
         "port": settings.server_port,
         "log_config": None,
         "lifespan": "on",
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": DRAIN_SECONDS,
         "server_header": False,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,

@@ -12,11 +12,11 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import opendal
 from opendal import exceptions as dal
@@ -133,6 +133,7 @@ class BlobStore:
         self._operator = operator
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pfs-storage")
+        self._in_flight: set[Future[Any]] = set()
         self.on_error: Callable[[str], None] | None = None
         """Told the kind of every failed or timed-out call (the server counts them as metrics)."""
         self.on_call: Callable[[bool], None] | None = None
@@ -163,15 +164,22 @@ class BlobStore:
             if settings.s3_access_key_id and settings.s3_secret_access_key:
                 options["access_key_id"] = settings.s3_access_key_id.get_secret_value()
                 options["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
-            operator = opendal.Operator("s3", **options)
+            # Each attempt is bounded, so that no I/O thread can hang on a stalled connection:
+            # the caller's own deadline does not stop the thread, and closing waits for it.
+            timeout = settings.storage_timeout
+            operator = opendal.Operator("s3", **options).layer(
+                opendal.layers.TimeoutLayer(timeout=timeout, io_timeout=timeout)
+            )
             if settings.storage_retries:
                 operator = operator.layer(_retry_layer(settings.storage_retries))
         return cls(operator, settings.storage_backend, settings.storage_threads, settings.storage_timeout)
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
-        loop = asyncio.get_running_loop()
+        call = self._pool.submit(fn)
+        self._in_flight.add(call)
+        call.add_done_callback(self._in_flight.discard)
         try:
-            result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self._timeout)
+            result = await asyncio.wait_for(asyncio.wrap_future(call), self._timeout)
         except dal.NotFound as exc:
             self._answered(True)
             raise BlobNotFound(str(exc)) from None
@@ -387,6 +395,17 @@ class BlobStore:
     def close(self) -> None:
         """Stop the I/O threads (waiting for calls in flight)."""
         self._pool.shutdown(wait=True)
+
+    async def aclose(self) -> None:
+        """Stop the I/O threads: queued calls are cancelled, calls in flight are waited for.
+
+        Unlike `close`, this does not block the event loop, so a caller can bound the wait;
+        a thread still running after that ends on its own (every s3 attempt has a time limit).
+        """
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        running = [asyncio.wrap_future(call) for call in self._in_flight]
+        if running:
+            await asyncio.wait(running)
 
 
 def _retry_layer(retries: int) -> opendal.layers.RetryLayer:
