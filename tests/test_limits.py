@@ -23,6 +23,7 @@ from panaversity_fs.errors import RateLimited
 from panaversity_fs.journal.audit_repository import AuditFilter, query_entries
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.limits import RateLimiter, TokenBuckets
+from panaversity_fs.middleware import ToolCallMiddleware
 from panaversity_fs.server import create_server
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import Backends
@@ -84,6 +85,15 @@ async def test_s9_an_agent_over_its_write_budget_is_rate_limited_and_audited(bac
         "postgres-fs", rate_limit_writes_per_minute=60, rate_limit_reads_per_minute=600, rate_limit_burst=0.1
     )
     server = create_server(settings)
+    # The server's own limiter, on a clock the test moves: a slow machine cannot refill a budget.
+    clock = FakeClock()
+    calls = next(m for m in server.middleware if isinstance(m, ToolCallMiddleware))
+    calls.rates = RateLimiter(
+        settings.rate_limit_reads_per_minute,
+        settings.rate_limit_writes_per_minute,
+        settings.rate_limit_burst,
+        clock=clock,
+    )
     async with client(server, agent="busy-writer") as busy, client(server, agent="calm-writer") as calm:
         outcomes: list[str] = []
         for n in range(9):
@@ -94,12 +104,17 @@ async def test_s9_an_agent_over_its_write_budget_is_rate_limited_and_audited(bac
                 outcomes.append("ok")
             except ToolFailure as failure:
                 outcomes.append(failure.code)
-                assert failure.payload["retry_after"] > 0 and failure.payload["limit"] == "write"
+                assert (failure.payload["retry_after"], failure.payload["limit"]) == (1.0, "write")
         assert outcomes == ["ok"] * 6 + ["RATE_LIMITED"] * 3  # 60/min x 0.1 min of burst
         # Another agent has its own budget; reads have theirs.
         await call(calm, "write_content", book_id=BOOK, path=LESSON, content="# calm\n")
         assert (await call(busy, "read_content", book_id=BOOK, path=LESSON))["file_hash"]
-        await asyncio.sleep(1.1)  # one write's worth refills
+        clock.now += 0.5
+        half = await error_of(
+            busy, "write_content", book_id=BOOK, path="content/01-a/01-b/19-x.md", content="x"
+        )
+        assert (half["error"], half["retry_after"]) == ("RATE_LIMITED", 0.5)
+        clock.now += 0.5  # one write's worth has refilled
         await call(busy, "write_content", book_id=BOOK, path="content/01-a/01-b/20-x.md", content="x")
         limited = await error_of(
             busy, "write_content", book_id=BOOK, path="content/01-a/01-b/21-x.md", content="x"
@@ -112,11 +127,12 @@ async def test_s9_an_agent_over_its_write_budget_is_rate_limited_and_audited(bac
             refused = await query_entries(conn, AuditFilter(agent_id="busy-writer", status="refused"), 0, 100)
     finally:
         await db.dispose()
-    assert [(e["operation"], e["error_code"]) for e in refused] == [("write_content", "RATE_LIMITED")] * 4
+    assert [(e["operation"], e["error_code"]) for e in refused] == [("write_content", "RATE_LIMITED")] * 5
     assert {e["path"] for e in refused} == {
         "content/01-a/01-b/06-x.md",
         "content/01-a/01-b/07-x.md",
         "content/01-a/01-b/08-x.md",
+        "content/01-a/01-b/19-x.md",
         "content/01-a/01-b/21-x.md",
     }
 
@@ -147,11 +163,6 @@ async def test_overload_is_shed_with_a_typed_error_and_the_server_recovers(backe
         "postgres-fs", max_concurrent_calls=2, max_waiting_calls=0, rate_limit_reads_per_minute=0
     )
     server = create_server(settings)
-    async with client(server, agent="seeder") as c:
-        # Enough to grep that a call holds its slot across many awaits (16 files of ~1 MB).
-        for n in range(16):
-            path = f"content/01-Intro/01-Basics/{n + 1:02d}-big.md"
-            await call(c, "write_content", book_id=BOOK, path=path, content="# x line\n" * 100_000)
 
     async def reader(n: int) -> str | dict[str, Any]:
         async with client(server, agent=f"reader-{n}") as c:
@@ -161,15 +172,21 @@ async def test_overload_is_shed_with_a_typed_error_and_the_server_recovers(backe
             except ToolFailure as failure:
                 return failure.payload
 
-    results = await asyncio.gather(*(reader(n) for n in range(16)))
-    shed = [r for r in results if r != "ok"]
-    assert results.count("ok") >= 2 and shed, results
-    for payload in shed:
-        assert isinstance(payload, dict)
-        assert (payload["error"], payload["overloaded"]) == ("UNAVAILABLE", True)
-        assert payload["retry_after"] >= 0.5
-    async with client(server, agent="after") as c:
-        assert (await call(c, "grep_search", book_id=BOOK, pattern="x"))["matches"]
+    # The seeder stays connected throughout: FastMCP's in-memory transport tears the lifespan
+    # down when the client that started it leaves, even while other clients are connected.
+    async with client(server, agent="seeder") as seeder:
+        # Enough to grep that a call holds its slot across many awaits (16 files of ~1 MB).
+        for n in range(16):
+            path = f"content/01-Intro/01-Basics/{n + 1:02d}-big.md"
+            await call(seeder, "write_content", book_id=BOOK, path=path, content="# x line\n" * 100_000)
+        results = await asyncio.gather(*(reader(n) for n in range(16)))
+        shed = [r for r in results if r != "ok"]
+        assert results.count("ok") >= 2 and shed, results
+        for payload in shed:
+            assert isinstance(payload, dict)
+            assert (payload["error"], payload.get("overloaded")) == ("UNAVAILABLE", True), payload
+            assert payload["retry_after"] >= 0.5
+        assert (await call(seeder, "grep_search", book_id=BOOK, pattern="x"))["matches"]
 
 
 async def test_a_read_is_cut_at_its_deadline_and_a_late_write_writes_nothing(backends: Backends) -> None:

@@ -79,10 +79,16 @@ class TokenBuckets:
 class RateLimiter:
     """Per-agent read and write budgets; a limit of 0 per minute turns that kind off."""
 
-    def __init__(self, reads_per_minute: int, writes_per_minute: int, burst: float) -> None:
+    def __init__(
+        self,
+        reads_per_minute: int,
+        writes_per_minute: int,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._buckets: dict[Kind, TokenBuckets | None] = {
-            "read": _buckets(reads_per_minute, burst),
-            "write": _buckets(writes_per_minute, burst),
+            "read": _buckets(reads_per_minute, burst, clock),
+            "write": _buckets(writes_per_minute, burst, clock),
         }
 
     def check(self, agent_id: str, kind: Kind) -> None:
@@ -104,8 +110,8 @@ class RateLimiter:
             )
 
 
-def _buckets(per_minute: int, burst: float) -> TokenBuckets | None:
-    return TokenBuckets(per_minute / 60.0, per_minute * burst) if per_minute > 0 else None
+def _buckets(per_minute: int, burst: float, clock: Callable[[], float]) -> TokenBuckets | None:
+    return TokenBuckets(per_minute / 60.0, per_minute * burst, clock) if per_minute > 0 else None
 
 
 class LoadShedder:

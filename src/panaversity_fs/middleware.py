@@ -55,7 +55,7 @@ class ToolCallMiddleware(Middleware):
 
     def __init__(self, state: ServerState, settings: Settings) -> None:
         self._state = state
-        self._rates = RateLimiter(
+        self.rates = RateLimiter(
             settings.rate_limit_reads_per_minute,
             settings.rate_limit_writes_per_minute,
             settings.rate_limit_burst,
@@ -96,7 +96,7 @@ class ToolCallMiddleware(Middleware):
             caller = await self._authorize(context, tool, arguments, fields["request_id"], started)
             rule = TOOL_RULES.get(tool)
             try:
-                self._rates.check(
+                self.rates.check(
                     caller.agent_id, "write" if rule is not None and rule.scope == WRITE else "read"
                 )
                 async with self._shedder.slot():
