@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -37,14 +36,23 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import re2  # type: ignore[import-untyped]
 
-from bench.bench_core import RESULTS, ServerProcess, call, free_port, machine_info, make_client
+from bench.bench_core import (
+    RESULTS,
+    ServerProcess,
+    call,
+    free_port,
+    machine_info,
+    make_client,
+    server_env,
+    timed_series,
+)
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
@@ -159,19 +167,6 @@ async def seed(settings: Settings, books: dict[str, dict[str, bytes]]) -> None:
         await resources.audit.flush()
 
 
-def median_seconds(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
-async def repeat(n: int, run: Callable[[], Awaitable[Any]]) -> list[float]:
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        await run()
-        samples.append(time.perf_counter() - started)
-    return samples
-
-
 def repeat_sync(n: int, run: Callable[[], Any]) -> list[float]:
     samples = []
     for _ in range(n):
@@ -216,16 +211,15 @@ async def bench_reads(url: str, n: int, plain: Path) -> dict[str, Any]:
                 assert got == 500, got
                 pages.append(count)
 
-            await whole_book()  # warm-up
-            samples = await repeat(n, whole_book)
+            samples = await timed_series(1, n, lambda _i, run=whole_book: run)  # one warm-up call
             results[f"mcp_limit_{limit}"] = {
-                "median_s": median_seconds(samples),
+                "median_s": statistics.median(samples),
                 "samples": samples,
                 "pages": pages[-1],
             }
     disk_read()
-    results["disk_read"] = {"median_s": median_seconds(repeat_sync(n, disk_read))}
-    results["disk_read_sha256"] = {"median_s": median_seconds(repeat_sync(n, disk_read_hash))}
+    results["disk_read"] = {"median_s": statistics.median(repeat_sync(n, disk_read))}
+    results["disk_read_sha256"] = {"median_s": statistics.median(repeat_sync(n, disk_read_hash))}
     return results
 
 
@@ -256,10 +250,9 @@ async def bench_grep(url: str, n: int, plain: Path) -> dict[str, Any]:
                 )
             )
 
-        await grep()  # warm-up
-        samples = await repeat(n, grep)
+        samples = await timed_series(1, n, lambda _i: grep)  # one warm-up call
     results["mcp_grep"] = {
-        "median_s": median_seconds(samples),
+        "median_s": statistics.median(samples),
         "samples": samples,
         "matches": len(outcome["matches"]),
         "files_searched": outcome["files_searched"],
@@ -268,7 +261,7 @@ async def bench_grep(url: str, n: int, plain: Path) -> dict[str, Any]:
     for name, regex in (("disk_re", python_re), ("disk_re2", google_re2)):
         run = disk_grep(regex)
         count = run()
-        results[name] = {"median_s": median_seconds(repeat_sync(n, run)), "matches": count}
+        results[name] = {"median_s": statistics.median(repeat_sync(n, run)), "matches": count}
     return results
 
 
@@ -324,14 +317,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"  seeded {sum(len(f) for f in books.values())} files in {time.perf_counter() - started:.1f} s"
         )
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PANAVERSITY_", "DATABASE_"))}
-        env |= {
-            "DATABASE_URL": settings.database_url,
-            "PANAVERSITY_STORAGE_BACKEND": "fs",
-            "PANAVERSITY_STORAGE_ROOT": str(settings.storage_root),
-            "PANAVERSITY_SERVER_PORT": str(port),
-            "PANAVERSITY_LOG_LEVEL": args.log_level,
-        }
+        env = server_env(settings.database_url, settings.storage_root, args.log_level)
+        env["PANAVERSITY_SERVER_PORT"] = str(port)
         server = ServerProcess(
             "pfs-sqlite", [sys.executable, "-m", "panaversity_fs", "serve"], env, scratch / "server.log", port
         )

@@ -40,10 +40,11 @@ from sqlalchemy import insert, update
 from bench.bench_core import (
     RESULTS,
     ServerProcess,
+    bench_trivial,
     call,
     create_pg_database,
     drop_pg_database,
-    free_port,
+    launch,
     lesson_text,
     machine_info,
     make_client,
@@ -182,28 +183,6 @@ async def bench_backend(server: ServerProcess, url: str, n: int) -> dict[str, An
     return out
 
 
-async def bench_trivial(server: ServerProcess, n: int) -> dict[str, Any]:
-    async with make_client(server.url) as client:
-
-        def echo(i: int) -> Callable[[], Awaitable[Any]]:
-            return lambda: call(client, "echo", {"text": f"ping {i}"})
-
-        async def body() -> tuple[list[float], dict[str, Any]]:
-            return await timed_series(WARMUP, n, echo), {}
-
-        return (await measure(server, body)).as_dict()
-
-
-def launch(
-    name: str, argv: list[str], env: dict[str, str], tmp: Path, servers: list[ServerProcess]
-) -> ServerProcess:
-    port = free_port()
-    server = ServerProcess(name, [*argv, "--port", str(port)], env, tmp / f"{name}.log", port)
-    servers.append(server)
-    server.start()
-    return server
-
-
 async def run(
     args: argparse.Namespace, tmp: Path, pg_url: str | None, servers: list[ServerProcess]
 ) -> dict[str, Any]:
@@ -220,7 +199,7 @@ async def run(
         "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
     )
     try:
-        results["trivial_echo"] = await bench_trivial(trivial, n)
+        results["trivial_echo"] = (await bench_trivial(trivial, n, warmup=WARMUP))["echo"]
     finally:
         trivial.stop()
     backends = [("sqlite", f"sqlite+aiosqlite:///{tmp / 'pfs.db'}")]

@@ -17,7 +17,7 @@ Starts, one after another, each as its own subprocess on a free loopback port:
 Every latency series uses one connected fastmcp `Client` over streamable HTTP and sequential
 calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call. Throughput
 uses 8 clients (8 MCP sessions), each updating its own lesson with chained hashes.
-Results: a table on stdout, markdown rows for docs/benchmarks.md, and
+Results: a table on stdout, the core table of docs/benchmarks.md (`report.core_section`), and
 bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy profile of the
 server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python -m
 bench.bench_core --profile pyspy`); `--profile cprofile` runs the PanaversityFS servers under
@@ -50,6 +50,8 @@ import asyncpg
 import httpx
 import mcp_types
 from fastmcp import Client
+
+from bench.report import core_section
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -465,8 +467,10 @@ async def measure(
     )
 
 
-async def bench_trivial(server: ServerProcess, n: int, profiler: Profiler) -> dict[str, Any]:
-    """Latency of the trivial `echo` tool."""
+async def bench_trivial(
+    server: ServerProcess, n: int, profiler: Profiler | None = None, warmup: int = WARMUP
+) -> dict[str, Any]:
+    """Latency of the trivial `echo` tool: `warmup` calls, then `n` timed (profiled when given)."""
     async with make_client(server.url) as client:
 
         def prepare(i: int) -> Callable[[], Awaitable[Any]]:
@@ -474,9 +478,9 @@ async def bench_trivial(server: ServerProcess, n: int, profiler: Profiler) -> di
             return lambda: call(client, "echo", args)
 
         async def body() -> tuple[list[float], dict[str, Any]]:
-            return await timed_series(WARMUP, n, prepare), {}
+            return await timed_series(warmup, n, prepare), {}
 
-        with profiler.phase(server, "echo"):
+        with profiler.phase(server, "echo") if profiler is not None else contextlib.nullcontext():
             phase = await measure(server, body)
     return {"echo": phase.as_dict()}
 
@@ -728,6 +732,18 @@ def server_env(database_url: str, storage_root: Path, log_level: str) -> dict[st
     return env
 
 
+def launch(
+    name: str, argv: list[str], env: dict[str, str], tmp: Path, servers: list[ServerProcess]
+) -> ServerProcess:
+    """Start `argv --port <free port>` as server `name` (log in `tmp`), added to `servers` first
+    (so the caller stops it even if it never becomes healthy); return it once healthy."""
+    port = free_port()
+    server = ServerProcess(name, [*argv, "--port", str(port)], env, tmp / f"{name}.log", port)
+    servers.append(server)
+    server.start()
+    return server
+
+
 async def create_pg_database(name: str) -> str:
     """Create the scratch database `name`; return its URL."""
     admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
@@ -748,12 +764,16 @@ async def drop_pg_database(name: str) -> None:
         await admin.close()
 
 
-def ratios(trivial_p50: float, backend: dict[str, Any]) -> dict[str, float]:
-    """The four headline numbers of one backend."""
+def ratios(trivial_p50: float, backend: dict[str, Any], digits: int | None = 3) -> dict[str, float]:
+    """The four headline numbers of one backend (rounded to `digits` decimals; None: unrounded)."""
+
+    def rounded(value: float) -> float:
+        return value if digits is None else round(value, digits)
+
     return {
-        "read_over_trivial": round(backend["read_base"]["p50_ms"] / trivial_p50, 3),
-        "write_over_trivial": round(backend["write"]["p50_ms"] / trivial_p50, 3),
-        "overlay_minus_base_ms": round(backend["read_overlay"]["p50_ms"] - backend["read_base"]["p50_ms"], 3),
+        "read_over_trivial": rounded(backend["read_base"]["p50_ms"] / trivial_p50),
+        "write_over_trivial": rounded(backend["write"]["p50_ms"] / trivial_p50),
+        "overlay_minus_base_ms": rounded(backend["read_overlay"]["p50_ms"] - backend["read_base"]["p50_ms"]),
         "writes_per_s_8_clients": backend["throughput"]["writes_per_s"],
     }
 
@@ -765,7 +785,7 @@ def meets(metric: str, value: float) -> bool:
 
 
 def report(results: dict[str, Any]) -> str:
-    """The human table plus markdown rows for docs/benchmarks.md."""
+    """The human table, the markdown table of docs/benchmarks.md, and the targets."""
     lines: list[str] = []
     echo = results["trivial"]["echo"]
     names = {"sqlite": "SQLite + fs", "postgres": "PostgreSQL + fs"}
@@ -807,47 +827,9 @@ def report(results: dict[str, Any]) -> str:
                 f"{s['other_processes_cpu_pct']:>13.1f}{rate}"
             )
     lines.append("")
-    lines.append("Markdown rows (docs/benchmarks.md):")
+    lines.append("The core table of docs/benchmarks.md (bench/report.py renders it there from the JSON):")
     lines.append("")
-    lines.append(
-        "| series | p50 ms | p95 ms | server CPU ms/call | client CPU ms/call | other processes CPU % (incl. PostgreSQL) |"
-    )
-    lines.append("|---|---|---|---|---|---|")
-    lines.append(
-        f"| trivial FastMCP `echo` | {echo['p50_ms']:.2f} | {echo['p95_ms']:.2f} | "
-        f"{echo['server_cpu_ms_per_call']:.2f} | {echo['client_cpu_ms_per_call']:.2f} | "
-        f"{echo['other_processes_cpu_pct']:.0f} |"
-    )
-    for key, label in names.items():
-        backend = results.get(key)
-        if backend is None:
-            continue
-        for series, title in (
-            ("read_base", "read_content (base, 5 KB)"),
-            ("read_overlay", "read_content (overlay, 5 KB)"),
-            ("write", "write_content (update, 5 KB)"),
-            ("throughput", "write_content, 8 clients"),
-        ):
-            s = backend[series]
-            suffix = ""
-            if series == "throughput":
-                suffix = f" ({s['writes_per_s']} writes/s, {s['errors']} errors)"
-            lines.append(
-                f"| {label}: {title}{suffix} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
-                f"{s['server_cpu_ms_per_call']:.2f} | {s['client_cpu_ms_per_call']:.2f} | "
-                f"{s['other_processes_cpu_pct']:.0f} |"
-            )
-    if raw := results.get("postgres_raw_txn"):
-        for series, title in (
-            ("sequential", "plain asyncpg: UPDATE ... RETURNING + INSERT, one transaction"),
-            ("throughput", "plain asyncpg: the same, 8 connections"),
-        ):
-            s = raw[series]
-            suffix = f" ({s['txns_per_s']} txns/s)" if series == "throughput" else ""
-            lines.append(
-                f"| {title}{suffix} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | | "
-                f"{s['client_cpu_ms_per_call']:.2f} | {s['other_processes_cpu_pct']:.0f} |"
-            )
+    lines += core_section(results)
     lines.append("")
     present = [k for k in names if k in results]
     lines.append("| metric | target | " + " | ".join(names[k] for k in present) + " |")
@@ -917,15 +899,10 @@ async def _run(
         "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
     }
 
-    def launch(name: str, argv: list[str], env: dict[str, str]) -> ServerProcess:
-        port = free_port()
-        server = ServerProcess(name, [*argv, "--port", str(port)], env, tmp / f"{name}.log", port)
-        servers.append(server)
-        server.start()
-        return server
-
     print("trivial FastMCP server")
-    trivial = launch("trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ))
+    trivial = launch(
+        "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
+    )
     try:
         results["trivial"] = await bench_trivial(trivial, n, profiler)
     finally:
@@ -940,7 +917,7 @@ async def _run(
         print(f"panaversity-fs on {name}")
         root = tmp / name / "storage"
         root.parent.mkdir(parents=True, exist_ok=True)
-        server = launch(name, profiler.wrap(["serve"]), server_env(url, root, args.log_level))
+        server = launch(name, profiler.wrap(["serve"]), server_env(url, root, args.log_level), tmp, servers)
         try:
             results[name] = await bench_pfs(server, n, load_seconds, profiler)
         finally:
