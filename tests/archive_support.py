@@ -4,6 +4,7 @@ books and their writing, a server RSS sampler, ZIP parsing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -29,6 +30,8 @@ from panaversity_fs.assets.mime import sniff_content_type
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
+from panaversity_fs.journal import repository as journal
+from panaversity_fs.journal.engine import Database
 from panaversity_fs.resources import open_resources
 from panaversity_fs.server import create_app
 from tests.processes import free_port
@@ -123,6 +126,17 @@ class BookFile:
     user_id: str | None = None
 
 
+async def journal_view(settings: Settings, book: str, user: str | None = None) -> dict[str, str]:
+    """`path -> sha256` of `book` as the journal shows it to `user` (the base view by default)."""
+    db = Database.from_settings(settings)
+    try:
+        async with db.read() as conn:
+            rows = await journal.view(conn, book, user)
+    finally:
+        await db.dispose()
+    return {row.path: row.sha256 or "" for row in rows}
+
+
 async def write_files(settings: Settings, book: str, files: list[BookFile], parallel: int = 8) -> None:
     """Write `files` through `ContentService.write_bytes` (the write protocol, audited)."""
     async with open_resources(settings, background=False) as resources:
@@ -137,8 +151,9 @@ async def write_files(settings: Settings, book: str, files: list[BookFile], para
                 else:
                     target = Target.content(book, file.path, file.user_id)
                     kind, operation = None, "write_content"
+                digest = hashlib.sha256(file.data).hexdigest()
                 await resources.content.write_bytes(
-                    WRITER, operation, target, file.data, None, kind, time.perf_counter()
+                    WRITER, operation, target, file.data, digest, None, kind, time.perf_counter()
                 )
 
         await asyncio.gather(*(one(f) for f in files))

@@ -19,6 +19,7 @@ from panaversity_fs.journal.schema import audit_log, manifest_snapshot
 from panaversity_fs.paths import BASE_USER
 from panaversity_fs.resources import open_resources
 from panaversity_fs.server import create_server
+from tests.books_support import sha
 from tests.support import BOOK, ToolFailure, assert_invariants, call, client, error_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
@@ -26,10 +27,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
 
 def lesson(n: int, chapter: int = 1) -> str:
     return f"content/01-Part/{chapter:02d}-Chapter/{n:02d}-lesson.md"
-
-
-def sha(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 async def write(c: Client[Any], path: str, text: str, book_id: str = BOOK, user_id: str | None = None) -> str:
@@ -58,6 +55,7 @@ async def put_asset(settings: Settings, path: str, data: bytes, book: str = BOOK
             "upload_asset",
             Target.asset(book, path),
             data,
+            hashlib.sha256(data).hexdigest(),
             expected,
             "image/png",
             time.perf_counter(),

@@ -206,11 +206,11 @@ async def test_stale_listing_rows_are_refetched(settings: Settings) -> None:
                 content="new",
                 expected_hash=hashes[stale.path],
             )
-        fetched = await fetch_row(resources.db, resources.content, stale, None)
+        fetched = await fetch_row(resources.content, stale, None)
         assert fetched is not None and fetched.data == b"new" and fetched.row.version == 2
         async with client(create_server(settings)) as c:
             await call(c, "delete_content", book_id=BOOK, path=stale.path)
-        assert await fetch_row(resources.db, resources.content, stale, None) is None
+        assert await fetch_row(resources.content, stale, None) is None
 
 
 async def test_reads_are_audited_once_per_page_with_the_agent(settings: Settings) -> None:

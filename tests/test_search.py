@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 import time
 from typing import Any
@@ -79,7 +80,14 @@ async def test_glob_semantics_match_the_model(settings: Settings) -> None:
 
         for path in ASSETS:
             await resources.content.write_bytes(
-                Caller("asset-seeder"), "upload_asset", Target.asset(BOOK, path), b"bytes", None, None, 0.0
+                Caller("asset-seeder"),
+                "upload_asset",
+                Target.asset(BOOK, path),
+                b"bytes",
+                hashlib.sha256(b"bytes").hexdigest(),
+                None,
+                None,
+                0.0,
             )
     patterns = [
         "content/**/*.md",

@@ -185,7 +185,7 @@ class AuthFailureLimiter:
 
     def __init__(self, app: ASGIApp, per_minute: int, burst: float) -> None:
         self.app = app
-        self._failures = TokenBuckets(per_minute / 60.0, per_minute * burst) if per_minute > 0 else None
+        self._failures = _buckets(per_minute, burst, time.monotonic)
         self._accepted: OrderedDict[str, None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

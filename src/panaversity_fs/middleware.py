@@ -31,7 +31,13 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from panaversity_fs.auth.access import ADMIN, READ, TOOL_RULES, WRITE, Rule, authorize
-from panaversity_fs.auth.identity import Caller, auth_required, caller_from_claims, check_agent_id
+from panaversity_fs.auth.identity import (
+    Caller,
+    auth_required,
+    caller_from_claims,
+    caller_scope,
+    check_agent_id,
+)
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import (
     Forbidden,
@@ -100,7 +106,8 @@ class ToolCallMiddleware(Middleware):
                     caller.agent_id, "write" if rule is not None and rule.scope == WRITE else "read"
                 )
                 async with self._shedder.slot():
-                    return await self._run(context, call_next, rule)
+                    with caller_scope(caller):
+                        return await self._run(context, call_next, rule)
             except (RateLimited, Unavailable) as error:
                 if isinstance(error, RateLimited) or error.details.get("overloaded"):
                     self._note_refusal(caller, tool, arguments, started, error)
@@ -193,8 +200,7 @@ class ToolCallMiddleware(Middleware):
         if token is None:
             if auth_required(context.fastmcp_context):
                 raise Unauthenticated("this server requires a bearer token (Authorization: Bearer <JWT>)")
-            name = _agent_name(context)
-            return Caller(agent_id=check_agent_id(name), request_id=request_id)
+            return Caller(agent_id=check_agent_id(_client_name(context)), request_id=request_id)
         caller = caller_from_claims(token.claims, request_id)
         try:
             authorize(caller, tool, arguments)
@@ -219,9 +225,14 @@ def _rpc_id(context: MiddlewareContext[Any]) -> str | None:
 
 
 def _agent_name(context: MiddlewareContext[Any]) -> str | None:
+    """The caller's name for logs (cut to 255 characters; not checked)."""
     token = get_access_token()
-    if token is not None:
-        return token.client_id[:255]
+    name = token.client_id if token is not None else _client_name(context)
+    return name[:255] if name is not None else None
+
+
+def _client_name(context: MiddlewareContext[Any]) -> str | None:
+    """The name the MCP client gave in its `initialize` (None without a session)."""
     ctx = context.fastmcp_context
     if ctx is None:
         return None
@@ -229,7 +240,7 @@ def _agent_name(context: MiddlewareContext[Any]) -> str | None:
         params = ctx.session.client_params
     except RuntimeError:
         return None
-    return params.client_info.name[:255] if params is not None else None
+    return params.client_info.name if params is not None else None
 
 
 def _validation_message(error: Exception) -> str:

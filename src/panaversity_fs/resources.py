@@ -116,37 +116,38 @@ async def open_resources(
                 if report.published or report.orphans_removed or report.failed:
                     logger.info("start-up recovery", extra={"recovery": dataclasses.asdict(report)})
         if background:
+
+            def every(
+                name: str,
+                interval: float,
+                what: str,
+                job: Callable[[], Awaitable[object]],
+                first: float | None = None,
+            ) -> None:
+                tasks.append(asyncio.create_task(_every(interval, what, job, first), name=name))
+
             tasks.append(asyncio.create_task(audit.run(), name="pfs-audit-batcher"))
-            tasks.append(asyncio.create_task(_recover_forever(resources), name="pfs-recovery"))
-            tasks.append(
-                asyncio.create_task(
-                    _every(
-                        settings.recovery_interval, "idempotency key pruning", lambda: _prune_keys(resources)
-                    ),
-                    name="pfs-idempotency-prune",
-                )
+            every(
+                "pfs-recovery", settings.recovery_interval, "recovery sweep", lambda: publisher.recover(grace)
+            )
+            every(
+                "pfs-idempotency-prune",
+                settings.recovery_interval,
+                "idempotency key pruning",
+                lambda: _prune_keys(resources),
             )
             if settings.fsck_interval > 0:
-                tasks.append(
-                    asyncio.create_task(
-                        _every(
-                            settings.fsck_interval, "consistency check", lambda: _check_consistency(resources)
-                        ),
-                        name="pfs-fsck",
-                    )
+                every(
+                    "pfs-fsck",
+                    settings.fsck_interval,
+                    "consistency check",
+                    lambda: _check_consistency(resources),
                 )
             if settings.audit_checkpoint_interval > 0:
                 monitor = ChainMonitor(db, checkpoints, metrics)
-                tasks.append(
-                    asyncio.create_task(
-                        _every(
-                            settings.audit_checkpoint_interval,
-                            "audit check",
-                            monitor.run_once,
-                            first=min(5.0, settings.audit_checkpoint_interval),
-                        ),
-                        name="pfs-audit-monitor",
-                    )
+                interval = settings.audit_checkpoint_interval
+                every(
+                    "pfs-audit-monitor", interval, "audit check", monitor.run_once, first=min(5.0, interval)
                 )
         yield resources
     finally:
@@ -185,13 +186,6 @@ async def _close(
     await step("database pool", db.dispose())
     if sum(spent.values()) > SLOW_CLOSE_SECONDS:
         logger.warning("slow shutdown", extra={"seconds": spent})
-
-
-async def _recover_forever(resources: Resources) -> None:
-    grace = timedelta(seconds=resources.settings.recovery_grace)
-    await _every(
-        resources.settings.recovery_interval, "recovery sweep", lambda: resources.publisher.recover(grace)
-    )
 
 
 def _count_audit(metrics: Metrics, statuses: list[str]) -> None:

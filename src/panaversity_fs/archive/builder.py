@@ -47,10 +47,11 @@ from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method
 
 from panaversity_fs.archive.pipe import ZipPipe
 from panaversity_fs.assets.mime import is_compressed
+from panaversity_fs.builds.manifest import manifest_hash, manifest_text
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.repository import JournalRow
-from panaversity_fs.paths import BASE_USER, storage_key
+from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
 
 MANIFEST_NAME = ".panaversity/manifest.json"
@@ -113,7 +114,6 @@ class ArchiveReport:
 
     def manifest(self) -> bytes:
         """The manifest member's JSON bytes."""
-        lines = "\n".join(f"{m['path']}:{m['sha256']}" for m in self.members)
         body = {
             "format": "panaversity-fs-archive/1",
             "book_id": self.book_id,
@@ -124,7 +124,7 @@ class ArchiveReport:
             "resume_after": self.resume_after,
             "file_count": len(self.members),
             "total_bytes": self.total_bytes,
-            "manifest_hash": hashlib.sha256(lines.encode()).hexdigest(),
+            "manifest_hash": manifest_hash(manifest_text((m["path"], m["sha256"]) for m in self.members)),
             "members": self.members,
             "errors": self.errors,
         }
@@ -316,7 +316,7 @@ class ArchiveBuilder:
                 "path": row.path,
                 "size": row.size,
                 "sha256": row.sha256,
-                "source": "base" if row.user_id == BASE_USER else "overlay",
+                "source": row.source,
             }
         )
 
@@ -333,16 +333,12 @@ class ArchiveBuilder:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _keys(self, row: JournalRow) -> list[str]:
-        final = storage_key(row.book_id, row.path, row.user_id)
-        return [row.staging_key, final] if row.publish_pending and row.staging_key else [final]
-
     async def _read_small(self, row: JournalRow) -> _Verified | _Failed:
         for attempt in range(READ_ATTEMPTS):
             try:
                 # A ranged read of the known size: OpenDAL's whole-object read keeps far more
                 # memory per I/O thread (measured: ~3 MB per thread on fs vs ~0.5 MB).
-                found = await self._locate(self._keys(row), (0, row.size) if row.size else None)
+                found = await self._locate(row.object_keys, (0, row.size) if row.size else None)
             except StorageError:
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
@@ -388,7 +384,7 @@ class ArchiveBuilder:
                 rows = await journal.fetch(conn, row.book_id, row.path, users)
         except Exception:
             return failure
-        current = next((r for u in users if (r := rows.get(u)) is not None and r.exists), None)
+        current = journal.visible(rows, user)
         if current is None or (current.user_id, current.version) == (row.user_id, row.version):
             return failure
         if current.size > WHOLE_READ_LIMIT:
@@ -404,7 +400,7 @@ class ArchiveBuilder:
         first_size = min(CHUNK, row.size)
         await self._budget.acquire(first_size)
         try:
-            found = await self._read_chunk(self._keys(row), 0, first_size)
+            found = await self._read_chunk(row.object_keys, 0, first_size)
         except StorageError:
             found = None
             failure = _Failed("UNAVAILABLE", "storage_error", "storage failed while reading the file")
@@ -416,7 +412,7 @@ class ArchiveBuilder:
             return False
         # Later chunks come from the key the first one came from; if a publish moves the
         # staged object meanwhile, the final key holds the same bytes.
-        keys = [found[0], *(key for key in self._keys(row) if key != found[0])]
+        keys = [found[0], *(key for key in row.object_keys if key != found[0])]
         pipe.begin_member(row.path, row.last_written_at, self._method(row, None))
         self._emitted += 1
         hasher = hashlib.sha256()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from panaversity_fs.archive.builder import MANIFEST_NAME, ArchiveBuilder, ArchiveReport
 from panaversity_fs.auth.identity import Caller
+from panaversity_fs.builds.manifest import manifest_hash, manifest_text
 from panaversity_fs.errors import Forbidden, InvalidArgument, PanaversityFSError
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
@@ -54,16 +54,11 @@ class ArchiveTicket(BaseModel):
     file_count: int = Field(description="Members at the time of the call (the manifest excluded).")
     total_bytes: int = Field(description="Sum of the members' sizes (uncompressed).")
     manifest_hash: str = Field(
-        description="sha256 of the members' sorted `path:sha256` lines joined by newlines."
+        description="sha256 of the members' `path:sha256` lines in path order, joined by newlines "
+        "(as plan_build's manifest hash)."
     )
     manifest_member: str = MANIFEST_NAME
     resume: str = RESUME_HINT
-
-
-def manifest_hash(rows: list[JournalRow]) -> str:
-    """sha256 of the sorted `path:sha256` lines of `rows`, joined by newlines."""
-    lines = "\n".join(sorted(f"{row.path}:{row.sha256}" for row in rows))
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def check_scope(scope: object) -> Scope:
@@ -185,7 +180,7 @@ class ArchiveService:
             expires_at=datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
             file_count=len(rows),
             total_bytes=sum(row.size for row in rows),
-            manifest_hash=manifest_hash(rows),
+            manifest_hash=manifest_hash(manifest_text((row.path, str(row.sha256)) for row in rows)),
         )
 
     async def download(self, book_id: str, token: str | None, after: str | None) -> ArchiveDownload:

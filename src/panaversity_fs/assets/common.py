@@ -76,7 +76,6 @@ class AssetBase:
             async with self._r.db.read() as conn:
                 rows = await journal.fetch(conn, target.book_id, target.path, [BASE_USER])
         except DB_ERRORS as exc:
-            logger.warning("database failure", exc_info=exc)
             raise database_unavailable(exc) from None
         row = rows.get(BASE_USER)
         return row if row is not None and row.exists else None

@@ -11,7 +11,6 @@ from panaversity_fs.assets.common import CHUNK_BYTES, DOWNLOAD_PURPOSE, AssetBas
 from panaversity_fs.assets.mime import OCTET_STREAM
 from panaversity_fs.content.service import Target
 from panaversity_fs.errors import Conflict, Forbidden, NotFound, Unavailable
-from panaversity_fs.paths import storage_key
 from panaversity_fs.storage.blobs import BlobNotFound, StorageError
 
 logger = logging.getLogger(__name__)
@@ -54,10 +53,7 @@ class Downloads(AssetBase):
             raise NotFound("the asset was deleted")
         if row.sha256 != digest:
             raise Conflict("the asset changed since this URL was issued: call get_asset for a new one")
-        keys = [storage_key(book, path, None)]
-        if row.publish_pending and row.staging_key:
-            keys.insert(0, row.staging_key)
-        for key in keys:
+        for key in row.object_keys:
             try:
                 size = await self._store.size(key)
             except BlobNotFound:

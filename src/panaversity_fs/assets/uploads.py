@@ -189,7 +189,7 @@ class Uploads(AssetBase):
                         "pass binary_data (base64, small files) or size and sha256 (upload URL)",
                         field="sha256",
                     )
-                data = b""
+                data, actual = b"", declared_sha  # the bytes come later, by URL
             else:
                 data = decode_inline(binary_data, self._settings.max_inline_asset_bytes)
                 actual = hashlib.sha256(data).hexdigest()
@@ -211,7 +211,7 @@ class Uploads(AssetBase):
             return await self.declare(caller, target, expected, declared_size, declared_sha, started)
         content_type = sniff_content_type(data, target.path)
         outcome = await self._content.write_bytes(
-            caller, "upload_asset", target, data, expected, content_type, started, idem
+            caller, "upload_asset", target, data, actual, expected, content_type, started, idem
         )
         return self._stored(outcome, content_type)
 

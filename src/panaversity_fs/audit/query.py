@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, to_utc, verify_chain
 from panaversity_fs.audit.checkpoints import CheckpointReport, CheckpointStore
+from panaversity_fs.audit.verify import follow_appends
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books import cursor as cursors
 from panaversity_fs.books.bulk import check_limit
@@ -252,19 +252,8 @@ async def _verify(
         report = ChainReport(
             False, report.entries_checked, report.head_seq, report.head_seq + 1, "sequence gap"
         )
-    checked = report.entries_checked
-    # Entries appended while this ran are checked against the head that covers them (as
-    # `verify_connection` does); an entry past every head was not written by the server.
-    while complete and report.ok and await audit_sql.has_entry_after(conn, head[0]):
-        newer = await audit_sql.chain_head(conn)
-        if newer[0] <= head[0]:
-            report = ChainReport(False, checked, head[0], head[0] + 1, "entry beyond the chain head")
-            break
-        tail = audit_sql.stream_entries(conn, after_seq=head[0], upto_seq=newer[0])
-        report = await verify_chain(tail, newer, start=head)
-        checked += report.entries_checked
-        report = replace(report, entries_checked=checked)
-        head = newer
+    if complete:  # entries appended while this ran are checked too
+        report, head = await follow_appends(conn, report, head)
     await counted.finish(report.entries_checked)
     return _verification(report, first, complete, head)
 

@@ -45,17 +45,29 @@ async def verify_connection(conn: AsyncConnection, start: tuple[int, str] = (0, 
         return ChainReport(False, 0, head[0], head[0] + 1, "entries missing at tail")
     entries = audit_sql.stream_entries(conn, after_seq=start[0], upto_seq=head[0])
     report = await verify_chain(entries, head, start=start)
+    report, _ = await follow_appends(conn, report, head)
+    return report
+
+
+async def follow_appends(
+    conn: AsyncConnection, report: ChainReport, head: tuple[int, str]
+) -> tuple[ChainReport, tuple[int, str]]:
+    """Verify the entries appended after `head` while `report` was being made, each batch
+    against the head that covers it; return the combined report and the last head.
+
+    An entry after the newest head was not written by the server: the report fails there.
+    """
     checked = report.entries_checked
     while report.ok and await audit_sql.has_entry_after(conn, head[0]):
         newer = await audit_sql.chain_head(conn)
         if newer[0] <= head[0]:
-            return ChainReport(False, checked, head[0], head[0] + 1, "entry beyond the chain head")
+            return ChainReport(False, checked, head[0], head[0] + 1, "entry beyond the chain head"), head
         report = await verify_chain(
             audit_sql.stream_entries(conn, after_seq=head[0], upto_seq=newer[0]), newer, start=head
         )
         checked += report.entries_checked
         head = newer
-    return replace(report, entries_checked=checked)
+    return replace(report, entries_checked=checked), head
 
 
 @dataclass(frozen=True, slots=True)

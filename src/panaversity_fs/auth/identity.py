@@ -8,7 +8,9 @@ with the token's grants: its scopes, its `user_id` claim and its `books` claim.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -122,13 +124,30 @@ def caller_from_request(request: Request) -> Caller | None:
     return caller_from_claims(cast(dict[str, Any], claims))
 
 
+_current_caller: ContextVar[Caller | None] = ContextVar("pfs_caller", default=None)
+
+
+@contextmanager
+def caller_scope(caller: Caller) -> Generator[None, None, None]:
+    """Make `caller` the current tool call's caller (the call middleware identifies it once)."""
+    token = _current_caller.set(caller)
+    try:
+        yield
+    finally:
+        _current_caller.reset(token)
+
+
 def caller_from_context(ctx: Context) -> Caller:
-    """Return the caller of the current MCP request.
+    """Return the caller of the current MCP request: the one the call middleware identified,
+    else the one its bearer token or client name gives.
 
     Raises:
         Unauthenticated: the request carries no usable identity (with auth on: no verified
             bearer token, or one naming no usable agent).
     """
+    known = _current_caller.get()
+    if known is not None:
+        return known
     request_id = current_request_id()
     token = get_access_token()
     if token is not None:

@@ -24,7 +24,6 @@ from panaversity_fs.paths import canonicalize, check_book_id, check_user_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-SCOPES: tuple[BulkScope, ...] = ("chapter", "part", "book")
 
 _FOLDER = re.compile(r"[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*")
 _EXAMPLES = {"chapter": "content/01-Introduction/02-Variables", "part": "content/01-Introduction"}
@@ -144,7 +143,7 @@ class BulkReader:
         more = more or len(chosen) < min(len(rows), limit)
         files: list[BulkFile] = []
         readable = [row for row in chosen if row.path.endswith(".md")]
-        async for _, fetched in fetch_in_order(self._db, self._content, readable, user):
+        async for _, fetched in fetch_in_order(self._content, readable, user):
             if fetched is None:
                 continue  # deleted since the listing: the page shows the later state
             row = fetched.row
@@ -154,8 +153,8 @@ class BulkReader:
                     content=fetched.data.decode("utf-8", errors="surrogateescape"),
                     file_hash=row.sha256 or "",
                     size=len(fetched.data),
-                    source=fetched.source,  # type: ignore[arg-type]
-                    namespace=fetched.source,  # type: ignore[arg-type]
+                    source=fetched.source,
+                    namespace=fetched.source,
                     last_modified=row.last_written_at.isoformat(),
                     version=row.version,
                 )

@@ -12,21 +12,15 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from panaversity_fs.content.service import ContentService
-from panaversity_fs.errors import Internal, Unavailable
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
-from panaversity_fs.paths import BASE_USER
 
 logger = logging.getLogger(__name__)
 
 READ_CONCURRENCY = 16
 """Storage reads in flight at once for one bulk operation."""
-
-REFETCH_ATTEMPTS = 3
-"""Times a file that changed under a read is looked up and read again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +31,12 @@ class Fetched:
     data: bytes
 
     @property
-    def source(self) -> str:
+    def source(self) -> Literal["base", "overlay"]:
         """`overlay` for a user's file, `base` for shared content."""
-        return "base" if self.row.user_id == BASE_USER else "overlay"
+        return self.row.source
 
 
-async def fetch_row(
-    db: Database, content: ContentService, row: JournalRow, user_id: str | None
-) -> Fetched | None:
+async def fetch_row(content: ContentService, row: JournalRow, user_id: str | None) -> Fetched | None:
     """Return the verified bytes of `row`, or of the row that replaced it since it was listed.
 
     Returns None if the file was deleted since it was listed.
@@ -53,32 +45,11 @@ async def fetch_row(
         Unavailable: storage or the database failed, or the file kept changing.
         Internal: the stored bytes do not match an unchanging journal row (run fsck).
     """
-    users = [BASE_USER] if user_id is None else [user_id, BASE_USER]
-    versions = {(row.user_id, row.version)}
-    for _ in range(REFETCH_ATTEMPTS + 1):
-        data = await content.fetch_bytes(row)
-        if data is not None:
-            return Fetched(row, data)
-        try:
-            async with db.read() as conn:
-                rows = await journal.fetch(conn, row.book_id, row.path, users)
-        except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
-        fresh = journal.visible(rows, user_id)
-        if fresh is None:
-            return None
-        row = fresh
-        versions.add((row.user_id, row.version))
-    if len(versions) == 1:
-        logger.error(
-            "stored bytes do not match the journal", extra={"book_id": row.book_id, "path": row.path}
-        )
-        raise Internal("stored bytes do not match the journal; an operator should run fsck")
-    raise Unavailable("the file kept changing during the read; retry", path=row.path)
+    found = await content.follow(row.book_id, row.path, user_id, row)
+    return None if found is None else Fetched(*found)
 
 
 async def fetch_in_order(
-    db: Database,
     content: ContentService,
     rows: Sequence[JournalRow],
     user_id: str | None,
@@ -100,7 +71,7 @@ async def fetch_in_order(
             row = next(upcoming, None)
             if row is None:
                 return
-            pending.append((row, asyncio.ensure_future(fetch_row(db, content, row, user_id))))
+            pending.append((row, asyncio.ensure_future(fetch_row(content, row, user_id))))
 
     try:
         top_up()

@@ -28,7 +28,7 @@ from panaversity_fs.errors import InvalidArgument, PanaversityFSError
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
-from panaversity_fs.paths import BASE_USER, check_book_id, check_user_id
+from panaversity_fs.paths import check_book_id, check_user_id
 
 GLOB_DEFAULT_LIMIT = 100
 GLOB_MAX_LIMIT = 1000
@@ -289,7 +289,7 @@ class Searcher:
             if position is not None and name < position.book:
                 continue
             rows = await self._markdown(name, user, matcher, position)
-            async for row, fetched in fetch_in_order(self._db, self._content, rows, user):
+            async for row, fetched in fetch_in_order(self._content, rows, user):
                 if searched and time.monotonic() > deadline:
                     resume = Position(name, row.path)
                     return _grep_page(pattern, matches, searched, query, resume, "time_budget")
@@ -301,7 +301,7 @@ class Searcher:
                     if position is not None and (name, row.path) == (position.book, position.path)
                     else 0
                 )
-                source = "base" if fetched.row.user_id == BASE_USER else "overlay"
+                source = fetched.row.source
                 for line_number, raw, offset in matching_lines(regex, fetched.data, skip):
                     if len(matches) == limit:
                         last = matches[-1]
@@ -352,7 +352,7 @@ def _encode(query: str, position: Position) -> str:
 
 
 def _glob_match(row: JournalRow) -> GlobMatch:
-    source = "base" if row.user_id == BASE_USER else "overlay"
+    source = row.source
     return GlobMatch(
         book_id=row.book_id,
         path=row.path,

@@ -236,7 +236,8 @@ class Importer:
             return
         target, data, content_type = prepared
         existing = current.get(target.path)
-        if existing == hashlib.sha256(data).hexdigest():
+        digest = hashlib.sha256(data).hexdigest()
+        if existing == digest:
             report.unchanged += 1
             return
         if self._dry_run:
@@ -244,7 +245,7 @@ class Importer:
             return
         try:
             outcome = await self._resources.content.write_bytes(
-                self._caller, "import", target, data, existing, content_type, time.perf_counter()
+                self._caller, "import", target, data, digest, existing, content_type, time.perf_counter()
             )
         except PanaversityFSError as error:
             report.rejected.append(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -261,7 +261,7 @@ async def _quarantine(db: Database, store: BlobStore, key: str, target: str, gra
 
 
 def _key_of(row: JournalRow) -> str:
-    return storage_key(row.book_id, row.path, row.user_id if row.user_id != BASE_USER else None)
+    return storage_key(row.book_id, row.path, row.user_id)
 
 
 def _parse_key(key: str) -> tuple[str, str, str | None]:
@@ -272,12 +272,3 @@ def _parse_key(key: str) -> tuple[str, str, str | None]:
     if parts[2] == "users" and len(parts) >= 5:
         return parts[1], parts[3], "/".join(parts[4:])
     return parts[1], BASE_USER, "/".join(parts[2:])
-
-
-def problem_summary(reports: Iterable[FsckReport]) -> dict[str, int]:
-    """Problem counts summed over `reports` (for logs and metrics)."""
-    totals: dict[str, int] = dict.fromkeys(PROBLEM_KINDS, 0)
-    for report in reports:
-        for kind, count in report.counts().items():
-            totals[kind] += count
-    return totals

@@ -9,14 +9,14 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.content.entries import DB_ERRORS, unavailable
+from panaversity_fs.content.entries import DB_ERRORS
 from panaversity_fs.content.idempotency import Replay
 from panaversity_fs.content.results import WriteOutcome
 from panaversity_fs.content.target import Target
 from panaversity_fs.errors import Conflict, HashRequired, NotFound, PanaversityFSError, Unavailable
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal import transactions
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.engine import Database, database_unavailable
 from panaversity_fs.paths import BASE_USER
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ async def resolve_unknown_commit(
         if committed is True:
             return decided
         if committed is False:
-            return unavailable("database", exc)
+            return database_unavailable(exc)
         return _outcome_unknown()
     try:
         async with db.read() as conn:
@@ -134,7 +134,7 @@ async def resolve_unknown_commit(
     row = rows.get(target.key.user_id)
     if row is not None and row.staging_key == staging_key and not isinstance(decided, PanaversityFSError):
         return decided
-    return unavailable("database", exc)
+    return database_unavailable(exc)
 
 
 def _outcome_unknown() -> Unavailable:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.content.entries import DB_ERRORS, file_entry, unavailable
-from panaversity_fs.content.idempotency import Idempotency, Replay, claim, payload
+from panaversity_fs.content.entries import DB_ERRORS, file_entry
+from panaversity_fs.content.idempotency import Idempotency, Replay, claim, settle
 from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.results import DeleteOutcome
 from panaversity_fs.content.target import Target
 from panaversity_fs.errors import Conflict, PanaversityFSError
-from panaversity_fs.journal import idempotency_repository as idem_sql
 from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.engine import Database, database_unavailable
 from panaversity_fs.metrics import Metrics
 
 
@@ -44,53 +45,55 @@ class Deleter:
             Conflict: `expected` is given and is not the current hash.
             Unavailable: the database failed; nothing was deleted.
         """
-        refusal: PanaversityFSError | None = None
-        replay: Replay | None = None
-        outcome: DeleteOutcome | None = None
         try:
             async with self._db.write() as conn:
-                try:
-                    replay = await claim(conn, idem, datetime.now(UTC)) if idem is not None else None
-                except PanaversityFSError as reused:
-                    idem, refusal = None, reused
-                if replay is None:
-                    row = await journal.lock(conn, target.key) if refusal is None else None
-                    previous = row.sha256 if row is not None else None
-                    if (
-                        refusal is None
-                        and row is not None
-                        and row.exists
-                        and expected not in (None, row.sha256)
-                    ):
-                        refusal = Conflict(
-                            "expected_hash is not the file's current hash", current_hash=row.sha256
-                        )
-                    if refusal is not None:
-                        if idem is not None:
-                            await idem_sql.release(conn, idem.agent_id, idem.key)
-                        entry = file_entry(caller, operation, target, previous, previous, started, refusal)
-                    else:
-                        if previous is not None:
-                            await journal.tombstone(conn, target.key, datetime.now(UTC))
-                        entry = file_entry(caller, operation, target, previous, None, started)
-                        outcome = self._delete_outcome(target, previous)
-                        if idem is not None:
-                            await idem_sql.record(conn, idem.agent_id, idem.key, payload(outcome))
-                    await self._audit.append(conn, entry)
+                decided = await self._decide(conn, caller, operation, target, expected, started, idem)
         except DB_ERRORS as exc:
             self._metrics.delete_total.labels("error").inc()
-            raise unavailable("database", exc) from None
-        if replay is not None:
+            raise database_unavailable(exc) from None
+        if isinstance(decided, Replay):
             self._metrics.replays.labels(operation).inc()
-            return replay.delete()
-        if refusal is not None:
+            return decided.delete()
+        if isinstance(decided, PanaversityFSError):
             self._metrics.delete_total.labels("refused").inc()
-            raise refusal
-        assert outcome is not None
-        if outcome.existed:
+            raise decided
+        if decided.existed:
             await self._publisher.publish_or_defer(target.key, None)
         self._metrics.delete_total.labels("success").inc()
-        return outcome
+        return decided
+
+    async def _decide(
+        self,
+        conn: AsyncConnection,
+        caller: Caller,
+        operation: str,
+        target: Target,
+        expected: str | None,
+        started: float,
+        idem: Idempotency | None,
+    ) -> DeleteOutcome | Replay | PanaversityFSError:
+        """The delete's statements in one transaction: claim the key, tombstone, audit."""
+        try:
+            replay = await claim(conn, idem, datetime.now(UTC)) if idem is not None else None
+        except PanaversityFSError as reused:  # another request's key: neither record nor release it
+            await self._audit.append(conn, file_entry(caller, operation, target, None, None, started, reused))
+            return reused
+        if replay is not None:
+            return replay
+        row = await journal.lock(conn, target.key)
+        previous = row.sha256 if row is not None else None
+        decided: DeleteOutcome | PanaversityFSError
+        if row is not None and row.exists and expected not in (None, row.sha256):
+            decided = Conflict("expected_hash is not the file's current hash", current_hash=row.sha256)
+            entry = file_entry(caller, operation, target, previous, previous, started, decided)
+        else:
+            if previous is not None:
+                await journal.tombstone(conn, target.key, datetime.now(UTC))
+            decided = self._delete_outcome(target, previous)
+            entry = file_entry(caller, operation, target, previous, None, started)
+        await settle(conn, idem, decided)
+        await self._audit.append(conn, entry)
+        return decided
 
     def _delete_outcome(self, target: Target, previous: str | None) -> DeleteOutcome:
         return DeleteOutcome(

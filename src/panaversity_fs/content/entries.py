@@ -15,7 +15,14 @@ from panaversity_fs.journal.engine import DB_ERRORS, Database
 from panaversity_fs.paths import BASE_USER, describe_rejected_path
 
 logger = logging.getLogger(__name__)
-__all__ = ["DB_ERRORS", "append_refusal", "audit_entry", "file_entry", "outcome_status", "unavailable"]
+__all__ = [
+    "DB_ERRORS",
+    "append_refusal",
+    "audit_entry",
+    "file_entry",
+    "outcome_status",
+    "storage_unavailable",
+]
 
 
 def audit_entry(
@@ -87,7 +94,8 @@ def outcome_status(error: PanaversityFSError) -> str:
     return "error" if error.code in ("UNAVAILABLE", "INTERNAL") else "refused"
 
 
-def unavailable(component: str, exc: BaseException) -> Unavailable:
-    """Log a dependency failure and return the caller's UNAVAILABLE error for it."""
-    logger.warning("%s failure", component, exc_info=exc)
-    return Unavailable(f"the {component} is unavailable; nothing was changed, retry later")
+def storage_unavailable(exc: BaseException) -> Unavailable:
+    """Log a storage failure and return the caller's UNAVAILABLE error (safe to retry); the
+    database's twin is `journal.engine.database_unavailable`."""
+    logger.warning("storage failure", exc_info=exc)
+    return Unavailable("the storage is unavailable; nothing was changed, retry later")

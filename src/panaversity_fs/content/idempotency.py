@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.content.results import DeleteOutcome, WriteOutcome
-from panaversity_fs.errors import InvalidArgument, Unavailable
+from panaversity_fs.errors import InvalidArgument, PanaversityFSError, Unavailable
 from panaversity_fs.journal import idempotency_repository as idem_sql
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.idempotency_repository import StoredCall
@@ -94,6 +94,22 @@ class Replay:
 def payload(outcome: WriteOutcome | DeleteOutcome, content_type: str | None = None) -> str:
     """What a committed call stores under its key."""
     return json.dumps({"outcome": outcome.model_dump(mode="json"), "content_type": content_type})
+
+
+async def settle(
+    conn: AsyncConnection,
+    idem: Idempotency | None,
+    decided: WriteOutcome | DeleteOutcome | PanaversityFSError,
+    content_type: str | None = None,
+) -> None:
+    """In the mutation's transaction: release the key of a refused call (a retry may use it), or
+    store the outcome of a successful one under it. Nothing without a key."""
+    if idem is None:
+        return
+    if isinstance(decided, PanaversityFSError):
+        await idem_sql.release(conn, idem.agent_id, idem.key)
+    else:
+        await idem_sql.record(conn, idem.agent_id, idem.key, payload(decided, content_type))
 
 
 async def replayed(db: Database, idem: Idempotency | None) -> Replay | None:

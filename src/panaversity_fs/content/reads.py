@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from panaversity_fs.content.entries import DB_ERRORS, unavailable
+from panaversity_fs.content.entries import DB_ERRORS, storage_unavailable
 from panaversity_fs.content.results import FileContent
 from panaversity_fs.content.target import Target, sha256_hex
 from panaversity_fs.errors import Internal, NotFound, Unavailable
 from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.engine import Database, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.paths import BASE_USER, storage_key
+from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
 
 logger = logging.getLogger(__name__)
@@ -37,29 +37,47 @@ class FileReader:
             Unavailable: the database or storage failed, or the file kept changing; retry.
             Internal: the stored bytes do not match an unchanging journal row (run fsck).
         """
-        users = [target.user_id, BASE_USER] if target.user_id else [BASE_USER]
+        found = await self.follow(target.book_id, target.path, target.user_id)
+        if found is None:
+            raise NotFound(f"{target.path} does not exist", path=target.path)
+        row, data = found
+        return _file_content(target, row, data)
+
+    async def follow(
+        self, book_id: str, path: str, user_id: str | None, row: JournalRow | None = None
+    ) -> tuple[JournalRow, bytes] | None:
+        """Return the visible row of a file (for `user_id`) with its verified bytes, starting from
+        `row` when the caller already listed it; None if no live row is visible.
+
+        Bytes that do not match their row mean the file changed under the read: its row is
+        looked up again, up to `READ_ATTEMPTS` reads in all.
+
+        Raises:
+            Unavailable: the database or storage failed, or the file kept changing; retry.
+            Internal: the stored bytes do not match an unchanging journal row (run fsck).
+        """
+        users = [user_id, BASE_USER] if user_id else [BASE_USER]
         versions_seen: set[tuple[str, int]] = set()
         for _ in range(READ_ATTEMPTS):
-            try:
-                async with self._db.read() as conn:
-                    rows = await journal.fetch(conn, target.book_id, target.path, users)
-            except DB_ERRORS as exc:
-                raise unavailable("database", exc) from None
-            row = journal.visible(rows, target.user_id)
             if row is None:
-                raise NotFound(f"{target.path} does not exist", path=target.path)
-            data = await self._read_row_bytes(row)
-            if data is not None and sha256_hex(data) == row.sha256:
-                return _file_content(target, row, data)
+                try:
+                    async with self._db.read() as conn:
+                        rows = await journal.fetch(conn, book_id, path, users)
+                except DB_ERRORS as exc:
+                    raise database_unavailable(exc) from None
+                row = journal.visible(rows, user_id)
+                if row is None:
+                    return None
+            data = await self.fetch_bytes(row)
+            if data is not None:
+                return row, data
             versions_seen.add((row.user_id, row.version))
+            row = None
         if len(versions_seen) == 1:
             self._metrics.journal_storage_mismatch_total.inc()
-            logger.error(
-                "stored bytes do not match the journal",
-                extra={"book_id": target.book_id, "path": target.path},
-            )
+            logger.error("stored bytes do not match the journal", extra={"book_id": book_id, "path": path})
             raise Internal("stored bytes do not match the journal; an operator should run fsck")
-        raise Unavailable("the file changed during the read; retry", path=target.path)
+        raise Unavailable("the file changed during the read; retry", path=path)
 
     async def fetch_bytes(self, row: JournalRow) -> bytes | None:
         """Return the bytes of a journal row if they match its hash, else None (changed or lost).
@@ -73,22 +91,18 @@ class FileReader:
         return data if data is not None and sha256_hex(data) == row.sha256 else None
 
     async def _read_row_bytes(self, row: JournalRow) -> bytes | None:
-        final_key = storage_key(row.book_id, row.path, row.user_id)
-        candidates = [final_key]
-        if row.publish_pending and row.staging_key:
-            candidates.insert(0, row.staging_key)
-        for key in candidates:
+        for key in row.object_keys:
             try:
                 return await self._store.read(key)
             except BlobNotFound:
                 continue
             except StorageError as exc:
-                raise unavailable("storage", exc) from None
+                raise storage_unavailable(exc) from None
         return None
 
 
 def _file_content(target: Target, row: JournalRow, data: bytes) -> FileContent:
-    source = "overlay" if row.user_id != BASE_USER else "base"
+    source = row.source
     digest = row.sha256 or ""
     return FileContent(
         book_id=target.book_id,

@@ -35,9 +35,9 @@ from panaversity_fs.content.entries import (
     audit_entry,
     file_entry,
     outcome_status,
-    unavailable,
+    storage_unavailable,
 )
-from panaversity_fs.content.idempotency import Idempotency, Replay, claim, payload, replayed
+from panaversity_fs.content.idempotency import Idempotency, Replay, claim, replayed, settle
 from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.reads import FileReader
 from panaversity_fs.content.results import DeleteOutcome, FileContent, WriteOutcome
@@ -50,9 +50,8 @@ from panaversity_fs.errors import (
     TooLarge,
     Unavailable,
 )
-from panaversity_fs.journal import idempotency_repository as idem_sql
 from panaversity_fs.journal import transactions
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.journal.engine import Database, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
 from panaversity_fs.limits import deadline_passed
 from panaversity_fs.metrics import Metrics
@@ -107,9 +106,7 @@ class ContentService:
             result = await self._reader.resolved(target)
         except PanaversityFSError as error:
             self._metrics.read_total.labels(outcome_status(error), "none").inc()
-            self._audit.enqueue(
-                audit_entry(caller, "read_content", book_id, path, user_id, None, None, started, error)
-            )
+            self.note_read(caller, "read_content", book_id, path, user_id, started, error)
             raise
         self._metrics.read_total.labels("success", result.source).inc()
         if target.user_id:
@@ -128,6 +125,18 @@ class ContentService:
             Unavailable: storage failed.
         """
         return await self._reader.fetch_bytes(row)
+
+    async def follow(
+        self, book_id: str, path: str, user_id: str | None, row: JournalRow | None = None
+    ) -> tuple[JournalRow, bytes] | None:
+        """The visible row of a file and its verified bytes, re-read while it changes (see
+        `FileReader.follow`); None if no live row is visible.
+
+        Raises:
+            Unavailable: the database or storage failed, or the file kept changing; retry.
+            Internal: the stored bytes do not match an unchanging journal row (run fsck).
+        """
+        return await self._reader.follow(book_id, path, user_id, row)
 
     def note_read(
         self,
@@ -172,8 +181,9 @@ class ContentService:
             target = self._target(book_id, path, user_id)
             expected = check_hash(expected_hash)
             data = self._encode(content)
+            new_hash = sha256_hex(data)
             idem = Idempotency.for_call(
-                caller, "write_content", idempotency_key, target.arguments(expected, sha256_hex(data))
+                caller, "write_content", idempotency_key, target.arguments(expected, new_hash)
             )
             replay = await replayed(self._db, idem)
         except PanaversityFSError as error:
@@ -183,7 +193,9 @@ class ContentService:
         if replay is not None:
             self._metrics.replays.labels("write_content").inc()
             return replay.write()[0]
-        return await self.write_bytes(caller, "write_content", target, data, expected, None, started, idem)
+        return await self.write_bytes(
+            caller, "write_content", target, data, new_hash, expected, None, started, idem
+        )
 
     async def write_bytes(
         self,
@@ -191,12 +203,14 @@ class ContentService:
         operation: str,
         target: Target,
         data: bytes,
+        new_hash: str,
         expected: str | None,
         content_type: str | None,
         started: float,
         idem: Idempotency | None = None,
     ) -> WriteOutcome:
-        """Stage validated bytes, then commit and publish them (steps 2-4 of the protocol).
+        """Stage validated bytes whose sha256 is `new_hash`, then commit and publish them (steps
+        2-4 of the protocol).
 
         Raises:
             HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
@@ -205,7 +219,7 @@ class ContentService:
         try:
             staging_key = await self._store.stage(data)
         except StorageError as exc:
-            failure = unavailable("storage", exc)
+            failure = storage_unavailable(exc)
             self._metrics.count_write(target.book_id, failure.code)
             await self.audit_refusal(
                 caller, operation, target.book_id, target.path, target.user_id, started, failure
@@ -217,7 +231,7 @@ class ContentService:
             operation,
             target,
             staging_key,
-            sha256_hex(data),
+            new_hash,
             len(data),
             expected,
             content_type,
@@ -332,7 +346,7 @@ class ContentService:
             return late
         except DB_ERRORS as exc:
             if decided is None:  # failed before COMMIT: nothing happened
-                return unavailable("database", exc)
+                return database_unavailable(exc)
             return await resolve_unknown_commit(self._db, target, staging_key, decided, exc, transaction)
         return decided
 
@@ -375,9 +389,8 @@ class ContentService:
                 if isinstance(applied, PanaversityFSError)
                 else write_outcome(target, applied, new_hash, size)
             )
+        await settle(conn, idem, decided, content_type)
         if isinstance(decided, PanaversityFSError):
-            if idem is not None:
-                await idem_sql.release(conn, idem.agent_id, idem.key)
             current = (
                 decided.details.get("current_hash") if isinstance(decided, Conflict | HashRequired) else None
             )
@@ -388,8 +401,6 @@ class ContentService:
         await self._audit.append(
             conn, file_entry(caller, operation, target, decided.previous_hash, new_hash, started)
         )
-        if idem is not None:
-            await idem_sql.record(conn, idem.agent_id, idem.key, payload(decided, content_type))
         return decided
 
     async def _discard(self, staging_key: str) -> None:

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.journal.repository import insert_if_absent
 from panaversity_fs.journal.schema import idempotency_key
 
 K = idempotency_key.c
@@ -49,8 +48,7 @@ async def claim(
         "fingerprint": fingerprint,
         "created_at": now,
     }
-    builder = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = builder(idempotency_key).values(values).on_conflict_do_nothing().returning(K.agent_id)
+    statement = insert_if_absent(conn, idempotency_key).values(values).returning(K.agent_id)
     inserted = (await conn.execute(statement)).first()
     return None if inserted is not None else await find(conn, agent_id, key)
 

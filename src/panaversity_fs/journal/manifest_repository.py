@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.audit.chain import to_utc
-from panaversity_fs.journal.repository import ROW_COLUMNS, JournalRow, binary_order, to_journal_row
+from panaversity_fs.journal.repository import (
+    ROW_COLUMNS,
+    JournalRow,
+    binary_order,
+    insert_if_absent,
+    to_journal_row,
+)
 from panaversity_fs.journal.schema import file_journal, manifest_snapshot
 from panaversity_fs.paths import BASE_USER
 
@@ -46,10 +50,8 @@ async def save_snapshot(
     conn: AsyncConnection, book_id: str, manifest_hash: str, entries: bytes, file_count: int, now: datetime
 ) -> bool:
     """Store a book's manifest (if absent) and mark it used at `now`; True if it was new."""
-    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     inserted = await conn.execute(
-        dialect_insert(manifest_snapshot)
-        .values(
+        insert_if_absent(conn, manifest_snapshot).values(
             book_id=book_id,
             manifest_hash=manifest_hash,
             created_at=now,
@@ -57,7 +59,6 @@ async def save_snapshot(
             file_count=file_count,
             entries=entries,
         )
-        .on_conflict_do_nothing()
     )
     if inserted.rowcount == 1:
         return True

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, select, tuple_, update
+from sqlalchemy import Insert, Table, and_, case, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.audit.chain import to_utc
 from panaversity_fs.journal.schema import file_journal
-from panaversity_fs.paths import BASE_USER
+from panaversity_fs.paths import BASE_USER, storage_key
 
 J = file_journal.c
 
@@ -57,6 +57,18 @@ class JournalRow:
     def exists(self) -> bool:
         """Whether the row describes a live file (not a tombstone)."""
         return self.sha256 is not None
+
+    @property
+    def source(self) -> Literal["base", "overlay"]:
+        """`overlay` for a user's file, `base` for shared content."""
+        return "base" if self.user_id == BASE_USER else "overlay"
+
+    @property
+    def object_keys(self) -> list[str]:
+        """The storage keys that may hold this row's bytes, in the order to try them: a committed
+        but unpublished write's staging object first, then the file's own key."""
+        final = storage_key(self.book_id, self.path, self.user_id)
+        return [self.staging_key, final] if self.publish_pending and self.staging_key else [final]
 
 
 _COLUMNS = (
@@ -116,6 +128,13 @@ def visible(rows: dict[str, JournalRow], user_id: str | None) -> JournalRow | No
             return overlay
     base = rows.get(BASE_USER)
     return base if base is not None and base.exists else None
+
+
+def insert_if_absent(conn: AsyncConnection, table: Table) -> Insert:
+    """`INSERT ... ON CONFLICT DO NOTHING` into `table` on the connection's dialect (PostgreSQL
+    or SQLite): a row whose key exists already is left as it is."""
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def _next_version(
@@ -189,10 +208,7 @@ async def create(
         "pending_since": now,
         "content_type": content_type,
     }
-    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    inserted = await conn.execute(
-        dialect_insert(file_journal).values(values).on_conflict_do_nothing().returning(J.version)
-    )
+    inserted = await conn.execute(insert_if_absent(conn, file_journal).values(values).returning(J.version))
     version = inserted.scalar_one_or_none()
     if version is not None:
         return version
