@@ -89,11 +89,11 @@ async def journal_rows(settings: Settings) -> list[JournalRow]:
         await db.dispose()
 
 
-async def history(settings: Settings, book_id: str, path: str) -> list[dict[str, Any]]:
-    """The audit entries of one base file, in order."""
+async def history(settings: Settings, book_id: str, path: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """The (first `limit`) audit entries of one base file, in order."""
     db = Database.from_settings(settings)
     try:
         async with db.read() as conn:
-            return await audit_repository.file_history(conn, book_id, path, "__base__")
+            return await audit_repository.file_history(conn, book_id, path, "__base__", limit=limit)
     finally:
         await db.dispose()

@@ -11,13 +11,16 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import insert, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
 
 from panaversity_fs.audit.chain import GENESIS_HASH, compute_entry_hash
 from panaversity_fs.journal.engine import Database
@@ -94,6 +97,30 @@ async def _insert(db: Database, rows: list[dict[str, Any]]) -> tuple[int, str]:
         await conn.execute(insert(audit_log), rows)
     await asyncio.sleep(0)
     return rows[-1]["seq"], rows[-1]["entry_hash"]
+
+
+@asynccontextmanager
+async def committed_tampering(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A committed transaction with the append-only triggers off, as an attacker with database
+    access would make. It is a `db.write()` (BEGIN IMMEDIATE on SQLite), so it waits for a
+    server's read-audit batcher. SQLite's triggers are dropped for good; PostgreSQL's are
+    disabled inside the transaction and enabled again before it commits."""
+    async with db.write() as conn:
+        if db.is_sqlite:
+            await conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_update")
+            await conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_delete")
+        else:
+            await conn.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        yield conn
+        if not db.is_sqlite:
+            await conn.exec_driver_sql("ALTER TABLE audit_log ENABLE TRIGGER USER")
+
+
+async def commit_tampering(db: Database, *statements: Executable) -> None:
+    """Run `statements` in one `committed_tampering` transaction."""
+    async with committed_tampering(db) as conn:
+        for statement in statements:
+            await conn.execute(statement)
 
 
 # The peak is VmHWM (this process's own high-water mark): `ru_maxrss` survives execve, so in a

@@ -37,7 +37,7 @@ import boto3
 import httpx
 
 from panaversity_fs.config import Settings
-from tests.processes import REPO, ServerProcess, free_port, run_cli, settings_env
+from tests.processes import REPO, ServerProcess, free_port, run_cli, settings_env, wait_healthy
 
 PG_BIN = Path(os.environ.get("PFS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 S3_BUCKET = "pfs-test"
@@ -465,16 +465,10 @@ class Replica(ServerProcess):
 
     def _wait_healthy(self, timeout: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_healthy(f"{self.url}/health", self.process, timeout, interval=0.05):
+            return
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
         raise RuntimeError(f"server did not become healthy: {self.log_tail()}")
 
     @property

@@ -13,7 +13,8 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import boto3
@@ -23,6 +24,7 @@ from moto.server import ThreadedMotoServer
 from panaversity_fs.config import Settings
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.migrate import upgrade
+from tests.faultproxy import PostgresProxy
 from tests.processes import IN_CI, free_port
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -37,10 +39,11 @@ PAIRS = ("sqlite-fs", "postgres-s3")
 MATRIX = tuple(f"{d}-{s}" for d in DB_KINDS for s in STORE_KINDS)
 
 
-def _unavailable(what: str, why: object) -> None:
+def backend_unavailable(what: str, why: object, ci_note: str = "a skipped backend is a failure") -> NoReturn:
+    """Skip the test because `what` is unreachable (fail it instead, with `ci_note`, when CI is set)."""
     message = f"{what} is not available: {why}"
     if IN_CI:
-        pytest.fail(f"{message} (CI is set: a skipped backend is a failure)")
+        pytest.fail(f"{message} (CI is set: {ci_note})")
     pytest.skip(message)
 
 
@@ -121,7 +124,7 @@ class Backends:
             shutil.copy(self._sqlite_template, path)
             return f"sqlite+aiosqlite:///{path}"
         if self._pg_template is None:
-            _unavailable("PostgreSQL", PG_URL)
+            backend_unavailable("PostgreSQL", PG_URL)
         name = f"pfs_t_{uuid.uuid4().hex[:12]}"
         admin = await asyncpg.connect(PG_URL)
         try:
@@ -201,3 +204,30 @@ async def matrix_settings(request: pytest.FixtureRequest, backends: Backends) ->
 async def db_settings(request: pytest.FixtureRequest, backends: Backends) -> Settings:
     """Settings on each database (with the fs store)."""
     return await backends.settings(f"{request.param}-fs")
+
+
+@pytest.fixture
+async def db(db_settings: Settings) -> AsyncIterator[Database]:
+    """The `Database` of a fresh migrated database (SQLite, then PostgreSQL)."""
+    database = Database.from_settings(db_settings)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[PostgresProxy]:
+    """A fault proxy in front of the test PostgreSQL server."""
+    upstream = urlsplit(PG_URL)
+    proxy = PostgresProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432, seed=5).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+async def proxied(backends: Backends, proxy: PostgresProxy) -> tuple[Settings, Settings]:
+    """Direct settings on a fresh PostgreSQL database, and the same through `proxy`."""
+    direct = await backends.settings("postgres-fs")
+    return direct, direct.model_copy(update={"database_url": proxy.url(direct.database_url)})

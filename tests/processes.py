@@ -48,6 +48,28 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def wait_healthy(
+    url: str,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    interval: float = 0.1,
+    request_timeout: float = 1.0,
+) -> bool:
+    """Poll `url` every `interval` seconds until it answers 200 (True), or until `process` exits
+    or `timeout` seconds pass (False: the caller tells the two apart with `process.poll()`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=request_timeout).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
+
+
 class ServerProcess:
     """`panaversity-fs serve` in a subprocess on a free port."""
 
@@ -68,16 +90,10 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_healthy(f"{self.url}/health", self.process, timeout):
+            return self
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
         self.process.kill()  # not left running behind a failed test
         self.process.wait()
         raise RuntimeError(f"server did not become healthy: {self.log_tail()}")

@@ -11,12 +11,27 @@ from mcp_types import Implementation
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
 from panaversity_fs.consistency.fsck import FsckReport, check
+from panaversity_fs.journal.audit_repository import AuditFilter, query_entries
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.storage.blobs import BlobStore
 
 BOOK = "python-book"
 LESSON = "content/01-Intro/01-Basics/01-hello.md"
 SUMMARY = "content/01-Intro/01-Basics/01-hello.summary.md"
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "1"},
+    },
+}
+"""A JSON-RPC `initialize` request, for posting to /mcp by hand."""
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+"""The headers streamable HTTP requires on a POST to /mcp."""
 
 
 def client(server: FastMCP, agent: str = "lesson-writer-7") -> Client[Any]:
@@ -78,3 +93,13 @@ async def assert_invariants(settings: Settings) -> None:
     finally:
         await db.dispose()
     assert chain.ok, chain.as_dict()
+
+
+async def audit_of(settings: Settings, limit: int = 1000, **filters: Any) -> list[dict[str, Any]]:
+    """The first `limit` audit entries matching `filters` (an `AuditFilter`), in seq order."""
+    db = Database.from_settings(settings)
+    try:
+        async with db.read() as conn:
+            return await query_entries(conn, AuditFilter(**filters), 0, limit)
+    finally:
+        await db.dispose()

@@ -18,8 +18,6 @@ from pydantic import SecretStr
 
 from panaversity_fs.archive.builder import CHUNK, MANIFEST_NAME, WHOLE_READ_LIMIT
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
 from panaversity_fs.paths import storage_key
 from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import BlobStore
@@ -28,6 +26,7 @@ from tests.archive_support import (
     complete_members,
     fetch,
     http_server,
+    journal_view,
     manifest_of,
     markdown,
     members,
@@ -61,16 +60,6 @@ def sample_book(rng: random.Random) -> list[BookFile]:
     ]
 
 
-async def journal_view(settings: Settings, user: str | None = None) -> dict[str, str]:
-    db = Database.from_settings(settings)
-    try:
-        async with db.read() as conn:
-            rows = await journal.view(conn, BOOK, user)
-    finally:
-        await db.dispose()
-    return {row.path: row.sha256 or "" for row in rows}
-
-
 async def download(base: str, **arguments: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
     link = await ticket(base, book_id=BOOK, **arguments)
     response = await fetch(link["url"])
@@ -87,7 +76,7 @@ async def test_scopes_pick_their_members_and_hashes_match_the_journal(matrix_set
     files = sample_book(random.Random(1))
     await write_files(settings, BOOK, files)
     written = {f.path: f.data for f in files}
-    expected = await journal_view(settings)
+    expected = await journal_view(settings, BOOK)
     async with http_server(settings) as base:
         for scope, prefix in (("content", "content/"), ("assets", "static/"), ("all", "")):
             link, got = await download(base, scope=scope)

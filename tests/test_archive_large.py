@@ -10,25 +10,12 @@ import pytest
 from stream_unzip import stream_unzip
 
 from panaversity_fs.archive.builder import MANIFEST_NAME
-from panaversity_fs.config import Settings
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from tests.archive_support import RssSampler, book_files, ticket, write_files
+from tests.archive_support import RssSampler, book_files, journal_view, ticket, write_files
 from tests.conftest import Backends
 from tests.processes import ServerProcess
 
 MiB = 1024 * 1024
 RSS_GROWTH_LIMIT = 32 * MiB
-
-
-async def journal_hashes(settings: Settings, book: str) -> dict[str, str]:
-    db = Database.from_settings(settings)
-    try:
-        async with db.read() as conn:
-            rows = await journal.view(conn, book, None)
-    finally:
-        await db.dispose()
-    return {row.path: row.sha256 or "" for row in rows}
 
 
 async def download_and_verify(url: str, pid: int) -> tuple[dict[str, str], int]:
@@ -56,8 +43,8 @@ async def test_archive_of_a_200_mb_book_is_verified_and_memory_stays_flat(
     big, small = "big-book", "small-book"
     await write_files(settings, big, book_files(500, 200 * MiB, seed=1))
     await write_files(settings, small, book_files(50, 5 * MiB, seed=2))
-    expected_big = await journal_hashes(settings, big)
-    expected_small = await journal_hashes(settings, small)
+    expected_big = await journal_view(settings, big)
+    expected_small = await journal_view(settings, small)
     assert len(expected_big) == 500
 
     with ServerProcess(settings, tmp_path / "server.log", PANAVERSITY_LOG_LEVEL="INFO") as server:

@@ -77,16 +77,6 @@ def entry(n: int, agent: str = "claude-lesson-writer-7", **changes: Any) -> NewA
     return replace(made, **changes)
 
 
-@pytest.fixture
-async def db(db_settings: Settings) -> AsyncIterator[Database]:
-    """The `Database` of a fresh migrated database (SQLite, then PostgreSQL)."""
-    database = Database.from_settings(db_settings)
-    try:
-        yield database
-    finally:
-        await database.dispose()
-
-
 def kind(db: Database) -> str:
     return "sqlite" if db.is_sqlite else "postgresql"
 
@@ -247,6 +237,28 @@ async def delete_from(conn: AsyncConnection, first: int, last: int | None = None
     await conn.execute(delete(audit_log).where(condition))
 
 
+async def wind_head_back(conn: AsyncConnection, seq: int, head_hash: str) -> None:
+    """Set the chain head to `(seq, head_hash)`."""
+    await conn.execute(
+        update(audit_chain_head)
+        .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
+        .values(seq=seq, head_hash=head_hash)
+    )
+
+
+async def rehash_from(conn: AsyncConnection, k: int) -> str:
+    """Rewrite entry k (a new agent) and re-hash every entry after it; return the new head hash."""
+    suffix = await rows_from(conn, k)
+    suffix[0]["agent_id"] = "mallory"
+    prev = suffix[0]["chain_prev_hash"]
+    for row in suffix:
+        row["chain_prev_hash"] = prev
+        row["entry_hash"] = prev = compute_entry_hash(row)
+    await delete_from(conn, k)
+    await conn.execute(insert(audit_log), suffix)
+    return prev
+
+
 def random_hex(rng: random.Random) -> str:
     return f"{rng.getrandbits(256):064x}"
 
@@ -381,11 +393,7 @@ async def test_a3_truncating_the_tail_is_detected_by_the_chain_head(
     # Truncating the tail and winding the head back with it is a consistent shorter chain.
     async with tampering(db) as conn:
         await delete_from(conn, n - 2)
-        await conn.execute(
-            update(audit_chain_head)
-            .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
-            .values(seq=n - 3, head_hash=chain[n - 4]["entry_hash"])
-        )
+        await wind_head_back(conn, n - 3, chain[n - 4]["entry_hash"])
         report = await verify_on(conn)
     assert report.ok and report.head_seq == n - 3  # only a checkpoint catches this (test_audit_checkpoints)
     assert (await verify_database(db)).ok
@@ -402,20 +410,9 @@ async def test_a3_rehashing_a_whole_suffix_is_not_detected_without_a_checkpoint(
     for k in positions(rng, 5, 1, n):
         for move_head in (False, True):
             async with tampering(db) as conn:
-                suffix = await rows_from(conn, k)
-                suffix[0]["agent_id"] = "mallory"
-                prev = suffix[0]["chain_prev_hash"]
-                for row in suffix:
-                    row["chain_prev_hash"] = prev
-                    row["entry_hash"] = prev = compute_entry_hash(row)
-                await delete_from(conn, k)
-                await conn.execute(insert(audit_log), suffix)
+                new_head = await rehash_from(conn, k)
                 if move_head:
-                    await conn.execute(
-                        update(audit_chain_head)
-                        .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
-                        .values(head_hash=prev)
-                    )
+                    await wind_head_back(conn, n, new_head)  # seq stays n: only the hash moves
                 report = await verify_on(conn)
             if move_head:
                 assert report.ok and report.entries_checked == n, (k, report.as_dict())

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import update
 
-from panaversity_fs.audit.chain import compute_entry_hash
 from panaversity_fs.audit.checkpoints import (
     Checkpoint,
     CheckpointReport,
@@ -34,14 +32,15 @@ from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.journal.audit_repository import append_entries
 from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
+from panaversity_fs.journal.schema import audit_log
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.server import create_server
 from panaversity_fs.storage.blobs import BlobStore
+from tests.chain_support import commit_tampering, committed_tampering
 from tests.conftest import Backends
 from tests.processes import run_cli, settings_env
 from tests.support import BOOK, LESSON, call, client
-from tests.test_audit import build_chain, delete_from, entry, rows_from, tampering
+from tests.test_audit import build_chain, delete_from, entry, rehash_from, tampering, wind_head_back
 
 SECRET = "f3c1a9e07b6d42c88e15a0b9d7c64f21aa03be5c9d8e7f60"
 CHAIN = 300
@@ -50,17 +49,12 @@ TRIALS = 100
 
 
 @pytest.fixture
-async def db(db_settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(db_settings)
+def store(db_settings: Settings) -> Iterator[BlobStore]:
+    blobs = BlobStore.from_settings(db_settings)
     try:
-        yield database
+        yield blobs
     finally:
-        await database.dispose()
-
-
-@pytest.fixture
-def store(db_settings: Settings) -> BlobStore:
-    return BlobStore.from_settings(db_settings)
+        blobs.close()
 
 
 def signer(secret: str = SECRET) -> CheckpointSigner:
@@ -73,27 +67,6 @@ async def checkpoint_every(db: Database, store: BlobStore, rows: list[dict[str, 
     for seq in range(EVERY, len(rows) + 1, EVERY):
         await checkpoints.write(seq, rows[seq - 1]["entry_hash"])
     return checkpoints
-
-
-async def wind_head_back(conn: AsyncConnection, seq: int, head_hash: str) -> None:
-    await conn.execute(
-        update(audit_chain_head)
-        .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
-        .values(seq=seq, head_hash=head_hash)
-    )
-
-
-async def rehash_from(conn: AsyncConnection, k: int) -> str:
-    """Rewrite entry k (a new agent) and re-hash every entry after it; return the new head hash."""
-    suffix = await rows_from(conn, k)
-    suffix[0]["agent_id"] = "mallory"
-    prev = suffix[0]["chain_prev_hash"]
-    for row in suffix:
-        row["chain_prev_hash"] = prev
-        row["entry_hash"] = prev = compute_entry_hash(row)
-    await delete_from(conn, k)
-    await conn.execute(insert(audit_log), suffix)
-    return prev
 
 
 async def test_a3_truncated_tail_with_the_head_wound_back_is_detected_against_checkpoints(
@@ -203,22 +176,12 @@ async def test_the_monitor_checkpoints_only_a_chain_that_verifies(db: Database, 
     # Entries appended after the last run are verified incrementally: an edit among them is caught.
     async with db.write() as conn:
         await append_entries(conn, [entry(n) for n in range(71, 81)])
-    await commit_tampering(db, 75)
+    await commit_tampering(db, update(audit_log).where(audit_log.c.seq == 75).values(agent_id="mallory"))
     broken = await monitor.run_once()
     assert (broken.ok, broken.checkpoint_written) == (False, None)
     assert metrics.registry.get_sample_value("panaversityfs_audit_chain_valid") == 0
     assert await checkpoints.seqs() == [60, 70]
     assert rows[0]["seq"] == 1
-
-
-async def commit_tampering(db: Database, seq: int) -> None:
-    """Edit one entry for real (committed), as an attacker with database access would."""
-    async with db.engine.begin() as conn:
-        if db.is_sqlite:
-            await conn.exec_driver_sql("DROP TRIGGER audit_log_no_update")
-        else:
-            await conn.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
-        await conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(agent_id="mallory"))
 
 
 @pytest.mark.parametrize("combo", ["sqlite-fs", "postgres-s3"])
@@ -237,18 +200,16 @@ async def test_cli_checkpoint_then_verify_against_it_after_truncation(
         checkpoint = Checkpoint.parse(made.stdout)
         assert (checkpoint.seq, checkpoint.head_hash) == (50, rows[-1]["entry_hash"])
         assert signer().judge(checkpoint) == "valid"
-        assert (
-            store_keys := await CheckpointStore(BlobStore.from_settings(settings), signer(), 10).seqs()
-        ) == [50], store_keys
+        store = BlobStore.from_settings(settings)
+        try:
+            assert (store_keys := await CheckpointStore(store, signer(), 10).seqs()) == [50], store_keys
+        finally:
+            store.close()
         clean = run_cli(env, "audit", "verify", "--against", str(saved))
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert json.loads(clean.stdout)["checkpoints"]["verified_seq"] == 50
 
-        async with db.engine.begin() as conn:  # cut the last 10 entries and wind the head back
-            if db.is_sqlite:
-                await conn.exec_driver_sql("DROP TRIGGER audit_log_no_delete")
-            else:
-                await conn.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        async with committed_tampering(db) as conn:  # cut the last 10 entries and wind the head back
             await delete_from(conn, 41)
             await wind_head_back(conn, 40, rows[39]["entry_hash"])
     finally:
@@ -303,9 +264,7 @@ async def test_verify_audit_tool_reports_a_rewrite_caught_by_a_checkpoint(backen
             await checkpoints.write(report.head_seq, report.last_hash)
             intact = await call(c, "verify_audit")
             assert (intact["ok"], intact["checkpoint_seq"]) == (True, report.head_seq)
-            async with db.engine.begin() as conn:
-                await conn.exec_driver_sql("DROP TRIGGER audit_log_no_delete")
-                await conn.exec_driver_sql("DROP TRIGGER audit_log_no_update")
+            async with committed_tampering(db) as conn:
                 new_head = await rehash_from(conn, 1)
                 await wind_head_back(conn, report.head_seq, new_head)
             broken = await call(c, "verify_audit")

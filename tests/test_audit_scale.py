@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.schema import audit_log
-from tests.chain_support import verify_and_measure, write_chain
+from tests.chain_support import commit_tampering, verify_and_measure, write_chain
 from tests.conftest import Backends
 from tests.processes import settings_env
 
@@ -38,12 +38,9 @@ async def test_a5_a_long_chain_verifies_in_bounded_memory_and_an_edit_is_named(
         assert max_rss < RSS_LIMIT, f"peak RSS {max_rss / 2**20:.0f} MiB over {seconds:.1f} s"
 
         edited = ENTRIES * 2 // 3
-        async with db.engine.begin() as conn:
-            if db.is_sqlite:
-                await conn.exec_driver_sql("DROP TRIGGER audit_log_no_update")
-            else:
-                await conn.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
-            await conn.execute(update(audit_log).where(audit_log.c.seq == edited).values(agent_id="mallory"))
+        await commit_tampering(
+            db, update(audit_log).where(audit_log.c.seq == edited).values(agent_id="mallory")
+        )
     finally:
         await db.dispose()
     broken, _, _ = verify_and_measure(settings_env(settings))

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from fastmcp import Client
-from mcp_types import Implementation
 from sqlalchemy import delete, update
 
 from panaversity_fs.audit import query as audit_query
@@ -26,6 +25,7 @@ from panaversity_fs.journal.audit_repository import stream_entries
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.schema import audit_log
 from panaversity_fs.server import create_server
+from tests.chain_support import commit_tampering
 from tests.support import BOOK, LESSON, SUMMARY, ToolFailure, assert_invariants, call, client, error_of
 
 OTHER_BOOK = "other-book"
@@ -316,15 +316,7 @@ async def tamper(settings: Settings, statement: Any) -> None:
     """Run `statement` on audit_log with the append-only triggers off, and commit it."""
     db = Database.from_settings(settings)
     try:
-        async with db.write() as conn:  # BEGIN IMMEDIATE on SQLite: waits for the read-audit batcher
-            if db.is_sqlite:
-                await conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_update")
-                await conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_delete")
-            else:
-                await conn.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
-            await conn.execute(statement)
-            if not db.is_sqlite:
-                await conn.exec_driver_sql("ALTER TABLE audit_log ENABLE TRIGGER USER")
+        await commit_tampering(db, statement)  # a db.write(): waits for the read-audit batcher
     finally:
         await db.dispose()
 
@@ -379,7 +371,7 @@ async def test_verify_audit_reports_progress(db_settings: Settings, monkeypatch:
         seen.append((progress, total))
 
     server = create_server(db_settings)
-    async with Client(server, client_info=Implementation(name="auditor", version="1")) as c:
+    async with client(server, "auditor") as c:
         for n in range(10):
             await c.call_tool(
                 "write_content", {"book_id": BOOK, "path": LESSON, "content": f"{n}\n", "user_id": f"u{n}"}

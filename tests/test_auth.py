@@ -36,21 +36,14 @@ from tests.auth_support import (
 )
 from tests.conftest import Backends
 from tests.processes import ServerProcess, run_cli, settings_env
-from tests.support import BOOK, LESSON, call, error_of
+from tests.support import BOOK, HEADERS, INIT, LESSON, call, error_of
 
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 OTHER_BOOK = "other-book"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
 def rpc(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-
-
-INIT = rpc(
-    "initialize",
-    {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}},
-)
 
 
 def bearer(token: str) -> dict[str, str]:

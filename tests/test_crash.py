@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import ClusterUnavailable
+from tests.conftest import backend_unavailable
 from tests.crash_campaign import Backend, CampaignConfig, Slot, check_history, run_campaign
-from tests.processes import IN_CI
 
 WRITES = int(os.environ.get("PFS_CRASH_WRITES", "40"))
 
@@ -37,9 +37,9 @@ async def test_crash_campaign(backend: Backend, replicas: int, tmp_path: Path) -
     try:
         report = await run_campaign(config)
     except ClusterUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"the crash campaign needs its own PostgreSQL cluster: {exc}")
-        pytest.skip(f"no private PostgreSQL cluster here: {exc}")
+        backend_unavailable(
+            "a private PostgreSQL cluster", exc, ci_note="the crash campaign needs its own PostgreSQL cluster"
+        )
     print(report.summary())
     assert not report.violations, (
         f"{report.summary()}\nreplay: PFS_CRASH_SEED={seed} or "

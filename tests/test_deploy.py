@@ -33,7 +33,7 @@ from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.resources import CLOSE_SECONDS
 from panaversity_fs.server import allowed_hosts
 from panaversity_fs.serving import DRAIN_SECONDS
-from tests.processes import REPO, free_port, run_cli
+from tests.processes import REPO, free_port, run_cli, wait_healthy
 
 DOCKERFILE = REPO / "Dockerfile"
 FLY_TOML = REPO / "fly.toml"
@@ -370,16 +370,10 @@ def test_alembic_upgrade_head_works_in_the_image_layout(tmp_path: Path) -> None:
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}: {log.read_text(errors='replace')}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    if wait_healthy(url, process, timeout, interval=0.2, request_timeout=2):
+        return
+    if process.poll() is not None:
+        raise AssertionError(f"exited with {process.returncode}: {log.read_text(errors='replace')}")
     raise AssertionError(f"{url} never answered 200: {log.read_text(errors='replace')}")
 
 

@@ -10,7 +10,6 @@ tool is called again. Every answer, error or not, is searched for what must neve
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from mcp_types import Implementation
 from panaversity_fs.config import Settings
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 from tests.conftest import PG_URL, Backends
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, free_port
 from tests.support import BOOK, LESSON
 
 FORBIDDEN_TEXT = (
@@ -113,12 +112,6 @@ def assert_clean(answers: list[tuple[str, str]], extra: tuple[str, ...]) -> None
     assert not dirty, dirty
 
 
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def secrets_of(settings: Settings, tmp_path: Path) -> tuple[str, ...]:
     values = [str(tmp_path), settings.database_url, settings.database_url.rsplit("/", 1)[-1]]
     if settings.storage_backend == "fs":
@@ -164,7 +157,7 @@ async def test_s10_a_failing_database_leaks_nothing(backends: Backends, tmp_path
 async def test_s10_a_storage_nobody_answers_leaks_nothing(backends: Backends, tmp_path: Path) -> None:
     good = await backends.settings("sqlite-s3")
     settings = good.model_copy(
-        update={"s3_endpoint": f"http://127.0.0.1:{dead_port()}", "storage_timeout": 2.0}
+        update={"s3_endpoint": f"http://127.0.0.1:{free_port()}", "storage_timeout": 2.0}
     )
     with ServerProcess(settings, tmp_path / "server.log") as server:
         answers = await every_answer(f"{server.url}/mcp")
@@ -179,7 +172,7 @@ async def test_every_opendal_failure_becomes_a_storage_error(backends: Backends)
     """OpenDAL's exceptions share no base class: a refused connection must still be a
     `StorageError` (UNAVAILABLE to callers), from every kind of call."""
     good = await backends.settings("sqlite-s3")
-    dead = good.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{dead_port()}", "storage_timeout": 2.0})
+    dead = good.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{free_port()}", "storage_timeout": 2.0})
     store = BlobStore.from_settings(dead)
     try:
         calls = {

@@ -15,19 +15,7 @@ from panaversity_fs.journal import audit_repository
 from panaversity_fs.journal.engine import Database
 from tests.conftest import Backends
 from tests.processes import ServerProcess, run_cli, settings_env
-from tests.support import BOOK, LESSON, call, error_of
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "probe", "version": "1"},
-    },
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.support import BOOK, HEADERS, INIT, LESSON, call, error_of
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from panaversity_fs.config import Settings
 from panaversity_fs.consistency.fsck import check
 from panaversity_fs.errors import Unavailable
 from panaversity_fs.journal import idempotency_repository as idem_sql
@@ -30,19 +29,10 @@ from panaversity_fs.journal.engine import Database
 from panaversity_fs.server import create_server
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess
-from tests.support import BOOK, LESSON, call, client, error_of
+from tests.support import BOOK, LESSON, audit_of, call, client, error_of
 from tests.test_faults import CALLER, Injected, Rig
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
-
-
-async def audit_of(settings: Settings, **filters: Any) -> list[dict[str, Any]]:
-    db = Database.from_settings(settings)
-    try:
-        async with db.read() as conn:
-            return await query_entries(conn, AuditFilter(**filters), 0, 1000)
-    finally:
-        await db.dispose()
 
 
 @pytest.mark.parametrize("combo", PAIRS)

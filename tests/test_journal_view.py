@@ -4,7 +4,6 @@ feature is built on, checked against a model on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from panaversity_fs.config import Settings
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.repository import FileKey
@@ -86,15 +84,6 @@ async def _paged(db: Database, viewer: str | None, prefix: str, limit: int) -> l
             return seen
         seen.extend(page)
         after = page[-1].path
-
-
-@pytest.fixture
-async def db(db_settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(db_settings)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 @pytest.mark.timeout(600)

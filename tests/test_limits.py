@@ -20,27 +20,13 @@ from typing import Any
 import httpx
 
 from panaversity_fs.errors import RateLimited
-from panaversity_fs.journal.audit_repository import AuditFilter, query_entries
-from panaversity_fs.journal.engine import Database
 from panaversity_fs.limits import RateLimiter, TokenBuckets
 from panaversity_fs.middleware import ToolCallMiddleware
 from panaversity_fs.server import create_server
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import Backends
 from tests.processes import ServerProcess
-from tests.support import BOOK, LESSON, ToolFailure, call, client, error_of
-
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "x", "version": "1"},
-    },
-}
+from tests.support import BOOK, HEADERS, INIT, LESSON, ToolFailure, audit_of, call, client, error_of
 
 
 class FakeClock:
@@ -121,12 +107,7 @@ async def test_s9_an_agent_over_its_write_budget_is_rate_limited_and_audited(bac
         )
         assert limited["error"] == "RATE_LIMITED"
         await asyncio.sleep(0.3)  # the refusals are audited in the next read batch
-    db = Database.from_settings(settings)
-    try:
-        async with db.read() as conn:
-            refused = await query_entries(conn, AuditFilter(agent_id="busy-writer", status="refused"), 0, 100)
-    finally:
-        await db.dispose()
+    refused = await audit_of(settings, limit=100, agent_id="busy-writer", status="refused")
     assert [(e["operation"], e["error_code"]) for e in refused] == [("write_content", "RATE_LIMITED")] * 5
     assert {e["path"] for e in refused} == {
         "content/01-a/01-b/06-x.md",

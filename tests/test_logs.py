@@ -10,12 +10,10 @@ from typing import Any
 
 from fastmcp import Client
 
-from panaversity_fs.journal.audit_repository import AuditFilter, query_entries
-from panaversity_fs.journal.engine import Database
 from tests.auth_support import HS_ENV, SECRET, hs_token
 from tests.conftest import Backends
 from tests.processes import ServerProcess
-from tests.support import BOOK, LESSON, ToolFailure, call
+from tests.support import BOOK, LESSON, ToolFailure, audit_of, call
 
 MARKER = "PRIVATE-LESSON-BODY-7f3a"
 
@@ -76,11 +74,6 @@ async def test_one_json_line_per_tool_call_with_context_and_nothing_secret(
     for secret in (MARKER, SECRET, writer, reader, settings.s3_secret_access_key.get_secret_value()):  # type: ignore[union-attr]
         assert secret not in text
 
-    db = Database.from_settings(settings)
-    try:
-        async with db.read() as conn:
-            entries = await query_entries(conn, AuditFilter(operation="write_content"), 0, 100)
-    finally:
-        await db.dispose()
+    entries = await audit_of(settings, limit=100, operation="write_content")
     logged = {line["request_id"] for line in tool_lines if line["tool"] == "write_content"}
     assert {e["request_id"] for e in entries} == logged  # one request id joins a log line to its entry

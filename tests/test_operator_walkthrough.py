@@ -22,6 +22,7 @@ from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.schema import audit_log
 from panaversity_fs.storage.blobs import BlobStore
 from tests.auth_support import HS_ENV
+from tests.chain_support import commit_tampering
 from tests.conftest import PG_URL, Backends, _pg_dsn
 from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import call
@@ -106,10 +107,9 @@ async def test_operator_walkthrough(backends: Backends, tmp_path: Path) -> None:
 
         db = Database.from_settings(settings)
         try:
-            async with db.engine.begin() as conn:
-                await conn.exec_driver_sql("ALTER TABLE audit_log DISABLE TRIGGER USER")
-                await conn.execute(update(audit_log).where(audit_log.c.seq == 3).values(agent_id="mallory"))
-                await conn.exec_driver_sql("ALTER TABLE audit_log ENABLE TRIGGER USER")
+            await commit_tampering(
+                db, update(audit_log).where(audit_log.c.seq == 3).values(agent_id="mallory")
+            )
         finally:
             await db.dispose()
         tampered = run_cli(env, "audit", "verify")

@@ -26,12 +26,10 @@ from mcp_types import Implementation
 
 from panaversity_fs.archive.builder import MANIFEST_NAME
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository
-from panaversity_fs.journal.engine import Database
 from tests.archive_support import manifest_of, members
+from tests.asset_support import history
 from tests.cluster import MotoProcess, Replicas
-from tests.conftest import Backends
-from tests.processes import IN_CI
+from tests.conftest import PG_URL, Backends, backend_unavailable
 from tests.support import ToolFailure, call
 
 ROUNDS = int(os.environ.get("PFS_REPLICA_ROUNDS", "25"))
@@ -72,10 +70,7 @@ async def cluster(
     moto: MotoProcess | None = None
     if combo == "postgres-s3":
         if pg_template is None:
-            message = "PostgreSQL is not available"
-            if IN_CI:
-                pytest.fail(f"{message} (CI is set: a skipped backend is a failure)")
-            pytest.skip(message)
+            backend_unavailable("PostgreSQL", PG_URL)
         moto = await asyncio.to_thread(MotoProcess(tmp / "moto.log").start)
     endpoint = moto.endpoint if moto is not None else ""
     backends = Backends(tmp, sqlite_template, pg_template, lambda: endpoint)
@@ -105,16 +100,6 @@ async def agents(cluster: Cluster, names: list[str], first: int = 0) -> AsyncIte
             for i, name in enumerate(names)
         ]
         yield clients
-
-
-async def history(settings: Settings, book: str, path: str, user: str = "__base__") -> list[dict[str, Any]]:
-    """The audit entries of one file, in seq order."""
-    db = Database.from_settings(settings)
-    try:
-        async with db.read() as conn:
-            return await audit_repository.file_history(conn, book, path, user, limit=100_000)
-    finally:
-        await db.dispose()
 
 
 def assert_one_chain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,7 +142,7 @@ async def test_no_lost_update_across_replicas(cluster: Cluster) -> None:
             current = winner["file_hash"]
         for c in clients[: len(cluster.urls)]:  # one client on each replica
             assert (await call(c, "read_content", book_id=book, path=LESSON))["file_hash"] == current
-    entries = await history(cluster.settings, book, LESSON)
+    entries = await history(cluster.settings, book, LESSON, limit=100_000)
     successes = assert_one_chain(entries)
     assert len(successes) == ROUNDS + 1
     assert sum(1 for e in entries if e["error_code"] == "CONFLICT") == ROUNDS * (WRITERS - 1)
@@ -197,7 +182,7 @@ async def test_one_audit_chain_across_replicas(cluster: Cluster) -> None:
     verified = await asyncio.to_thread(cluster.replicas.cli, "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     for path in files:
-        successes = assert_one_chain(await history(cluster.settings, book, path))
+        successes = assert_one_chain(await history(cluster.settings, book, path, limit=100_000))
         # The chain fixes the order; acknowledgements may arrive out of it (a write's answer can
         # reach its agent after a later write that read its hash), so compare them as sets.
         chain = {(e["prev_hash"], e["new_hash"]) for e in successes}

@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 
 from panaversity_fs.config import Settings, normalize_database_url
 from panaversity_fs.server import create_server
-from tests.conftest import Backends
-from tests.processes import IN_CI, run_cli, settings_env
+from tests.conftest import Backends, backend_unavailable
+from tests.processes import run_cli, settings_env
 from tests.support import BOOK, LESSON, SUMMARY, call, client, error_of
 
 DOOMED = "content/01-Intro/02-Loops/01-while.md"
@@ -35,10 +35,7 @@ def tool(name: str) -> str:
     """The path of a PostgreSQL client program; missing, a skip (a failure when CI is set)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not on PATH"
-        if IN_CI:
-            pytest.fail(f"{message} (CI is set: the restore drill must run)")
-        pytest.skip(message)
+        backend_unavailable(name, "not on PATH", ci_note="the restore drill must run")
     return path
 
 

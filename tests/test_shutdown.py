@@ -16,14 +16,13 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastmcp import Client
 from mcp_types import Implementation
 
 from panaversity_fs.resources import CLOSE_SECONDS
 from panaversity_fs.serving import DRAIN_SECONDS
-from tests.conftest import PG_URL, Backends
+from tests.conftest import Backends, proxied
 from tests.faultproxy import PostgresProxy
 from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, ToolFailure, call
@@ -34,48 +33,42 @@ STOP_WITHIN = DRAIN_SECONDS + CLOSE_SECONDS + 3.0
 
 
 async def test_sigterm_while_postgres_hangs_ends_the_process_cleanly_in_bounded_time(
-    backends: Backends, tmp_path: Path
+    backends: Backends, pg_proxy: PostgresProxy, tmp_path: Path
 ) -> None:
-    direct = await backends.settings("postgres-fs")
-    upstream = urlsplit(PG_URL)
-    proxy = PostgresProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432, seed=11).start()
+    _, settings = await proxied(backends, pg_proxy)
     log = tmp_path / "server.log"
+    server = ServerProcess(
+        settings, log, PANAVERSITY_REQUEST_TIMEOUT=4, PANAVERSITY_AUDIT_READ_BATCH_INTERVAL=30
+    ).start()
     try:
-        settings = direct.model_copy(update={"database_url": proxy.url(direct.database_url)})
-        server = ServerProcess(
-            settings, log, PANAVERSITY_REQUEST_TIMEOUT=4, PANAVERSITY_AUDIT_READ_BATCH_INTERVAL=30
-        ).start()
-        try:
-            agent = Implementation(name="shutdown-writer", version="1")
-            async with contextlib.AsyncExitStack() as stack:
-                c: Client[Any] = Client(f"{server.url}/mcp", client_info=agent, timeout=60)
-                await stack.enter_async_context(c)
-                await call(c, "write_content", book_id=BOOK, path=LESSON, content="# before\n")
-                for _ in range(3):  # queued for the next read audit batch, 30 s away
-                    await call(c, "read_content", book_id=BOOK, path=LESSON)
-                proxy.hang()
-                in_flight = [
-                    asyncio.ensure_future(
-                        call(
-                            c,
-                            "write_content",
-                            book_id=BOOK,
-                            path=f"content/01-a/01-b/{n + 2:02d}-x.md",
-                            content="x",
-                        )
+        agent = Implementation(name="shutdown-writer", version="1")
+        async with contextlib.AsyncExitStack() as stack:
+            c: Client[Any] = Client(f"{server.url}/mcp", client_info=agent, timeout=60)
+            await stack.enter_async_context(c)
+            await call(c, "write_content", book_id=BOOK, path=LESSON, content="# before\n")
+            for _ in range(3):  # queued for the next read audit batch, 30 s away
+                await call(c, "read_content", book_id=BOOK, path=LESSON)
+            pg_proxy.hang()
+            in_flight = [
+                asyncio.ensure_future(
+                    call(
+                        c,
+                        "write_content",
+                        book_id=BOOK,
+                        path=f"content/01-a/01-b/{n + 2:02d}-x.md",
+                        content="x",
                     )
-                    for n in range(3)
-                ]
-                await asyncio.sleep(0.5)
-                started = time.monotonic()
-                status = await asyncio.to_thread(server.stop, signal.SIGTERM, 60.0)
-                stopped_in = time.monotonic() - started
-                outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
-                stack.pop_all()  # the session's server is gone: nothing to close politely
-        finally:
-            server.stop(signal.SIGKILL)  # no-op if it has ended
+                )
+                for n in range(3)
+            ]
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            status = await asyncio.to_thread(server.stop, signal.SIGTERM, 60.0)
+            stopped_in = time.monotonic() - started
+            outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
+            stack.pop_all()  # the session's server is gone: nothing to close politely
     finally:
-        proxy.close()
+        server.stop(signal.SIGKILL)  # no-op if it has ended
     assert status == 0, server.log_tail()
     assert stopped_in < STOP_WITHIN, f"stopped in {stopped_in:.1f} s\n{server.log_tail()}"
     # No call claimed a success it could not have had; each failed, typed or by losing the server.

@@ -23,11 +23,10 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from fastmcp import Client
@@ -40,7 +39,7 @@ from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.schema import audit_log, file_journal
 from panaversity_fs.storage.blobs import STAGING_PREFIX
 from tests.books_support import sha
-from tests.conftest import PG_URL, Backends
+from tests.conftest import Backends, proxied
 from tests.faultproxy import FaultRule, PostgresProxy, S3Proxy
 from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import ToolFailure, call
@@ -287,22 +286,6 @@ def report(name: str, **measured: object) -> None:
 
 
 # -- T-5: PostgreSQL ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pg_proxy() -> Iterator[PostgresProxy]:
-    upstream = urlsplit(PG_URL)
-    proxy = PostgresProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432, seed=5).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-async def proxied(backends: Backends, proxy: PostgresProxy) -> tuple[Settings, Settings]:
-    """Direct settings on a fresh PostgreSQL database, and the same through `proxy`."""
-    direct = await backends.settings("postgres-fs")
-    return direct, direct.model_copy(update={"database_url": proxy.url(direct.database_url)})
 
 
 @pytest.mark.slow
