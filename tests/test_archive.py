@@ -91,10 +91,26 @@ async def test_scopes_pick_their_members_and_hashes_match_the_journal(matrix_set
             assert link["file_count"] == manifest["file_count"] == len(names)
             assert link["total_bytes"] == manifest["total_bytes"] == sum(len(written[n]) for n in names)
             assert link["manifest_hash"] == manifest["manifest_hash"]
-            lines = "\n".join(sorted(f"{n}:{hashlib.sha256(written[n]).hexdigest()}" for n in names))
-            assert link["manifest_hash"] == hashlib.sha256(lines.encode()).hexdigest()
+            assert link["manifest_hash"] == path_ordered_hash({n: written[n] for n in names})
             assert link["scope"] == scope and link["url"].startswith(f"{base}/archives/{BOOK}.zip?token=")
     await assert_invariants(settings)
+
+
+def path_ordered_hash(files: dict[str, bytes]) -> str:
+    """The manifest hash of the contract: `path:sha256` lines in byte order of the paths."""
+    lines = "\n".join(f"{p}:{hashlib.sha256(files[p]).hexdigest()}" for p in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+async def test_manifest_hash_orders_by_path_when_one_path_prefixes_another(settings: Settings) -> None:
+    """`a.png` sorts before `a.png.png` as a path, after it as a `path:hash` line ('.' < ':')."""
+    settings = settled(settings)
+    files = [BookFile("static/images/a.png", png(64)), BookFile("static/images/a.png.png", png(64))]
+    await write_files(settings, BOOK, files)
+    async with http_server(settings) as base:
+        link, got = await download(base, scope="assets")
+    expected = path_ordered_hash({f.path: f.data for f in files})
+    assert link["manifest_hash"] == manifest_of(got)["manifest_hash"] == expected
 
 
 async def test_text_is_deflated_and_compressed_assets_are_stored(backends: Backends) -> None:
