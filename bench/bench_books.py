@@ -160,7 +160,14 @@ async def seed(settings: Settings, books: dict[str, dict[str, bytes]]) -> None:
             target = Target.asset(book, path) if path.startswith("static/") else Target.content(book, path)
             async with semaphore:
                 await resources.content.write_bytes(
-                    caller, "import", target, data, None, None, time.perf_counter()
+                    caller,
+                    "import",
+                    target,
+                    data,
+                    hashlib.sha256(data).hexdigest(),
+                    None,
+                    None,
+                    time.perf_counter(),
                 )
 
         await asyncio.gather(*(one(b, p, d) for b, files in books.items() for p, d in files.items()))

@@ -34,7 +34,14 @@ async def seed_assets(settings: Settings, book: str, assets: dict[str, bytes]) -
     async with open_resources(settings, background=False) as resources:
         for path, data in assets.items():
             await resources.content.write_bytes(
-                Caller("asset-seeder"), "upload_asset", Target.asset(book, path), data, None, None, 0.0
+                Caller("asset-seeder"),
+                "upload_asset",
+                Target.asset(book, path),
+                data,
+                sha(data),
+                None,
+                None,
+                0.0,
             )
 
 

@@ -35,7 +35,7 @@ _BOOK_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _HASH = re.compile(r"[0-9a-f]{64}")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9-]*"
-_CONTENT = re.compile(
+CONTENT_PATH = re.compile(
     rf"content/(?P<part>[0-9]{{2}}-{_NAME})/(?P<chapter>[0-9]{{2}}-{_NAME})/"
     rf"(?P<lesson>[0-9]{{2}}-{_NAME})(?P<summary>\.summary)?\.md"
 )
@@ -201,7 +201,7 @@ def content_path(raw: object) -> BookPath:
         SchemaViolation: it does not follow the lesson schema; the details name the rule.
     """
     path = canonicalize(raw)
-    if _CONTENT.fullmatch(path):
+    if CONTENT_PATH.fullmatch(path):
         return BookPath(path, "content")
     raise SchemaViolation(
         f"path must match content/{{NN-Name}}/{{NN-Name}}/{{NN-name}}(.summary)?.md: {_content_hint(path)}",

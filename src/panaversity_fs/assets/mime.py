@@ -6,7 +6,7 @@ import puremagic
 
 OCTET_STREAM = "application/octet-stream"
 
-_SNIFF_BYTES = 8192
+SNIFF_BYTES = 8192
 """Bytes inspected: enough for every signature puremagic knows and for the text heuristics."""
 
 COMPRESSED_TYPES = frozenset(
@@ -54,7 +54,7 @@ def sniff_content_type(data: bytes, filename: str) -> str:
     as `image/svg+xml`; callers must serve it so that it cannot run script (see the asset
     routes). Unrecognised binary data is `application/octet-stream`.
     """
-    head = data[:_SNIFF_BYTES]
+    head = data[:SNIFF_BYTES]
     if head:
         try:
             found: object = puremagic.from_string(head, mime=True)  # pyright: ignore[reportUnknownMemberType]

@@ -22,7 +22,6 @@ import binascii
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +34,7 @@ from panaversity_fs.assets.common import (
     asset_target,
     iso_time,
 )
-from panaversity_fs.assets.mime import sniff_content_type
+from panaversity_fs.assets.mime import SNIFF_BYTES, sniff_content_type
 from panaversity_fs.assets.results import AssetUpload
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.content.idempotency import Idempotency
@@ -52,11 +51,15 @@ from panaversity_fs.errors import (
 )
 from panaversity_fs.paths import check_hash
 from panaversity_fs.signing import public_base_url
-from panaversity_fs.storage.blobs import STAGING_PREFIX, BlobNotFound, StorageError, upload_key
+from panaversity_fs.storage.blobs import (
+    BlobNotFound,
+    StorageError,
+    new_staging_key,
+    upload_key,
+)
 
 logger = logging.getLogger(__name__)
 
-SNIFF_BYTES = 8192
 """Leading bytes of an uploaded object kept for MIME sniffing."""
 
 
@@ -419,7 +422,7 @@ class Uploads(AssetBase):
                 declared_size=ticket.size,
                 uploaded_size=uploaded,
             )
-        staging_key = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        staging_key = new_staging_key()
         staged_at = datetime.now(UTC)
         try:
             await self._store.copy(ticket.key, staging_key)

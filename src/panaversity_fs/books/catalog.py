@@ -8,7 +8,6 @@ bounded: without `book_id` it is given only while the listed books hold at most
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from typing import Literal
@@ -20,7 +19,7 @@ from panaversity_fs.errors import InvalidArgument, NotFound, PanaversityFSError
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import BookSummary, JournalRow
-from panaversity_fs.paths import check_book_id
+from panaversity_fs.paths import CONTENT_PATH, check_book_id
 
 Structure = Literal["none", "content", "assets", "all"]
 STRUCTURES: tuple[Structure, ...] = ("none", "content", "assets", "all")
@@ -28,18 +27,13 @@ STRUCTURES: tuple[Structure, ...] = ("none", "content", "assets", "all")
 STRUCTURE_MAX_FILES = 5000
 """Base files the structure of several books may cover in one reply."""
 
-_LESSON = re.compile(
-    r"content/(?P<part>[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*)/(?P<chapter>[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*)/"
-    r"(?P<lesson>[0-9]{2}-[A-Za-z0-9][A-Za-z0-9-]*)(?P<summary>\.summary)?\.md"
-)
-
 
 def content_tree(rows: list[JournalRow]) -> ContentTree:
     """The part / chapter / lesson tree of schema-valid lesson rows (summaries mark lessons)."""
     lessons: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
     summaries: set[str] = set()
     for row in rows:
-        match = _LESSON.fullmatch(row.path)
+        match = CONTENT_PATH.fullmatch(row.path)
         if match is None:
             continue
         if match["summary"]:

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,6 +125,11 @@ class BlobWriter:
         await self._store.run_file(self._handle.close)
 
 
+def new_staging_key() -> str:
+    """A fresh key under the staging prefix (never reused: 128 random bits)."""
+    return f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+
+
 class BlobStore:
     """Async facade over an OpenDAL operator."""
 
@@ -179,13 +184,23 @@ class BlobStore:
         self._in_flight.add(call)
         call.add_done_callback(self._in_flight.discard)
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(call), self._timeout)
+            return await self._answer(asyncio.wrap_future(call), self._timeout)
         except dal.NotFound as exc:
-            self._answered(True)
             raise BlobNotFound(str(exc)) from None
+
+    async def _answer(
+        self, work: Awaitable[_T], limit: float, timed_out: str = "storage call timed out"
+    ) -> _T:
+        """Await one storage call within `limit` seconds, counting it; OpenDAL's errors become
+        `StorageError` (a missing object, `dal.NotFound`, is an answer and passes through)."""
+        try:
+            result = await asyncio.wait_for(work, limit)
+        except dal.NotFound:
+            self._answered(True)
+            raise
         except TimeoutError:
             self._failed("timeout")
-            raise StorageError("storage call timed out") from None
+            raise StorageError(timed_out) from None
         except DAL_ERRORS as exc:
             self._failed(type(exc).__name__)
             raise StorageError(type(exc).__name__) from exc
@@ -241,7 +256,7 @@ class BlobStore:
 
     async def stage(self, data: bytes) -> str:
         """Store `data` under a fresh staging key and return the key."""
-        key = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        key = new_staging_key()
         await self.write(key, data)
         return key
 
@@ -335,10 +350,8 @@ class BlobStore:
         if not self._operator.capability().presign_write:
             raise StorageError("this storage backend cannot presign uploads")
         try:
-            signed = await asyncio.wait_for(self._lister.presign_write(key, ttl), self._timeout)
-        except TimeoutError:
-            raise StorageError("storage call timed out") from None
-        except DAL_ERRORS as exc:
+            signed = await self._answer(self._lister.presign_write(key, ttl), self._timeout)
+        except dal.NotFound as exc:
             raise StorageError(type(exc).__name__) from exc
         return PresignedRequest(signed.url, signed.method, dict(signed.headers))
 
@@ -361,15 +374,9 @@ class BlobStore:
     async def list(self, prefix: str) -> list[BlobInfo]:
         """Return every object (not directory) under `prefix`, recursively, sorted by key."""
         try:
-            return await asyncio.wait_for(self._list(prefix), self._timeout * 4)
+            return await self._answer(self._list(prefix), self._timeout * 4, "storage listing timed out")
         except dal.NotFound:
             return []
-        except TimeoutError:
-            self._failed("timeout")
-            raise StorageError("storage listing timed out") from None
-        except DAL_ERRORS as exc:
-            self._failed(type(exc).__name__)
-            raise StorageError(type(exc).__name__) from exc
 
     async def _list(self, prefix: str) -> list[BlobInfo]:
         found: list[BlobInfo] = []
