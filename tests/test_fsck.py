@@ -189,6 +189,50 @@ async def test_repair_finishes_a_leftover_intent_and_removes_stale_staging(
         await rig.close()
 
 
+@pytest.mark.parametrize("combo", PAIRS)
+async def test_repair_with_grace_zero_finishes_an_intent_left_a_moment_ago(
+    backends: Backends, combo: str
+) -> None:
+    """Every server stopped right after a crash: `grace` 0 must leave nothing pending, however
+    young (a CI crash campaign once found six publishes left after its final repair)."""
+    settings = await backends.settings(combo)
+    hashes = await seed(settings)
+    rig = Rig(settings)
+    publisher = Publisher(rig.db, rig.store, Metrics())
+    try:
+        paths = LESSONS[:3]
+        async with rig.db.write() as conn:
+            for n, path in enumerate(paths):
+                staged = f"{STAGING_PREFIX}just-left-{n:04d}"
+                await rig.store.copy(key(path), staged)
+                await rig.store.delete(key(path))
+                await conn.execute(
+                    update(file_journal)
+                    .where(file_journal.c.path == path)
+                    .values(publish_pending=True, staging_key=staged, pending_since=datetime.now(UTC))
+                )
+        found = await check(rig.db, rig.store)
+        assert sorted(found.pending) == sorted(key(path) for path in paths)
+        repaired = await repair(rig.db, rig.store, publisher, found, timedelta(0))
+        assert repaired.published == len(paths)
+        after = await check(rig.db, rig.store)
+        assert after.ok, after.as_dict()
+        for path in paths:
+            assert (await rig.store.sha256(key(path)))[0] == hashes[path]
+        # With a grace period, a write that young is still its writer's to finish.
+        async with rig.db.write() as conn:
+            staged = f"{STAGING_PREFIX}in-flight-0000"
+            await rig.store.copy(key(paths[0]), staged)
+            await conn.execute(
+                update(file_journal)
+                .where(file_journal.c.path == paths[0])
+                .values(publish_pending=True, staging_key=staged, pending_since=datetime.now(UTC))
+            )
+        assert (await publisher.recover(timedelta(seconds=60))).published == 0
+    finally:
+        await rig.close()
+
+
 async def test_repair_in_a_loop_beside_live_writers_loses_nothing(backends: Backends) -> None:
     """C-6 in short: the most aggressive repair (grace 0) racing 8 writers and deleters."""
     settings = await backends.settings("postgres-fs")

@@ -175,8 +175,9 @@ class Settings(BaseSettings):
     recovery_grace: float = Field(
         60.0,
         ge=0,
-        description="Age in seconds after which an unpublished write or a staged object "
-        "with no journal row is considered abandoned by its writer.",
+        description="Age in seconds after which a staged object with no journal row is "
+        "considered abandoned by its writer; a committed write whose publish is still pending "
+        "is finished by recovery after this or 5 s, whichever is smaller.",
     )
     fsck_interval: float = Field(
         3600.0,

@@ -14,10 +14,10 @@ later. Anything younger than the grace period (an object, a pending change, a st
 belongs to a write that may still be in flight and is not reported. A hash mismatch is checked
 again against a fresh row, so a file rewritten during the check is not called corrupt.
 
-Repair never deletes a journal row and never touches anything younger than the grace period:
-it finishes pending publishes and removes stale staging (the recovery sweep), and moves
-orphaned and resurrected objects to `.pfs/quarantine/` (each under its row lock where it has a
-row). Missing and corrupt files cannot be repaired from storage; they are reported for restore.
+Repair never deletes a journal row and never removes or moves anything younger than the grace
+period: it finishes pending publishes (safe at any age, under the row's lock) and removes stale
+staging (the recovery sweep), and moves orphaned and resurrected objects to `.pfs/quarantine/`
+(each under its row lock where it has a row). Missing and corrupt files cannot be repaired from storage; they are reported for restore.
 """
 
 from __future__ import annotations

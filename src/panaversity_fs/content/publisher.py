@@ -32,7 +32,9 @@ from panaversity_fs.storage.blobs import (
 logger = logging.getLogger(__name__)
 
 PUBLISH_RETRY_AFTER = timedelta(seconds=5)
-"""A pending publish older than this is taken over by recovery (its writer is slow or gone)."""
+"""A pending publish older than this (or than the sweep's grace, if smaller) is taken over by
+recovery: its writer is slow or gone. Publishing is safe at any age, since it runs under the
+row's lock and checks the staging key, so the wait only saves duplicated work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +99,15 @@ class Publisher:
         """Finish abandoned publishes, remove staged objects no journal row references and
         upload-URL objects never completed.
 
-        Staged objects younger than `orphan_grace` are kept: their writer may still be about
-        to commit them. An upload object is kept until `orphan_grace` after its URL expired:
+        A pending publish is taken over once it is older than `orphan_grace` or
+        `PUBLISH_RETRY_AFTER`, whichever is smaller, so `grace` 0 (every server stopped) finishes
+        all of them. Staged objects younger than `orphan_grace` are kept: their writer may still
+        be about to commit them. An upload object is kept until `orphan_grace` after its URL expired:
         a completion that verified the URL just before expiry may still be reading it.
         """
         now = now or datetime.now(UTC)
         async with self._db.read() as conn:
-            leftovers = await journal.pending(conn, now - PUBLISH_RETRY_AFTER)
+            leftovers = await journal.pending(conn, now - min(orphan_grace, PUBLISH_RETRY_AFTER))
         published = failed = 0
         for row in leftovers:
             try:
