@@ -25,6 +25,7 @@ from panaversity_fs.journal.audit_repository import stream_entries
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.schema import audit_log
 from panaversity_fs.server import create_server
+from tests.asset_support import b64, png
 from tests.chain_support import commit_tampering
 from tests.support import BOOK, LESSON, SUMMARY, ToolFailure, assert_invariants, call, client, error_of
 
@@ -310,6 +311,56 @@ async def test_queries_are_audited_with_the_real_agent(db_settings: Settings) ->
     # Recorded under the book, not under the file whose history it read.
     assert rows[0]["book_id"] == BOOK and rows[0]["path"] != LESSON and LESSON in rows[0]["path"]
     assert [e["operation"] for e in seen["entries"]][:2] == ["query_audit", "verify_audit"]
+
+
+# Each read-only tool, answered and refused in its own code: (tool, arguments) -> the audit
+# entry's (book_id, path, user_id, status, error_code). `path` names what was read.
+READ_ONLY_CALLS: list[tuple[str, dict[str, Any], tuple[str, str, str, str, str | None]]] = [
+    ("plan_build", {"book_id": BOOK}, (BOOK, "*", "__base__", "success", None)),
+    ("plan_build", {"book_id": BOOK, "target_manifest_hash": "nope"}, (BOOK, "*", "__base__", "refused", "INVALID_ARGUMENT")),
+    ("delta_build", {"book_id": BOOK, "since": "2020-01-01T00:00:00Z"}, (BOOK, "*", "__base__", "success", None)),
+    ("delta_build", {"book_id": BOOK, "since": "2020-01-01T00:00:00"}, (BOOK, "*", "__base__", "refused", "INVALID_ARGUMENT")),
+    ("list_assets", {"book_id": BOOK, "asset_type": "images"}, (BOOK, "static/images/", "__base__", "success", None)),
+    ("list_assets", {"book_id": BOOK, "asset_type": "nope"}, (BOOK, "static/", "__base__", "refused", "SCHEMA_VIOLATION")),
+    ("get_asset", {"book_id": BOOK, "path": "static/images/a.png"}, (BOOK, "static/images/a.png", "__base__", "success", None)),
+    ("get_asset", {"book_id": BOOK, "path": "static/images/missing.png"}, (BOOK, "static/images/missing.png", "__base__", "refused", "NOT_FOUND")),
+    ("validate_book", {"book_id": BOOK}, (BOOK, "book", "__base__", "success", None)),
+    ("validate_book", {"book_id": "no-such-book"}, ("no-such-book", "book", "__base__", "refused", "NOT_FOUND")),
+    ("read_content", {"book_id": BOOK, "scope": "chapter", "path": "content/01-Intro/01-Basics"}, (BOOK, "chapter:content/01-Intro/01-Basics/", "__base__", "success", None)),
+    ("read_content", {"book_id": BOOK, "scope": "part", "path": "content/01-Intro/01-Basics"}, (BOOK, "part:content/01-Intro/01-Basics", "__base__", "refused", "SCHEMA_VIOLATION")),
+    ("list_books", {"include_structure": "content"}, ("*", "structure:content", "__base__", "success", None)),
+    ("list_books", {"book_id": "no-such-book"}, ("no-such-book", "structure:none", "__base__", "refused", "NOT_FOUND")),
+    ("glob_search", {"book_id": BOOK, "pattern": "content/**/*.md", "user_id": "u1"}, (BOOK, "content/**/*.md", "u1", "success", None)),
+    ("glob_search", {"book_id": BOOK, "pattern": "**", "user_id": "bad user"}, (BOOK, "**", "bad user", "refused", "INVALID_ARGUMENT")),
+    ("grep_search", {"book_id": BOOK, "pattern": "Basics"}, (BOOK, "Basics", "__base__", "success", None)),
+    ("grep_search", {"book_id": BOOK, "pattern": "("}, (BOOK, "(", "__base__", "refused", "INVALID_ARGUMENT")),
+    ("get_book_archive", {"book_id": BOOK, "scope": "content", "user_id": "u1"}, (BOOK, "archive:content", "u1", "success", None)),
+    ("get_book_archive", {"book_id": BOOK, "scope": "all", "user_id": "__base__"}, (BOOK, "archive:all", "__base__", "refused", "INVALID_ARGUMENT")),
+    ("verify_audit", {"from_seq": 1}, ("*", "seq 1+", "__base__", "success", None)),
+    ("verify_audit", {"from_seq": 999}, ("*", "seq 999+", "__base__", "refused", "INVALID_ARGUMENT")),
+    ("query_audit", {"book_id": BOOK, "operation": "write_content"}, (BOOK, "operation=write_content", "__base__", "success", None)),
+    ("query_audit", {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, ("*", "since=2026-01-02T00:00:00Z; until=2026-01-01T00:00:00Z", "__base__", "refused", "INVALID_ARGUMENT")),
+]  # fmt: skip
+
+
+async def test_every_read_only_tool_audits_each_call_once_answered_or_refused(db_settings: Settings) -> None:
+    async with client(create_server(db_settings), agent="reader-1") as c:
+        await call(c, "write_content", book_id=BOOK, path=LESSON, content="# Basics\n")
+        await call(
+            c, "upload_asset", book_id=BOOK, asset_type="images", filename="a.png", binary_data=b64(png(1))
+        )
+        for tool, arguments, (*_, status, code) in READ_ONLY_CALLS:
+            if status == "success":
+                await call(c, tool, **arguments)
+            else:
+                assert (await error_of(c, tool, **arguments))["error"] == code
+        rows = await settled(db_settings, lambda rs: len(rs) >= 2 + len(READ_ONLY_CALLS))
+    assert [(r["agent_id"], r["operation"]) for r in rows[2:]] == [
+        ("reader-1", t) for t, _, _ in READ_ONLY_CALLS
+    ]
+    assert [(r["book_id"], r["path"], r["user_id"], r["status"], r["error_code"]) for r in rows[2:]] == [
+        entry for _, _, entry in READ_ONLY_CALLS
+    ]
 
 
 async def tamper(settings: Settings, statement: Any) -> None:
