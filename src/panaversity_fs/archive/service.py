@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from panaversity_fs.archive.builder import MANIFEST_NAME, ArchiveBuilder, ArchiveReport
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.builds.manifest import manifest_hash, manifest_text
-from panaversity_fs.errors import Forbidden, InvalidArgument, PanaversityFSError
+from panaversity_fs.errors import Forbidden, InvalidArgument
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
@@ -157,21 +157,14 @@ class ArchiveService:
             InvalidArgument: book_id, scope or user_id is malformed.
             Unavailable: the database failed.
         """
-        started = time.perf_counter()
         content = self._resources.content
-        try:
+        with content.audited_read(caller, "get_book_archive", book_id, f"archive:{scope}", user_id):
             book, chosen, user = check_book_id(book_id), check_scope(scope), check_user_id(user_id)
             rows = await self._rows(book, chosen, user, None)
-        except PanaversityFSError as error:
-            content.note_read(
-                caller, "get_book_archive", book_id, f"archive:{scope}", user_id, started, error
-            )
-            raise
         settings = self._resources.settings
         claims: dict[str, Any] = {"book": book, "scope": chosen, "user": user, "agent": caller.agent_id}
         token, expires = self._resources.signer.sign(TOKEN_PURPOSE, claims, settings.archive_url_ttl)
         url = f"{public_base_url(settings)}/archives/{book}.zip?token={quote(token, safe='')}"
-        content.note_read(caller, "get_book_archive", book, f"archive:{chosen}", user, started)
         return ArchiveTicket(
             book_id=book,
             scope=chosen,

@@ -38,9 +38,9 @@ class AssetService(AssetBase):
             NotFound: no such asset (or it was deleted).
             Unavailable: the database or storage failed, or the asset changed meanwhile; retry.
         """
-        started = time.perf_counter()
-        try:
+        with self._content.audited_read(caller, "get_asset", book_id, path) as note:
             target = Target.asset(book_id, path)
+            note.what = target.path
             try:
                 async with self._r.db.read() as conn:
                     rows = await journal.fetch(conn, target.book_id, target.path, [BASE_USER])
@@ -54,12 +54,7 @@ class AssetService(AssetBase):
                 raise database_unavailable(exc) from None
             if row is None or row.sha256 is None:
                 raise NotFound(f"{target.path} does not exist", path=target.path)
-            info = await self._info(row, writer, include_binary)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "get_asset", book_id, path, None, started, error)
-            raise
-        self._content.note_read(caller, "get_asset", target.book_id, target.path, None, started)
-        return info
+            return await self._info(row, writer, include_binary)
 
     async def _info(self, row: JournalRow, writer: str | None, include_binary: bool) -> AssetInfo:
         assert row.sha256 is not None
@@ -99,12 +94,10 @@ class AssetService(AssetBase):
             InvalidArgument, SchemaViolation: bad arguments (an unknown type, a foreign cursor).
             Unavailable: the database failed; retry.
         """
-        started = time.perf_counter()
-        prefix: object = "static/"
-        try:
+        with self._content.audited_read(caller, "list_assets", book_id, "static/") as note:
             book = check_book_id(book_id)
             kind = None if asset_type is None else check_asset_type(asset_type)
-            prefix = f"static/{kind}/" if kind else "static/"
+            prefix = note.what = f"static/{kind}/" if kind else "static/"
             after = _decode_cursor(cursor, prefix)
             page = DEFAULT_PAGE if limit is None else limit
             if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= MAX_PAGE:
@@ -114,10 +107,6 @@ class AssetService(AssetBase):
                     rows = await journal.view(conn, book, None, prefix=prefix, after=after, limit=page + 1)
             except DB_ERRORS as exc:
                 raise database_unavailable(exc) from None
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "list_assets", book_id, prefix, None, started, error)
-            raise
-        self._content.note_read(caller, "list_assets", book, prefix, None, started)
         truncated = len(rows) > page
         rows = rows[:page]
         return AssetListing(

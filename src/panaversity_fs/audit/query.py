@@ -15,7 +15,6 @@ and for a bounded number of entries.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from panaversity_fs.books import cursor as cursors
 from panaversity_fs.books.bulk import check_limit
 from panaversity_fs.books.search import compile_glob, literal_prefix
 from panaversity_fs.content.service import ContentService
-from panaversity_fs.errors import InvalidArgument, PanaversityFSError, Unavailable
+from panaversity_fs.errors import InvalidArgument, Unavailable
 from panaversity_fs.journal import audit_repository as audit_sql
 from panaversity_fs.journal.audit_repository import AuditFilter
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
@@ -131,7 +130,6 @@ class AuditQueries:
                 `until`, a limit outside 1-1000, or a cursor not issued for these filters.
             Unavailable: the database failed.
         """
-        started = time.perf_counter()
         # The filters, not a file path: the query must not join the history of the file it reads.
         shown = {
             "path": path,
@@ -145,7 +143,7 @@ class AuditQueries:
         }
         what = "; ".join(f"{name}={value}" for name, value in shown.items() if value is not None) or "*"
         book = book_id if book_id is not None else "*"
-        try:
+        with self._content.audited_read(caller, "query_audit", book, what):
             given = {
                 "book_id": book_id,
                 "path": path,
@@ -167,12 +165,7 @@ class AuditQueries:
             size = check_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
             query = cursors.query_digest("query_audit", _digestible(where), path_pattern)
             after = 0 if cursor is None else cursors.int_field(cursors.decode(cursor, query), "s")
-            page = await self._page(where, pattern, after, size, query)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "query_audit", book, what, None, started, error)
-            raise
-        self._content.note_read(caller, "query_audit", book, what, None, started)
-        return page
+            return await self._page(where, pattern, after, size, query)
 
     async def _page(self, where: AuditFilter, pattern: Any, after: int, size: int, query: str) -> AuditPage:
         try:
@@ -207,9 +200,7 @@ class AuditQueries:
                 or `max_entries` is not a positive integer.
             Unavailable: the database or storage failed.
         """
-        started = time.perf_counter()
-        what = f"seq {from_seq or 1}+"
-        try:
+        with self._content.audited_read(caller, "verify_audit", "*", f"seq {from_seq or 1}+"):
             first = _positive("from_seq", from_seq, 1)
             budget = None if max_entries is None else _positive("max_entries", max_entries, 1)
             try:
@@ -220,12 +211,7 @@ class AuditQueries:
                 raise database_unavailable(exc) from exc
             except StorageError as exc:
                 raise Unavailable("storage failed while reading the audit checkpoints; retry") from exc
-            result = _with_checkpoints(result, against)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "verify_audit", "*", what, None, started, error)
-            raise
-        self._content.note_read(caller, "verify_audit", "*", what, None, started)
-        return result
+            return _with_checkpoints(result, against)
 
 
 async def _verify(

@@ -8,7 +8,6 @@ file, at most `settings.page_bytes` bytes, so one huge file still makes progress
 from __future__ import annotations
 
 import re
-import time
 
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books import cursor as cursors
@@ -16,7 +15,7 @@ from panaversity_fs.books.fetch import fetch_in_order
 from panaversity_fs.books.results import BulkFile, BulkPage, BulkScope
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import ContentService
-from panaversity_fs.errors import InvalidArgument, PanaversityFSError, SchemaViolation
+from panaversity_fs.errors import InvalidArgument, SchemaViolation
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
@@ -106,22 +105,15 @@ class BulkReader:
             Unavailable: the database or storage failed, or a file kept changing; retry.
             Internal: stored bytes do not match the journal (run fsck).
         """
-        started = time.perf_counter()
-        what = f"{scope}:{path}"
-        try:
+        with self._content.audited_read(caller, "read_content", book_id, f"{scope}:{path}", user_id) as note:
             book = check_book_id(book_id)
             user = check_user_id(user_id)
             kind, prefix = scope_prefix(scope, path)
-            what = f"{kind}:{prefix}"
+            note.what = f"{kind}:{prefix}"
             page_limit = check_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
             query = cursors.query_digest("read_content", book, user, kind, prefix)
             after = None if cursor is None else cursors.text_field(cursors.decode(cursor, query), "p")
-            page = await self._page(book, user, kind, prefix, query, after, page_limit)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "read_content", book_id, what, user_id, started, error)
-            raise
-        self._content.note_read(caller, "read_content", book, what, user, started)
-        return page
+            return await self._page(book, user, kind, prefix, query, after, page_limit)
 
     async def _page(
         self,

@@ -8,14 +8,13 @@ bounded: without `book_id` it is given only while the listed books hold at most
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Literal
 
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books.results import BookInfo, BookList, Chapter, ContentTree, Lesson, Part
 from panaversity_fs.content.service import ContentService
-from panaversity_fs.errors import InvalidArgument, NotFound, PanaversityFSError
+from panaversity_fs.errors import InvalidArgument, NotFound
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import BookSummary, JournalRow
@@ -88,21 +87,15 @@ class Catalog:
             NotFound: `book_id` has no live file.
             Unavailable: the database failed; retry.
         """
-        started = time.perf_counter()
         what = f"structure:{include_structure}"
-        try:
+        with self._content.audited_read(caller, "list_books", book_id or "*", what):
             if include_structure not in STRUCTURES:
                 raise InvalidArgument(
                     "include_structure must be one of none, content, assets, all", field="include_structure"
                 )
             structure: Structure = include_structure  # type: ignore[assignment]
             book = None if book_id is None else check_book_id(book_id)
-            result = await self._list(structure, book)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "list_books", book_id or "*", what, None, started, error)
-            raise
-        self._content.note_read(caller, "list_books", book or "*", what, None, started)
-        return result
+            return await self._list(structure, book)
 
     async def _list(self, structure: Structure, book: str | None) -> BookList:
         try:

@@ -24,7 +24,7 @@ from panaversity_fs.books.fetch import fetch_in_order
 from panaversity_fs.books.results import GlobMatch, GlobResult, GrepMatch, GrepResult
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import ContentService
-from panaversity_fs.errors import InvalidArgument, PanaversityFSError
+from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
@@ -173,8 +173,9 @@ class Searcher:
             InvalidArgument: bad book id (when not `all_books`), user id, pattern, limit, cursor.
             Unavailable: the database failed; retry.
         """
-        started = time.perf_counter()
-        try:
+        with self._content.audited_read(
+            caller, "glob_search", _book_of(book_id, all_books), pattern, user_id
+        ):
             user = check_user_id(user_id)
             book = None if all_books else check_book_id(book_id)
             matcher = compile_glob(pattern)
@@ -182,14 +183,7 @@ class Searcher:
             bound = check_limit(limit, GLOB_DEFAULT_LIMIT, GLOB_MAX_LIMIT)
             query = cursors.query_digest("glob_search", book, user, pattern)
             position = _position(cursor, query)
-            result = await self._glob(book, user, pattern, matcher, bound, query, position)
-        except PanaversityFSError as error:
-            self._content.note_read(
-                caller, "glob_search", _book_of(book_id, all_books), pattern, user_id, started, error
-            )
-            raise
-        self._content.note_read(caller, "glob_search", _book_of(book_id, all_books), pattern, user, started)
-        return result
+            return await self._glob(book, user, pattern, matcher, bound, query, position)
 
     async def _glob(
         self,
@@ -247,8 +241,9 @@ class Searcher:
             Unavailable: the database or storage failed; retry.
             Internal: stored bytes do not match the journal (run fsck).
         """
-        started = time.perf_counter()
-        try:
+        with self._content.audited_read(
+            caller, "grep_search", _book_of(book_id, all_books), pattern, user_id
+        ):
             user = check_user_id(user_id)
             book = None if all_books else check_book_id(book_id)
             regex = compile_regex(pattern, bool(case_sensitive))
@@ -257,14 +252,7 @@ class Searcher:
             bound = check_limit(max_results, 100, GREP_MAX_RESULTS)
             query = cursors.query_digest("grep_search", book, user, pattern, path_glob, bool(case_sensitive))
             position = _position(cursor, query)
-            result = await self._grep(book, user, pattern, regex, matcher, bound, query, position)
-        except PanaversityFSError as error:
-            self._content.note_read(
-                caller, "grep_search", _book_of(book_id, all_books), pattern, user_id, started, error
-            )
-            raise
-        self._content.note_read(caller, "grep_search", _book_of(book_id, all_books), pattern, user, started)
-        return result
+            return await self._grep(book, user, pattern, regex, matcher, bound, query, position)
 
     async def _grep(
         self,

@@ -13,7 +13,6 @@ Internal objects (`.pfs/...`) lie outside `books/` and are never reported.
 from __future__ import annotations
 
 import re
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,15 +70,8 @@ class Validator:
             NotFound: the book has neither journal rows nor storage objects.
             Unavailable: the database or storage failed; retry.
         """
-        started = time.perf_counter()
-        try:
-            book = check_book_id(book_id)
-            report = await self._validate(book, bool(strict), progress)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "validate_book", book_id, "book", None, started, error)
-            raise
-        self._content.note_read(caller, "validate_book", book, "book", None, started)
-        return report
+        with self._content.audited_read(caller, "validate_book", book_id, "book"):
+            return await self._validate(check_book_id(book_id), bool(strict), progress)
 
     async def _validate(self, book: str, strict: bool, progress: Progress | None) -> ValidationReport:
         try:

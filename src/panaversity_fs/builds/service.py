@@ -7,13 +7,12 @@ import base64
 import binascii
 import json
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.builds import manifest
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
-from panaversity_fs.errors import InvalidArgument, PanaversityFSError
+from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.journal import manifest_repository as manifests
 from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
 from panaversity_fs.journal.manifest_repository import ChangeKey
@@ -52,14 +51,9 @@ class BuildService:
             InvalidArgument: a malformed book id or target hash.
             Unavailable: the database failed.
         """
-        started = time.perf_counter()
-        try:
+        with self._content.audited_read(caller, "plan_build", book_id, "*"):
             plan = await self._plan(book_id, target_manifest_hash)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "plan_build", book_id, "*", None, started, error)
-            raise
         self._metrics.delta_files.labels(plan.book_id).observe(plan.changed_count)
-        self._content.note_read(caller, "plan_build", book_id, "*", None, started)
         return plan
 
     async def _plan(self, book_id: object, target_manifest_hash: object) -> BuildPlan:
@@ -111,14 +105,9 @@ class BuildService:
             InvalidArgument: a malformed argument (naive `since`, bad cursor or limit, ...).
             Unavailable: the database or storage failed.
         """
-        started = time.perf_counter()
-        try:
+        with self._content.audited_read(caller, "delta_build", book_id, "*", user_id):
             feed = await self._delta(book_id, since, user_id, include_content, cursor, limit)
-        except PanaversityFSError as error:
-            self._content.note_read(caller, "delta_build", book_id, "*", user_id, started, error)
-            raise
         self._metrics.delta_files.labels(feed.book_id).observe(feed.changed_count)
-        self._content.note_read(caller, "delta_build", book_id, "*", user_id, started)
         return feed
 
     async def _delta(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from panaversity_fs.audit.recorder import AuditRecorder
@@ -17,12 +18,23 @@ from panaversity_fs.paths import BASE_USER, describe_rejected_path
 logger = logging.getLogger(__name__)
 __all__ = [
     "DB_ERRORS",
+    "ReadNote",
     "append_refusal",
     "audit_entry",
     "file_entry",
     "outcome_status",
     "storage_unavailable",
 ]
+
+
+@dataclass(slots=True)
+class ReadNote:
+    """What the audit entry of a read-only operation names; set from inside
+    `ContentService.audited_read` when the checked arguments name it better (a resolved prefix)."""
+
+    book_id: object
+    what: object
+    user_id: object
 
 
 def audit_entry(

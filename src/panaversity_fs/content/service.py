@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Generator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,6 +33,7 @@ from panaversity_fs.content.cas import apply_write, resolve_unknown_commit, writ
 from panaversity_fs.content.deletes import Deleter
 from panaversity_fs.content.entries import (
     DB_ERRORS,
+    ReadNote,
     append_refusal,
     audit_entry,
     file_entry,
@@ -152,6 +155,21 @@ class ContentService:
         self._audit.enqueue(
             audit_entry(caller, operation, book_id, what, user_id, None, None, started, error)
         )
+
+    @contextmanager
+    def audited_read(
+        self, caller: Caller, operation: str, book_id: object, what: object, user_id: object = None
+    ) -> Generator[ReadNote]:
+        """Audit the read-only operation run inside, refused (a `PanaversityFSError`, re-raised)
+        or answered, as `note_read` does, naming what the yielded note names at the end."""
+        started = time.perf_counter()
+        note = ReadNote(book_id, what, user_id)
+        try:
+            yield note
+        except PanaversityFSError as error:
+            self.note_read(caller, operation, note.book_id, note.what, note.user_id, started, error)
+            raise
+        self.note_read(caller, operation, note.book_id, note.what, note.user_id, started)
 
     # -- writes --------------------------------------------------------------------------
 
