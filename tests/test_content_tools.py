@@ -241,3 +241,34 @@ async def test_missing_agent_identity_is_refused(db_settings: Settings) -> None:
         async with client(create_server(db_settings), agent=agent) as c:
             error = await error_of(c, "write_content", book_id=BOOK, path=LESSON, content="x")
         assert error["error"] == "UNAUTHENTICATED"
+
+
+async def test_every_tool_carries_the_hints_of_its_kind(settings: Settings) -> None:
+    async with client(create_server(settings)) as c:
+        tools = {tool.name: tool.annotations for tool in await c.list_tools()}
+    read_only, writes, deletes = (True, None, True), (False, True, False), (False, True, True)
+    kinds = {
+        "read_content": read_only,
+        "list_books": read_only,
+        "validate_book": read_only,
+        "glob_search": read_only,
+        "grep_search": read_only,
+        "delta_build": read_only,
+        "get_book_archive": read_only,
+        "get_asset": read_only,
+        "list_assets": read_only,
+        "query_audit": read_only,
+        "verify_audit": read_only,
+        "write_content": writes,
+        "upload_asset": writes,
+        "complete_asset_upload": writes,
+        "delete_content": deletes,
+        "delete_asset": deletes,
+        "plan_build": (False, False, True),
+    }
+    hints = {
+        name: (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)
+        for name, a in tools.items()
+        if a is not None
+    }
+    assert hints == {name: (*kind, False) for name, kind in kinds.items()}

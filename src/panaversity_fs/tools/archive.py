@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from panaversity_fs.archive.service import ArchiveService, ArchiveTicket, Scope
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.resources import ServerState
+from panaversity_fs.tools.hints import READ_ONLY
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
 
@@ -43,5 +43,5 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     mcp.tool(
         get_book_archive,
-        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=READ_ONLY,
     )

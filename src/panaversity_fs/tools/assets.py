@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from panaversity_fs.assets.results import AssetInfo, AssetListing, AssetUpload
@@ -15,6 +14,7 @@ from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.content.results import DeleteOutcome
 from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.content import BookId, Hash, IdempotencyKey
+from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
 
 AssetType = Annotated[str, Field(description="Asset folder: `img`, `images`, `slides`, `videos` or `audio`.")]
 AssetPath = Annotated[
@@ -132,24 +132,17 @@ def register(mcp: FastMCP, state: ServerState) -> None:
             caller_from_context(ctx), book_id, path, expected_hash, idempotency_key
         )
 
-    read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
     mcp.tool(
         upload_asset,
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
-        ),
+        annotations=WRITES,
     )
     mcp.tool(
         complete_asset_upload,
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
-        ),
+        annotations=WRITES,
     )
-    mcp.tool(get_asset, annotations=read_only)
-    mcp.tool(list_assets, annotations=read_only)
+    mcp.tool(get_asset, annotations=READ_ONLY)
+    mcp.tool(list_assets, annotations=READ_ONLY)
     mcp.tool(
         delete_asset,
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-        ),
+        annotations=DELETES,
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from panaversity_fs.audit.query import AuditPage, AuditQueries, ChainVerification, Status
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.resources import ServerState
+from panaversity_fs.tools.hints import READ_ONLY
 
 Text = str | None
 Moment = Annotated[
@@ -110,9 +110,9 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     mcp.tool(
         query_audit,
-        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=READ_ONLY,
     )
     mcp.tool(
         verify_audit,
-        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=READ_ONLY,
     )

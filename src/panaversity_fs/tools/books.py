@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastmcp import Context, FastMCP
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from panaversity_fs.auth.identity import caller_from_context
@@ -13,10 +12,7 @@ from panaversity_fs.books.catalog import Catalog
 from panaversity_fs.books.results import BookList, ValidationReport
 from panaversity_fs.books.validate import Validator
 from panaversity_fs.resources import ServerState
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
+from panaversity_fs.tools.hints import READ_ONLY
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:

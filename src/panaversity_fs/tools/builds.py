@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.builds.results import BuildPlan, ChangeFeed
 from panaversity_fs.builds.service import BuildService
 from panaversity_fs.resources import ServerState
+from panaversity_fs.tools.hints import READ_ONLY, RECORDS
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
 
@@ -81,11 +81,9 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     mcp.tool(
         plan_build,
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-        ),
+        annotations=RECORDS,
     )
     mcp.tool(
         delta_build,
-        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=READ_ONLY,
     )

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from fastmcp import Context, FastMCP
 from fastmcp.tools.base import ToolResult
-from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field, TypeAdapter
 
 from panaversity_fs.auth.identity import caller_from_context
@@ -17,6 +16,7 @@ from panaversity_fs.content.results import DeleteOutcome, FileContent, WriteOutc
 from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.paths import CONTENT_EXAMPLE
 from panaversity_fs.resources import ServerState
+from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
 ContentPath = Annotated[
@@ -144,17 +144,13 @@ def register(mcp: FastMCP, state: ServerState) -> None:
     mcp.tool(
         read_content,
         output_schema=READ_OUTPUT_SCHEMA,
-        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=READ_ONLY,
     )
     mcp.tool(
         write_content,
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
-        ),
+        annotations=WRITES,
     )
     mcp.tool(
         delete_content,
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-        ),
+        annotations=DELETES,
     )

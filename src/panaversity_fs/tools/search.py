@@ -5,17 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.results import GlobResult, GrepResult
 from panaversity_fs.books.search import Searcher
 from panaversity_fs.resources import ServerState
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
+from panaversity_fs.tools.hints import READ_ONLY
 
 BookId = Annotated[
     str | None, Field(description="Book to search (required unless `all_books` is true, then ignored).")
