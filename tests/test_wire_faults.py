@@ -181,8 +181,10 @@ async def writers(url: str, count: int = WRITERS) -> AsyncIterator[list[Writer]]
         yield team
 
 
-async def keep_writing(team: list[Writer], stop: asyncio.Event) -> None:
-    """Every writer writes in a loop (and one also reads every file) until `stop` is set."""
+@contextlib.asynccontextmanager
+async def writing(team: list[Writer]) -> AsyncIterator[None]:
+    """Every writer writes in a loop (and one also reads every file) until the block ends."""
+    stop = asyncio.Event()
 
     async def loop(writer: Writer) -> None:
         while not stop.is_set():
@@ -198,7 +200,16 @@ async def keep_writing(team: list[Writer], stop: asyncio.Event) -> None:
                     assert sha(answer.result["content"]) == answer.result["file_hash"], answer
             await asyncio.sleep(0.05)
 
-    await asyncio.gather(*(loop(w) for w in team), read_all(team[0]))
+    load = asyncio.gather(*(loop(w) for w in team), read_all(team[0]))
+    try:
+        yield
+    except BaseException:
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await load
+        raise
+    stop.set()
+    await load
 
 
 async def settle_all(team: list[Writer]) -> None:
@@ -339,12 +350,9 @@ async def test_pg_resets_fail_calls_typed_and_in_time_and_the_pool_recovers(
     direct, settings = await proxied(backends, pg_proxy)
     with ServerProcess(settings, tmp_path / "server.log", **FAST_FAILING) as server:
         async with writers(server.url) as team:
-            stop = asyncio.Event()
-            load = asyncio.ensure_future(keep_writing(team, stop))
-            await reset_chaos(pg_proxy, 6.0, random.Random(11))
-            pg_proxy.pass_through()
-            stop.set()
-            await load
+            async with writing(team):
+                await reset_chaos(pg_proxy, 6.0, random.Random(11))
+                pg_proxy.pass_through()
             recovered = await recovery_seconds(team)
             await settle_all(team)
     outcomes = assert_typed_and_timely(team)
@@ -362,16 +370,13 @@ async def test_pg_hang_fails_calls_within_their_deadline_and_the_pool_recovers(
     direct, settings = await proxied(backends, pg_proxy)
     with ServerProcess(settings, tmp_path / "server.log", **FAST_FAILING) as server:
         async with writers(server.url) as team:
-            stop = asyncio.Event()
-            load = asyncio.ensure_future(keep_writing(team, stop))
-            await asyncio.sleep(0.5)
-            pg_proxy.hang()
-            hung = time.monotonic()
-            await asyncio.sleep(DEADLINE + 2)
-            pg_proxy.pass_through()
-            released = time.monotonic()
-            stop.set()
-            await load
+            async with writing(team):
+                await asyncio.sleep(0.5)
+                pg_proxy.hang()
+                hung = time.monotonic()
+                await asyncio.sleep(DEADLINE + 2)
+                pg_proxy.pass_through()
+                released = time.monotonic()
             recovered = await recovery_seconds(team)
             await settle_all(team)
     outcomes = assert_typed_and_timely(team)
@@ -547,11 +552,8 @@ async def test_s3_faults_fail_calls_typed_with_bounded_retries_and_nothing_is_le
         with ServerProcess(settings, tmp_path / "server.log", **FAST_FAILING) as server:
             async with writers(server.url) as team:
                 proxy.inject(*S3_FAULTS)
-                stop = asyncio.Event()
-                load = asyncio.ensure_future(keep_writing(team, stop))
-                await asyncio.sleep(8)
-                stop.set()
-                await load
+                async with writing(team):
+                    await asyncio.sleep(8)
                 reads = await counted_reads(team[0], proxy, 40)
                 proxy.inject()
                 recovered = await recovery_seconds(team)
