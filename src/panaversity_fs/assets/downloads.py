@@ -11,6 +11,7 @@ from panaversity_fs.assets.common import CHUNK_BYTES, DOWNLOAD_PURPOSE, AssetBas
 from panaversity_fs.assets.mime import OCTET_STREAM
 from panaversity_fs.content.service import Target
 from panaversity_fs.errors import Conflict, Forbidden, NotFound, Unavailable
+from panaversity_fs.journal.repository import JournalRow
 from panaversity_fs.storage.blobs import BlobNotFound, StorageError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,15 @@ class Downloads(AssetBase):
             raise NotFound("the asset was deleted")
         if row.sha256 != digest:
             raise Conflict("the asset changed since this URL was issued: call get_asset for a new one")
+        return await self.locate(row, int(claims["exp"]))
+
+    async def locate(self, row: JournalRow, expires: int) -> Download:
+        """The stored object holding exactly the bytes of the live asset row `row`.
+
+        Raises:
+            Unavailable: storage failed, or a publish is moving the bytes.
+        """
+        assert row.sha256 is not None
         for key in row.object_keys:
             try:
                 size = await self._store.size(key)
@@ -62,7 +72,7 @@ class Downloads(AssetBase):
                 logger.warning("storage failure", exc_info=exc)
                 raise Unavailable("the storage is unavailable; retry") from None
             if size == row.size:
-                return Download(key, path, size, digest, row.content_type or OCTET_STREAM, int(claims["exp"]))
+                return Download(key, row.path, size, row.sha256, row.content_type or OCTET_STREAM, expires)
         raise Unavailable("the asset is being moved; retry")
 
     async def stream(self, download: Download, offset: int, length: int) -> AsyncIterator[bytes]:
