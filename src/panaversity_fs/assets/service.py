@@ -7,6 +7,7 @@ import json
 import logging
 import time
 
+from panaversity_fs.arguments import check_limit
 from panaversity_fs.assets.common import AssetBase, check_asset_type, iso_time
 from panaversity_fs.assets.mime import OCTET_STREAM
 from panaversity_fs.assets.results import AssetEntry, AssetInfo, AssetListing
@@ -99,9 +100,7 @@ class AssetService(AssetBase):
             kind = None if asset_type is None else check_asset_type(asset_type)
             prefix = note.what = f"static/{kind}/" if kind else "static/"
             after = _decode_cursor(cursor, prefix)
-            page = DEFAULT_PAGE if limit is None else limit
-            if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= MAX_PAGE:
-                raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+            page = check_limit(limit, DEFAULT_PAGE, MAX_PAGE)
             try:
                 async with self._r.db.read() as conn:
                     rows = await journal.view(conn, book, None, prefix=prefix, after=after, limit=page + 1)

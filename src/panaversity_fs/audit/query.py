@@ -22,12 +22,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, to_utc, verify_chain
 from panaversity_fs.audit.checkpoints import CheckpointReport, CheckpointStore
 from panaversity_fs.audit.verify import follow_appends
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books import cursor as cursors
-from panaversity_fs.books.bulk import check_limit
 from panaversity_fs.books.search import compile_glob, literal_prefix
 from panaversity_fs.content.service import ContentService
 from panaversity_fs.errors import InvalidArgument, Unavailable
@@ -334,19 +334,7 @@ def _status(value: object) -> str | None:
 
 
 def _moment(name: str, value: object) -> datetime | None:
-    """Parse an ISO-8601 time that names its timezone (`Z` or `+hh:mm`)."""
-    if value is None:
-        return None
-    example = "2026-03-01T12:00:00Z"
-    if not isinstance(value, str) or len(value) > 64:
-        raise InvalidArgument(f"{name} must be an ISO-8601 time", field=name, example=example)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidArgument(f"{name} is not an ISO-8601 time", field=name, example=example) from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidArgument(f"{name} must name its timezone (Z or +hh:mm)", field=name, example=example)
-    return to_utc(moment)
+    return None if value is None else check_time(name, value)
 
 
 def _positive(name: str, value: object, default: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from panaversity_fs.arguments import check_limit
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books import cursor as cursors
 from panaversity_fs.books.fetch import fetch_in_order
@@ -60,19 +61,6 @@ def scope_prefix(scope: object, path: object) -> tuple[BulkScope, str]:
             example=_EXAMPLES[scope],
         )
     return scope, folder + "/"  # type: ignore[return-value]
-
-
-def check_limit(limit: object, default: int, maximum: int) -> int:
-    """Return `limit` (or `default` when None) if it is an integer in 1..`maximum`.
-
-    Raises:
-        InvalidArgument: it is not.
-    """
-    if limit is None:
-        return default
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
-        raise InvalidArgument(f"limit must be an integer from 1 to {maximum}", field="limit", maximum=maximum)
-    return limit
 
 
 class BulkReader:

@@ -17,9 +17,9 @@ from typing import Any
 import re2 as _re2_module  # type: ignore[import-untyped]
 from wcmatch import glob as wcglob
 
+from panaversity_fs.arguments import check_limit
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books import cursor as cursors
-from panaversity_fs.books.bulk import check_limit
 from panaversity_fs.books.fetch import fetch_in_order
 from panaversity_fs.books.results import GlobMatch, GlobResult, GrepMatch, GrepResult
 from panaversity_fs.config import Settings

@@ -9,6 +9,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
+from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.builds import manifest
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
@@ -121,8 +122,8 @@ class BuildService:
     ) -> ChangeFeed:
         book = check_book_id(book_id)
         user = check_user_id(user_id)
-        moment = parse_since(since)
-        size = _check_limit(limit)
+        moment = check_time("since", since)
+        size = check_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
         position, carried_until = _decode_cursor(cursor, moment, user)
         asked_at = datetime.now(UTC)
         try:
@@ -189,35 +190,6 @@ class BuildService:
             return item
 
         return list(await asyncio.gather(*(one(row) for row in rows)))
-
-
-def parse_since(value: object) -> datetime:
-    """Return `value` (ISO-8601 with a timezone) as an aware UTC datetime.
-
-    Raises:
-        InvalidArgument: not a string, not ISO-8601, or without a timezone.
-    """
-    if not isinstance(value, str) or len(value) > 64:
-        raise InvalidArgument("since must be an ISO-8601 timestamp", field="since")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidArgument(
-            "since must be an ISO-8601 timestamp", field="since", example="2026-01-31T12:00:00Z"
-        ) from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidArgument(
-            "since must carry a timezone (e.g. Z or +00:00)", field="since", example="2026-01-31T12:00:00Z"
-        )
-    return moment.astimezone(UTC)
-
-
-def _check_limit(limit: object) -> int:
-    if limit is None:
-        return DEFAULT_LIMIT
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    return limit
 
 
 def _wants_content(row: JournalRow) -> bool:
