@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 
@@ -12,6 +11,7 @@ from panaversity_fs.assets.common import AssetBase, check_asset_type, iso_time
 from panaversity_fs.assets.mime import OCTET_STREAM
 from panaversity_fs.assets.results import AssetEntry, AssetInfo, AssetListing
 from panaversity_fs.auth.identity import Caller
+from panaversity_fs.books import cursor as cursors
 from panaversity_fs.content.idempotency import Idempotency
 from panaversity_fs.content.results import DeleteOutcome
 from panaversity_fs.content.service import Target
@@ -99,7 +99,8 @@ class AssetService(AssetBase):
             book = check_book_id(book_id)
             kind = None if asset_type is None else check_asset_type(asset_type)
             prefix = note.what = f"static/{kind}/" if kind else "static/"
-            after = _decode_cursor(cursor, prefix)
+            query = cursors.query_digest("list_assets", book, prefix)
+            after = _after(cursor, query, prefix)
             page = check_limit(limit, DEFAULT_PAGE, MAX_PAGE)
             try:
                 async with self._r.db.read() as conn:
@@ -122,7 +123,7 @@ class AssetService(AssetBase):
                 for row in rows
             ],
             truncated=truncated,
-            next_cursor=_encode_cursor(prefix, rows[-1].path) if truncated else None,
+            next_cursor=cursors.encode(query, {"p": rows[-1].path}) if truncated else None,
         )
 
     async def delete(
@@ -151,25 +152,11 @@ class AssetService(AssetBase):
         return await self._content.delete_file(caller, "delete_asset", target, expected, started, idem)
 
 
-def _encode_cursor(prefix: str, last_path: str) -> str:
-    raw = json.dumps({"p": prefix, "a": last_path}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: object, prefix: str) -> str | None:
+def _after(cursor: object, query: str, prefix: str) -> str | None:
+    """The last path of the previous page, from a cursor issued for `query`."""
     if cursor is None:
         return None
-    bad = InvalidArgument("cursor is not a next_cursor of this listing", field="cursor")
-    if not isinstance(cursor, str):
-        raise bad
-    try:
-        decoded: object = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(decoded, dict):
-        raise bad
-    fields: dict[str, object] = dict(decoded)  # pyright: ignore[reportUnknownArgumentType]
-    after = fields.get("a")
-    if fields.get("p") != prefix or not isinstance(after, str) or not after.startswith(prefix):
-        raise bad
+    after = cursors.text_field(cursors.decode(cursor, query), "p")
+    if not after.startswith(prefix):
+        raise InvalidArgument("cursor is not a cursor this server issued", field="cursor")
     return after
