@@ -7,7 +7,7 @@ from typing import Any
 
 from fastmcp import Client
 
-from tests.support import call
+from tests.support import all_pages, call
 
 
 def sha(data: str | bytes) -> str:
@@ -34,16 +34,7 @@ async def write_all(
 
 async def read_all_pages(c: Client[Any], **arguments: Any) -> tuple[list[dict[str, Any]], int]:
     """Follow `read_content` cursors to the end; return every file and the number of pages."""
-    files: list[dict[str, Any]] = []
-    cursor: str | None = arguments.pop("cursor", None)
-    pages = 0
-    while True:
-        extra = {"cursor": cursor} if cursor else {}
-        page = await call(c, "read_content", **arguments, **extra)
-        pages += 1
-        files.extend(page["files"])
+    pages = await all_pages(c, "read_content", **arguments)
+    for page in pages:
         assert page["truncated"] == (page["next_cursor"] is not None)
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return files, pages
-        assert pages < 10_000, "paging does not terminate"
+    return [file for page in pages for file in page["files"]], len(pages)

@@ -63,6 +63,19 @@ async def call(c: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
     return dict(result.structured_content)
 
 
+async def all_pages(c: Client[Any], tool: str, **arguments: Any) -> list[dict[str, Any]]:
+    """Call `tool` and follow its `next_cursor` to the end; return every page, in order."""
+    pages: list[dict[str, Any]] = []
+    cursor = arguments.pop("cursor", None)
+    while len(pages) < 10_000:
+        page = await call(c, tool, **arguments, **({"cursor": cursor} if cursor else {}))
+        pages.append(page)
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+    raise AssertionError(f"{tool}: paging never ended")
+
+
 async def error_of(c: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
     """Call `tool`, which must fail; return its JSON error object."""
     try:

@@ -11,7 +11,7 @@ from panaversity_fs.config import Settings
 from panaversity_fs.server import create_server
 from tests.asset_support import SVG, b64, history, journal_rows, noise, png, sha, stored_bytes, stored_keys
 from tests.conftest import PAIRS, Backends
-from tests.support import BOOK, LESSON, assert_invariants, call, client, error_of
+from tests.support import BOOK, LESSON, all_pages, assert_invariants, call, client, error_of
 
 
 async def test_inline_upload_sniffs_the_type_from_the_bytes(matrix_settings: Settings) -> None:
@@ -215,15 +215,9 @@ async def test_list_assets_pages_in_path_order_and_is_bounded(settings: Settings
         await call(
             c, "delete_asset", book_id=BOOK, path="static/images/p03.png", expected_hash=doomed["file_hash"]
         )
-        pages: list[list[str]] = []
-        cursor = None
-        while True:
-            page = await call(c, "list_assets", book_id=BOOK, limit=3, cursor=cursor)
-            pages.append([item["path"] for item in page["items"]])
-            assert page["truncated"] == (page["next_cursor"] is not None)
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
+        listed = await all_pages(c, "list_assets", book_id=BOOK, limit=3)
+        assert all(page["truncated"] == (page["next_cursor"] is not None) for page in listed)
+        pages = [[item["path"] for item in page["items"]] for page in listed]
         images = await call(c, "list_assets", book_id=BOOK, asset_type="images", limit=2)
         everything = await call(c, "list_assets", book_id=BOOK)
         refusals = [

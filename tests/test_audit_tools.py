@@ -27,7 +27,17 @@ from panaversity_fs.journal.schema import audit_log
 from panaversity_fs.server import create_server
 from tests.asset_support import b64, png
 from tests.chain_support import commit_tampering
-from tests.support import BOOK, LESSON, SUMMARY, ToolFailure, assert_invariants, call, client, error_of
+from tests.support import (
+    BOOK,
+    LESSON,
+    SUMMARY,
+    ToolFailure,
+    all_pages,
+    assert_invariants,
+    call,
+    client,
+    error_of,
+)
 
 OTHER_BOOK = "other-book"
 LESSON_2 = "content/01-Intro/01-Basics/02-loops.md"
@@ -109,17 +119,8 @@ def model(filters: dict[str, Any], entry: Row) -> bool:
 
 async def page_all(c: Client[Any], limit: int, **filters: Any) -> tuple[list[Row], list[Row]]:
     """Follow `query_audit` cursors to the end; return every entry and every page."""
-    entries: list[Row] = []
-    pages: list[Row] = []
-    cursor: str | None = None
-    for _ in range(10_000):
-        page = await call(c, "query_audit", limit=limit, cursor=cursor, **filters)
-        pages.append(page)
-        entries.extend(page["entries"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return entries, pages
-    raise AssertionError("paging never ended")
+    pages = await all_pages(c, "query_audit", limit=limit, **filters)
+    return [entry for page in pages for entry in page["entries"]], pages
 
 
 async def workload(a: Client[Any], b: Client[Any]) -> int:

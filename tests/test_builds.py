@@ -20,7 +20,7 @@ from panaversity_fs.paths import BASE_USER
 from panaversity_fs.resources import open_resources
 from panaversity_fs.server import create_server
 from tests.books_support import sha
-from tests.support import BOOK, ToolFailure, assert_invariants, call, client, error_of
+from tests.support import BOOK, ToolFailure, all_pages, assert_invariants, call, client, error_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
 
@@ -235,14 +235,8 @@ async def test_pruning_keeps_the_most_recently_used_manifests(settings: Settings
 
 async def changes_since(c: Client[Any], since: str, **args: Any) -> list[dict[str, Any]]:
     """Every change after `since`, following the cursor."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await call(c, "delta_build", book_id=BOOK, since=since, cursor=cursor, **args)
-        items.extend(page["changed_files"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return items
+    pages = await all_pages(c, "delta_build", book_id=BOOK, since=since, **args)
+    return [item for page in pages for item in page["changed_files"]]
 
 
 def iso(moment: datetime) -> str:
@@ -301,17 +295,10 @@ async def test_delta_build_paging_reproduces_the_full_change_list(settings: Sett
         for n in (3, 5):
             await call(c, "delete_content", book_id=BOOK, path=lesson(n, chapter=1 + n % 2))
         whole = await call(c, "delta_build", book_id=BOOK, since=since, limit=1000)
-        paged: list[dict[str, Any]] = []
-        pages = 0
-        cursor = None
-        while True:
-            page = await call(c, "delta_build", book_id=BOOK, since=since, limit=5, cursor=cursor)
-            pages += 1
-            assert len(page["changed_files"]) <= 5
-            paged.extend(page["changed_files"])
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
+        fives = await all_pages(c, "delta_build", book_id=BOOK, since=since, limit=5)
+        assert all(len(page["changed_files"]) <= 5 for page in fives)
+        paged = [item for page in fives for item in page["changed_files"]]
+        pages = len(fives)
         with_content = await changes_since(c, since, include_content=True, limit=4)
     assert whole["next_cursor"] is None and whole["changed_count"] == 12
     assert paged == whole["changed_files"] and pages == 3

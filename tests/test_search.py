@@ -14,7 +14,7 @@ from panaversity_fs.config import Settings
 from panaversity_fs.server import create_server
 from tests.books_support import lesson, write_all
 from tests.conftest import Backends
-from tests.support import BOOK, call, client, error_of
+from tests.support import BOOK, all_pages, call, client, error_of
 
 TEXT = {
     lesson(1, 1, 1): "# Variables\nA variable names a value.\nvariables are cheap\n",
@@ -57,18 +57,9 @@ def grep_model(pattern: str, files: dict[str, str], flags: int = 0) -> list[tupl
 
 async def grep_all(c: Client[Any], **arguments: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Follow grep cursors to the end; return all matches and every page."""
-    matches: list[dict[str, Any]] = []
-    pages: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        page = await call(c, "grep_search", **arguments, **({"cursor": cursor} if cursor else {}))
-        pages.append(page)
-        matches.extend(page["matches"])
-        cursor = page["next_cursor"]
-        assert page["truncated"] == (cursor is not None)
-        if cursor is None:
-            return matches, pages
-        assert len(pages) < 1000
+    pages = await all_pages(c, "grep_search", **arguments)
+    assert all(page["truncated"] == (page["next_cursor"] is not None) for page in pages)
+    return [match for page in pages for match in page["matches"]], pages
 
 
 async def test_glob_semantics_match_the_model(settings: Settings) -> None:
@@ -127,21 +118,8 @@ async def test_glob_pages_and_bad_patterns(settings: Settings) -> None:
     async with client(create_server(settings)) as c:
         await write_all(c, BOOK, TEXT)
         await write_all(c, "another-book", {lesson(1, 1, 1): "x"})
-        pages: list[str] = []
-        cursor = None
-        while True:
-            page = await call(
-                c,
-                "glob_search",
-                all_books=True,
-                pattern="content/**",
-                limit=2,
-                **({"cursor": cursor} if cursor else {}),
-            )
-            pages.extend(f"{m['book_id']}:{m['path']}" for m in page["matches"])
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
+        globbed = await all_pages(c, "glob_search", all_books=True, pattern="content/**", limit=2)
+        pages = [f"{m['book_id']}:{m['path']}" for page in globbed for m in page["matches"]]
         expected = [f"another-book:{lesson(1, 1, 1)}"] + [f"{BOOK}:{p}" for p in sorted(TEXT)]
         assert pages == expected
         for bad in ("", "x" * 256, "content/\x00"):
