@@ -149,7 +149,9 @@ class AssetService(AssetBase):
         except PanaversityFSError as error:
             await self._content.audit_refusal(caller, "delete_asset", book_id, path, None, started, error)
             raise
-        return await self._content.delete_file(caller, "delete_asset", target, expected, started, idem)
+        return await self._content.deleter.delete_file(
+            caller, "delete_asset", target, expected, started, idem
+        )
 
 
 def _after(cursor: object, query: str, prefix: str) -> str | None:

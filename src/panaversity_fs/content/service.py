@@ -90,7 +90,8 @@ class ContentService:
         self._metrics = metrics
         self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
         self._reader = FileReader(db, store, metrics)
-        self._deleter = Deleter(db, publisher, audit, metrics)
+        self.deleter = Deleter(db, publisher, audit, metrics)
+        """Deletes of validated files (content and assets alike)."""
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -457,25 +458,7 @@ class ContentService:
         except PanaversityFSError as error:
             await self.audit_refusal(caller, "delete_content", book_id, path, user_id, started, error)
             raise
-        return await self.delete_file(caller, "delete_content", target, expected, started, idem)
-
-    async def delete_file(
-        self,
-        caller: Caller,
-        operation: str,
-        target: Target,
-        expected: str | None,
-        started: float,
-        idem: Idempotency | None = None,
-    ) -> DeleteOutcome:
-        """Tombstone a validated file and remove its object (see `Deleter.delete_file`).
-
-        Raises:
-            InvalidArgument: `idem`'s key was used for another request.
-            Conflict: `expected` is given and is not the current hash.
-            Unavailable: the database failed; nothing was deleted.
-        """
-        return await self._deleter.delete_file(caller, operation, target, expected, started, idem)
+        return await self.deleter.delete_file(caller, "delete_content", target, expected, started, idem)
 
     # -- shared helpers ------------------------------------------------------------------
 
