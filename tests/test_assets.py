@@ -231,6 +231,9 @@ async def test_list_assets_pages_in_path_order_and_is_bounded(settings: Settings
             )
         ]
         empty = await call(c, "list_assets", book_id="other-book")
+        foreign = await error_of(
+            c, "list_assets", book_id="other-book", asset_type="images", cursor=images["next_cursor"]
+        )
     expected = sorted(f"static/{t}/{n}" for t, n in names if n != "p03.png")
     assert [path for page in pages for path in page] == expected
     assert [len(page) for page in pages] == [3, 3, 2]
@@ -241,6 +244,7 @@ async def test_list_assets_pages_in_path_order_and_is_bounded(settings: Settings
     assert item["content_type"] == "image/png" and not everything["truncated"]
     assert refusals == ["INVALID_ARGUMENT"] * 4 + ["SCHEMA_VIOLATION"]
     assert empty["items"] == [] and not empty["truncated"]
+    assert (foreign["error"], foreign["field"]) == ("INVALID_ARGUMENT", "cursor")  # bound to its book
     await assert_invariants(settings)
 
 

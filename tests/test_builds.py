@@ -361,6 +361,10 @@ async def test_delta_build_refuses_bad_arguments(settings: Settings) -> None:
         for args in cases:
             error = await error_of(c, "delta_build", book_id=BOOK, **args)
             assert error["error"] == "INVALID_ARGUMENT", (args, error)
+        foreign = await error_of(
+            c, "delta_build", book_id="other-book", since="2000-01-01T00:00:00Z", cursor=cursor
+        )
+        assert (foreign["error"], foreign["field"]) == ("INVALID_ARGUMENT", "cursor")
 
 
 async def test_build_tools_are_annotated_and_audited(settings: Settings) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 
 from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.auth.identity import Caller
+from panaversity_fs.books import cursor as cursors
 from panaversity_fs.builds import manifest
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
 from panaversity_fs.errors import InvalidArgument
@@ -124,7 +122,8 @@ class BuildService:
         user = check_user_id(user_id)
         moment = check_time("since", since)
         size = check_limit(limit, DEFAULT_LIMIT, MAX_LIMIT)
-        position, carried_until = _decode_cursor(cursor, moment, user)
+        query = cursors.query_digest("delta_build", book, moment.isoformat(), user)
+        position, carried_until = _decode_cursor(cursor, query)
         asked_at = datetime.now(UTC)
         try:
             async with self._db.read() as conn:
@@ -139,7 +138,7 @@ class BuildService:
             more = more or cut
         until = self._until(moment, asked_at, pending, carried_until)
         items = await self._items(rows, include_content)
-        next_cursor = _encode_cursor(rows[-1], moment, user, until) if more and rows else None
+        next_cursor = _encode_cursor(query, rows[-1], until) if more and rows else None
         return ChangeFeed(
             book_id=book,
             since=moment.isoformat(),
@@ -247,39 +246,31 @@ def _unpacked(blob: bytes) -> dict[str, str] | None:
         return None
 
 
-def _encode_cursor(row: JournalRow, since: datetime, user: str | None, until: datetime) -> str:
-    state = {
-        "t": row.last_written_at.isoformat(),
-        "p": row.path,
-        "u": row.user_id,
-        "s": since.isoformat(),
-        "o": user,
-        "n": until.isoformat(),
-    }
-    raw = json.dumps(state, separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+def _encode_cursor(query: str, row: JournalRow, until: datetime) -> str:
+    """The cursor continuing `query` after `row`, carrying the first page's `until`."""
+    position = {"t": row.last_written_at.isoformat(), "p": row.path, "u": row.user_id, "n": until.isoformat()}
+    return cursors.encode(query, position)
 
 
-def _decode_cursor(
-    cursor: object, since: datetime, user: str | None
-) -> tuple[ChangeKey | None, datetime | None]:
+def _decode_cursor(cursor: object, query: str) -> tuple[ChangeKey | None, datetime | None]:
+    """The last change of the previous page and the `until` it carries (None, None: first page).
+
+    Raises:
+        InvalidArgument: not a cursor delta_build issued for this book, `since` and user.
+    """
     if cursor is None:
         return None, None
-    bad = InvalidArgument("cursor is not one delta_build returned for these arguments", field="cursor")
-    if not isinstance(cursor, str) or len(cursor) > 2048:
-        raise bad
+    position = cursors.decode(cursor, query)
+    bad = InvalidArgument("cursor is not a cursor this server issued", field="cursor")
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        state = json.loads(raw)
         key = ChangeKey(
-            last_written_at=datetime.fromisoformat(state["t"]),
-            path=str(state["p"]),
-            user_id=str(state["u"]),
+            last_written_at=datetime.fromisoformat(cursors.text_field(position, "t")),
+            path=cursors.text_field(position, "p"),
+            user_id=cursors.text_field(position, "u"),
         )
-        matches = datetime.fromisoformat(state["s"]) == since and state["o"] == user
-        until = datetime.fromisoformat(state["n"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        until = datetime.fromisoformat(cursors.text_field(position, "n"))
+    except ValueError:
         raise bad from None
-    if not matches or key.last_written_at.tzinfo is None or until.tzinfo is None:
+    if key.last_written_at.tzinfo is None or until.tzinfo is None:
         raise bad
     return key, until
