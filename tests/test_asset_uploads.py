@@ -156,8 +156,9 @@ async def test_fs_upload_route_enforces_the_declared_bytes(backends: Backends, t
                 early = await error_of(c, "complete_asset_upload", upload_id=ticket["upload_id"])
                 good = await http.put(url, content=data)
                 kept = await stored_keys(settings, UPLOAD_PREFIX)
-                # A request body over the server-wide 4 MiB limit is still refused elsewhere.
-                mcp_too_large = await http.post(f"{server.url}/mcp", content=b"x" * (5 * 1024 * 1024))
+                # A request body over the server-wide limit is still refused elsewhere.
+                over = settings.request_body_limit + 1
+                mcp_too_large = await http.post(f"{server.url}/mcp", content=b"x" * over)
             stored = await call(c, "complete_asset_upload", upload_id=ticket["upload_id"])
     assert declared_too_long.status_code == 413 and declared_too_long.json()["error"] == "TOO_LARGE"
     assert after_declared == []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import update
 
 from panaversity_fs.audit.checkpoints import (
@@ -29,7 +30,6 @@ from panaversity_fs.audit.checkpoints import (
 from panaversity_fs.audit.monitor import ChainMonitor
 from panaversity_fs.audit.verify import verify_connection
 from panaversity_fs.config import Settings
-from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.journal.audit_repository import append_entries
 from panaversity_fs.journal.engine import Database
 from panaversity_fs.journal.schema import audit_log
@@ -150,8 +150,8 @@ async def test_forged_foreign_and_unsigned_checkpoints_are_told_apart(db: Databa
     assert (forged.ok, forged.checkpoint_seq) == (False, 59) and "signature" in (forged.reason or "")
     assert (honoured.ok, honoured.verified_seq) == (True, 60)
     assert (ignored.ok, ignored.verified_seq, ignored.ignored) == (True, None, 1)
-    with pytest.raises(ConfigurationError, match="32 bytes"):
-        CheckpointSigner.from_settings(Settings(audit_checkpoint_secret="short"))
+    with pytest.raises(ValidationError, match="32 bytes"):
+        Settings(audit_checkpoint_secret="short")
 
 
 async def test_the_monitor_checkpoints_only_a_chain_that_verifies(db: Database, store: BlobStore) -> None:

@@ -121,6 +121,8 @@ async def test_manifest_is_sorted_base_lines_of_content_and_assets(settings: Set
 
 async def test_empty_book_manifest_is_sha256_of_empty_text(settings: Settings) -> None:
     async with client(create_server(settings)) as c:
+        await call(c, "write_content", book_id="empty-book", path=lesson(1), content="soon gone")
+        await call(c, "delete_content", book_id="empty-book", path=lesson(1))
         plan = await call(c, "plan_build", book_id="empty-book")
     assert plan["manifest_hash"] == sha("")
     assert plan["files"] == [] and plan["total_files"] == 0 and plan["status"] == "changed"
@@ -201,10 +203,13 @@ async def test_identical_books_keep_separate_snapshots(settings: Settings) -> No
             await call(c, "plan_build", book_id="book-a")
         on_a = await call(c, "plan_build", book_id="book-a", target_manifest_hash=shared)
         on_b = await call(c, "plan_build", book_id="book-b", target_manifest_hash=shared)
+        await write(c, lesson(1), "different", book_id="book-c")
         other_book = await call(c, "plan_build", book_id="book-c", target_manifest_hash=shared)
     assert on_a["target_found"] is False and on_a["warning"]
     assert on_b["status"] == "unchanged" and on_b["target_found"] is True
-    assert other_book["target_found"] is False and other_book["files"] == []
+    assert other_book["target_found"] is False and [f["change_type"] for f in other_book["files"]] == [
+        "added"
+    ]
     assert ("book-b", shared) in await snapshot_books(tight)
 
 
@@ -368,6 +373,8 @@ async def test_delta_build_refuses_bad_arguments(settings: Settings) -> None:
 
 
 async def test_build_tools_are_annotated_and_audited(settings: Settings) -> None:
+    async with client(create_server(settings)) as writer:
+        await write(writer, lesson(1), "the first lesson")
     async with client(create_server(settings), agent="docusaurus-builder") as c:
         tools = {t.name: t for t in await c.list_tools()}
         await call(c, "plan_build", book_id=BOOK)

@@ -92,6 +92,7 @@ async def test_list_books_counts_and_hides_deleted_books(settings: Settings) -> 
         )
         await seed_assets(settings, BOOK, ASSETS)
         listed = await call(c, "list_books")
+        alices = await call(c, "list_books", user_id="alice")
         one = await call(c, "list_books", book_id=BOOK)
         missing = await error_of(c, "list_books", book_id="gone-book")
         bad = await error_of(c, "list_books", include_structure="tree")
@@ -99,7 +100,8 @@ async def test_list_books_counts_and_hides_deleted_books(settings: Settings) -> 
     info = listed["books"][0]
     assert info["files"] == 8 and info["content_files"] == 5 and info["asset_files"] == 3
     assert info["bytes"] == sum(len(t) for t in BASE.values()) + sum(len(d) for d in ASSETS.values())
-    assert info["overlay_files"] == 1 and info["content"] is None and info["assets"] is None
+    assert info["overlay_files"] == 0 and info["content"] is None and info["assets"] is None
+    assert alices["books"][0]["overlay_files"] == 1  # only the caller's own overlay is counted
     assert one["books"] == listed["books"]
     assert missing["error"] == "NOT_FOUND" and bad["error"] == "INVALID_ARGUMENT"
 

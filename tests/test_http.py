@@ -98,7 +98,7 @@ async def test_dns_rebinding_and_body_limits(backends: Backends, tmp_path: Path)
             text_plain = await http.post(
                 "/mcp", content=b"{}", headers=HEADERS | {"Content-Type": "text/plain"}
             )
-            huge = await http.post("/mcp", content=b"x" * (4 * 1024 * 1024 + 1), headers=HEADERS)
+            huge = await http.post("/mcp", content=b"x" * (settings.request_body_limit + 1), headers=HEADERS)
     assert ok.status_code == 200
     assert evil_host.status_code == 421
     assert evil_origin.status_code == 403 and null_origin.status_code == 403

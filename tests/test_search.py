@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 from fastmcp import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from panaversity_fs.config import Settings
 from panaversity_fs.server import create_server
@@ -276,3 +278,35 @@ async def test_time_budget_truncates_with_a_cursor_that_finishes_the_search(back
     assert [(m["path"], m["line_number"]) for m in matches] == grep_model("needle", files)
     assert len(pages) > 1 and sum(p["files_searched"] for p in pages) == len(files)
     assert glob_first["truncated"] is False  # one book: a glob always examines at least one book
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(st.text(alphabet="abc \n", max_size=30), max_size=12).map("".join),
+    pattern=st.sampled_from(["a", "ab", "^a", "b$", "[ab]c", "^$", "a+", "c c", "^[^a]*$"]),
+    slice_bytes=st.integers(min_value=1, max_value=40),
+    wanted=st.integers(min_value=1, max_value=3),
+)
+def test_sliced_search_finds_exactly_the_matching_lines(
+    text: str, pattern: str, slice_bytes: int, wanted: int
+) -> None:
+    """However small the slices (windows inside long lines included) and however often the
+    search pauses, it reports each matching line once, in order, with its number."""
+    from panaversity_fs.books import search
+
+    regex = search.compile_regex(pattern, True)
+    scan = search.FileScan(regex, text.encode())
+    scan._slice = slice_bytes  # pyright: ignore[reportPrivateUsage]
+    found: list[tuple[int, bytes]] = []
+    for _ in range(10_000):
+        if scan.done:
+            break
+        found += [(hit.number, hit.text) for hit in scan.step(wanted)]
+    expected = [
+        (number, line.encode())
+        for number, line in enumerate(text.split("\n"), start=1)
+        if re.search(pattern, line)
+    ]
+    if text.endswith("\n") or text == "":
+        expected = [item for item in expected if item[0] <= text.count("\n")]
+    assert found == expected

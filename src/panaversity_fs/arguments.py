@@ -27,7 +27,8 @@ def check_time(name: str, value: object) -> datetime:
     """Return the ISO-8601 time `value`, which must name its timezone (`Z` or `+hh:mm`), in UTC.
 
     Raises:
-        InvalidArgument: it is not a string, not ISO-8601, or has no timezone.
+        InvalidArgument: it is not a string, not ISO-8601, has no timezone, or falls outside
+            the representable years once converted to UTC.
     """
     if not isinstance(value, str) or len(value) > 64:
         raise InvalidArgument(f"{name} must be an ISO-8601 time", field=name, example=TIME_EXAMPLE)
@@ -39,4 +40,9 @@ def check_time(name: str, value: object) -> datetime:
         raise InvalidArgument(
             f"{name} must name its timezone (Z or +hh:mm)", field=name, example=TIME_EXAMPLE
         )
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgument(
+            f"{name} is outside the years 1-9999 once converted to UTC", field=name, example=TIME_EXAMPLE
+        ) from None

@@ -261,12 +261,11 @@ def _hydrate(args: argparse.Namespace) -> int:
         auth=args.token,
         timeout=120,
     )
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
 
     async def run() -> HydrateReport:
-        async with client, httpx.AsyncClient(headers=headers, timeout=120) as http:
+        async with client, httpx.AsyncClient(timeout=120) as http:
             progress = terminal_progress("downloading")
-            return await Hydrator(client, http, book_id, folder, server, progress).run()
+            return await Hydrator(client, http, book_id, folder, server, progress, args.token).run()
 
     try:
         report = asyncio.run(run())
@@ -432,6 +431,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         return asyncio.run(_recover(args))
-    except (ConfigurationError, ValidationError) as exc:
+    except ConfigurationError as exc:
         print(f"panaversity-fs: configuration error: {exc}", file=sys.stderr)
         return 2
+    except ValidationError as exc:
+        print(f"panaversity-fs: configuration error: {settings_problems(exc)}", file=sys.stderr)
+        return 2
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, one `field: reason` per problem, never the values given
+    (a rejected value may be a secret)."""
+    problems = [
+        f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    return "; ".join(problems)

@@ -9,7 +9,16 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./panaversity_fs.db"
-"""The embedded default database: a SQLite file in the working directory (FR-029)."""
+"""The embedded default database: a SQLite file in the working directory."""
+
+MIN_SECRET_BYTES = 32
+"""Shortest secret accepted for HMAC keys (URL signing, audit checkpoints)."""
+
+JSON_ESCAPE_FACTOR = 6
+"""Most bytes JSON needs for one byte of text: a control character becomes `\\u00XX`."""
+
+REQUEST_ENVELOPE_BYTES = 64 * 1024
+"""Room for the JSON-RPC envelope and the other arguments of a write."""
 
 
 def normalize_database_url(url: str) -> str:
@@ -77,8 +86,13 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(
         default_factory=list, description="Browser origins trusted besides same-origin ones."
     )
-    max_request_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest HTTP request body accepted."
+    max_request_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest HTTP request body accepted. Unset: the smallest body that still admits "
+        "every valid write, a lesson of `max_content_bytes` characters that JSON must escape "
+        "(6 bytes each) or an inline asset of `max_inline_asset_bytes` in base64, plus 64 KiB; "
+        "a smaller explicit value is refused at start.",
     )
 
     rate_limit_reads_per_minute: int = Field(
@@ -89,14 +103,21 @@ class Settings(BaseSettings):
         ge=0,
         description="Mutating tool calls one agent may make per minute, per process (0: unlimited).",
     )
+    refusals_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Denied tool calls (FORBIDDEN) one agent may cause per minute, per process; "
+        "each is audited, so beyond this budget further calls get RATE_LIMITED (0: unlimited).",
+    )
     rate_limit_burst: float = Field(
         2.0, ge=0.1, description="Minutes of an agent's rate it may spend at once (token-bucket size)."
     )
     auth_failures_per_minute: int = Field(
         60,
         ge=0,
-        description="Failed authentications per minute one client address may cause before its "
-        "requests get 429 without their token being verified (0: unlimited).",
+        description="Refused credentials (401 or 403 answers: bad bearer tokens, bad or expired "
+        "signed URLs) per minute one client address may cause before its requests get 429 "
+        "without their credentials being checked (0: unlimited).",
     )
     max_concurrent_calls: int = Field(32, ge=1, description="Tool calls run at once; more wait for a slot.")
     max_waiting_calls: int = Field(
@@ -198,6 +219,21 @@ class Settings(BaseSettings):
     archive_timeout: float = Field(
         60.0, gt=0, description="Seconds an archive build may take before it ends partial."
     )
+    archive_streams: int = Field(
+        8,
+        ge=1,
+        description="Archive downloads streamed at once by one process; more are refused with 503 "
+        "and Retry-After (each holds up to ~14 MiB of buffers and a thread).",
+    )
+    archive_streams_per_agent: int = Field(
+        2, ge=1, description="Archive downloads one agent may stream at once; more get 429."
+    )
+    archive_stall_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds an archive download may wait for its client to take the next block "
+        "before it is cut off (a client that stops reading cannot hold a stream forever).",
+    )
 
     public_url: str | None = Field(
         None,
@@ -224,6 +260,13 @@ class Settings(BaseSettings):
     )
     search_time_budget: float = Field(
         10.0, gt=0, description="Seconds one glob or grep search may run before it ends truncated."
+    )
+    search_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads running regex searches (grep) for all callers together; searches "
+        "beyond that wait their turn, so expensive patterns cannot take every core.",
     )
     manifest_snapshots_kept: int = Field(
         200, ge=2, description="Build manifests kept per book for plan_build (oldest pruned)."
@@ -253,6 +296,12 @@ class Settings(BaseSettings):
         description="Signature algorithms accepted (never taken from the token). Default: "
         "`HS256` with a JWT secret, `RS256` and `ES256` with a JWKS URL.",
     )
+    jwt_max_lifetime: float = Field(
+        86400.0,
+        gt=0,
+        description="Longest a bearer token may still be valid when it is presented: a token whose "
+        "`exp` lies further ahead (beyond the leeway) is refused.",
+    )
     jwt_leeway: float = Field(
         30.0, ge=0, le=300, description="Seconds of clock skew allowed on `exp`, `nbf` and `iat`."
     )
@@ -262,6 +311,15 @@ class Settings(BaseSettings):
         description="Least seconds between two JWKS fetches caused by an unknown key id (keys "
         "rotate in at most this delay; tokens with made-up key ids cannot flood the issuer).",
     )
+
+    @field_validator("url_signing_secret", "audit_checkpoint_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_BYTES} bytes; generate one with `openssl rand -hex 32`"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -277,7 +335,25 @@ class Settings(BaseSettings):
     def _check_backend(self) -> Settings:
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("PANAVERSITY_S3_BUCKET is required when the storage backend is s3")
+        if self.max_request_bytes is not None and self.max_request_bytes < self.largest_valid_request:
+            raise ValueError(
+                f"PANAVERSITY_MAX_REQUEST_BYTES ({self.max_request_bytes}) is below "
+                f"{self.largest_valid_request}, the body of the largest valid write; unset it to "
+                "derive it from the content and inline asset limits"
+            )
         return self
+
+    @property
+    def largest_valid_request(self) -> int:
+        """Bytes of the largest request body a valid write can need: a lesson whose every
+        character JSON escapes as `\\u00XX`, or an inline asset in base64, plus the envelope."""
+        base64_bytes = 4 * -(-self.max_inline_asset_bytes // 3)
+        return max(JSON_ESCAPE_FACTOR * self.max_content_bytes, base64_bytes) + REQUEST_ENVELOPE_BYTES
+
+    @property
+    def request_body_limit(self) -> int:
+        """The largest HTTP request body accepted (configured, or derived from the write limits)."""
+        return self.max_request_bytes or self.largest_valid_request
 
     @property
     def is_sqlite(self) -> bool:

@@ -6,9 +6,12 @@
 - `LoadShedder`: a bound on tool calls running at once. A call that finds every slot taken
   waits a short while; if no slot frees up in time, or too many calls are already waiting, it
   is refused with `UNAVAILABLE` and a retry hint instead of timing out later (L-6).
-- `AuthFailureLimiter`: an ASGI guard that counts failed authentications (401s) per client
-  address and answers 429 before any token is verified once an address is over its budget;
-  requests carrying a token that was recently accepted pass regardless (clients behind one NAT).
+- `AuthFailureLimiter`: an ASGI guard that counts refused credentials (401 and 403 answers: bad
+  bearer tokens, bad signed URLs) per client address and answers 429 before anything is verified
+  once an address is over its budget; requests carrying a bearer token the server verified
+  recently pass regardless (clients behind one NAT).
+- `StreamSlots`: a bound on archive downloads streaming at once, in all and per agent; each
+  holds buffers and a thread for as long as its client reads.
 - A per-call deadline (`deadline_scope`, `deadline_passed`): read tools are cut off at it; a
   mutation checks it before its commit and never after (a commit is never abandoned midway).
 
@@ -28,12 +31,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
+from starlette.authentication import BaseUser
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from panaversity_fs.errors import RateLimited, Unavailable
 
-Kind = Literal["read", "write"]
+Kind = Literal["read", "write", "refusal"]
 MAX_TRACKED = 10_000
 """Agents (or addresses) whose buckets are kept; the least recently seen are forgotten first."""
 
@@ -77,7 +81,9 @@ class TokenBuckets:
 
 
 class RateLimiter:
-    """Per-agent read and write budgets; a limit of 0 per minute turns that kind off."""
+    """Per-agent budgets of reads, writes and refused calls; a limit of 0 per minute turns that
+    kind off. A refused call spends from its kind's budget and, if it was denied, from the
+    refusal budget too (an agent probing for what it may do is slowed down early)."""
 
     def __init__(
         self,
@@ -85,10 +91,12 @@ class RateLimiter:
         writes_per_minute: int,
         burst: float,
         clock: Callable[[], float] = time.monotonic,
+        refusals_per_minute: int = 0,
     ) -> None:
         self._buckets: dict[Kind, TokenBuckets | None] = {
             "read": _buckets(reads_per_minute, burst, clock),
             "write": _buckets(writes_per_minute, burst, clock),
+            "refusal": _buckets(refusals_per_minute, burst, clock),
         }
 
     def check(self, agent_id: str, kind: Kind) -> None:
@@ -103,8 +111,9 @@ class RateLimiter:
         wait = buckets.take(agent_id)
         if wait is not None:
             retry_after = math.ceil(wait * 10) / 10
+            what = "refused calls" if kind == "refusal" else f"{kind}s"
             raise RateLimited(
-                f"too many {kind}s by this agent; retry after {retry_after} s",
+                f"too many {what} by this agent; retry after {retry_after} s",
                 retry_after=retry_after,
                 limit=kind,
             )
@@ -158,6 +167,57 @@ class LoadShedder:
         )
 
 
+class StreamSlots:
+    """At most `total` long-running streams at once, and at most `per_agent` of one agent."""
+
+    RETRY_AFTER = 5.0
+
+    def __init__(self, total: int, per_agent: int) -> None:
+        self._total = total
+        self._per_agent = per_agent
+        self._running: dict[str, int] = {}
+
+    @property
+    def running(self) -> int:
+        """Streams running now."""
+        return sum(self._running.values())
+
+    def take(self, agent: str) -> Callable[[], None]:
+        """Take a slot for `agent`; return the function that gives it back (once).
+
+        Raises:
+            RateLimited: the agent already runs `per_agent` streams.
+            Unavailable: `total` streams are running (`overloaded`).
+        """
+        if self._running.get(agent, 0) >= self._per_agent:
+            raise RateLimited(
+                f"this agent already runs {self._per_agent} archive downloads; finish one, then retry",
+                retry_after=self.RETRY_AFTER,
+                limit="archive",
+            )
+        if self.running >= self._total:
+            raise Unavailable(
+                "too many archive downloads are running; retry shortly",
+                retry_after=self.RETRY_AFTER,
+                overloaded=True,
+            )
+        self._running[agent] = self._running.get(agent, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._running[agent] - 1
+            if left:
+                self._running[agent] = left
+            else:
+                del self._running[agent]
+
+        return release
+
+
 _deadline: ContextVar[float | None] = ContextVar("pfs_deadline", default=None)
 
 
@@ -178,7 +238,7 @@ def deadline_passed() -> bool:
 
 
 class AuthFailureLimiter:
-    """ASGI guard: an address with too many failed authentications gets 429 before verification."""
+    """ASGI guard: an address with too many refused credentials gets 429 before verification."""
 
     OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
     """Probes that never authenticate and must answer even an address that is locked out."""
@@ -189,7 +249,7 @@ class AuthFailureLimiter:
         self._accepted: OrderedDict[str, None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse or pass the request; count it as a failure if it is answered 401."""
+        """Refuse or pass the request; count it as a failure if it is answered 401 or 403."""
         if scope["type"] != "http" or self._failures is None or scope.get("path") in self.OPEN_PATHS:
             await self.app(scope, receive, send)
             return
@@ -216,15 +276,23 @@ class AuthFailureLimiter:
 
         await self.app(scope, receive, watch)
         status = answered[0] if answered else 0
-        if status == 401:
-            self._failures.take(address)
-            if credential is not None:
-                self._accepted.pop(credential, None)
-        elif credential is not None and 200 <= status < 500 and status != 403:
+        if credential is not None and _verified(scope):
+            # Only a token the server verified counts as accepted: any other answer (a 404 on a
+            # route that checks no token, say) says nothing about the credential.
             self._accepted[credential] = None
             self._accepted.move_to_end(credential)
             if len(self._accepted) > MAX_TRACKED:
                 self._accepted.popitem(last=False)
+        elif status in (401, 403):
+            self._failures.take(address)
+            if credential is not None:
+                self._accepted.pop(credential, None)
+
+
+def _verified(scope: Scope) -> bool:
+    """Whether the authentication middleware verified the request's bearer token."""
+    user: object = scope.get("user")
+    return isinstance(user, BaseUser) and user.is_authenticated
 
 
 def _credential(scope: Scope) -> str | None:

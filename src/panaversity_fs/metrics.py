@@ -1,14 +1,20 @@
 """Prometheus metrics of one server, on a private registry (never the global one).
 
-Label values are bounded enums (status, mode, tool, code, source, scope, kind) or a validated
-book id (`book_label`): never a user id or a path.
+Label values are bounded enums (status, mode, tool, code, source, scope, kind) or the id of a
+book that exists (`Metrics.book`): never a user id or a path, and never a value a caller made
+up, so no caller can grow the number of series. A book exists for the metrics once it has a
+shared (base) file; a book that lives only in someone's overlay is personal and is counted
+under `other`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from panaversity_fs.paths import is_book_id
+OTHER_BOOK = "other"
+"""The label of every book id that is not a known book (made up, mistyped, overlay-only)."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -17,6 +23,7 @@ class Metrics:
     """Every series the server exports."""
 
     def __init__(self) -> None:
+        self._books: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.write_total = Counter(
@@ -160,7 +167,8 @@ class Metrics:
 
         self.journal_entries = Gauge(
             "panaversityfs_journal_entries_total",
-            "Live files (journal rows that are not tombstones) per book, base and overlays together.",
+            "Live files (journal rows that are not tombstones) per book, base and overlays together; "
+            "books without shared files are summed under `other`.",
             ["book_id"],
             registry=r,
         )
@@ -190,9 +198,12 @@ class Metrics:
 
     def count_write(self, book_id: object, status: str, mode: str = "unknown") -> None:
         """Count one write outcome (`status`: `success` or an error code)."""
-        self.write_total.labels(book_label(book_id), status.lower(), mode).inc()
+        self.write_total.labels(self.book(book_id), status.lower(), mode).inc()
 
+    def book(self, book_id: object) -> str:
+        """`book_id` as a label value if it names a known book, else `other`."""
+        return book_id if isinstance(book_id, str) and book_id in self._books else OTHER_BOOK
 
-def book_label(book_id: object) -> str:
-    """`book_id` as a label value if it is a valid book id, else `invalid` (bounded, no injection)."""
-    return book_id if isinstance(book_id, str) and is_book_id(book_id) else "invalid"
+    def know_books(self, book_ids: Iterable[str]) -> None:
+        """Add books that have shared files (from the journal, or a write that just created one)."""
+        self._books.update(book_ids)

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastmcp.exceptions import NotFoundError, ToolError, ValidationError
 from fastmcp.server.dependencies import get_access_token
@@ -65,6 +66,7 @@ class ToolCallMiddleware(Middleware):
             settings.rate_limit_reads_per_minute,
             settings.rate_limit_writes_per_minute,
             settings.rate_limit_burst,
+            refusals_per_minute=settings.refusals_per_minute,
         )
         self._shedder = LoadShedder(
             settings.max_concurrent_calls, settings.max_waiting_calls, settings.max_call_wait
@@ -82,29 +84,34 @@ class ToolCallMiddleware(Middleware):
         call_next: CallNext[CallToolRequestParams, ToolResult],
     ) -> ToolResult:
         """Run the tool; translate whatever it raises."""
-        tool = context.message.name
-        arguments: dict[str, Any] = dict(context.message.arguments or {})
-        fields = {
-            # JSON-RPC ids repeat across sessions; this one names the call in logs and audit alike.
-            "request_id": uuid.uuid4().hex,
-            "rpc_id": _rpc_id(context),
-            "agent_id": _agent_name(context),
-            "tool": tool,
-            "book_id": describe_rejected_path(arguments.get("book_id"), 64)
-            if "book_id" in arguments
-            else None,
-            "path": describe_rejected_path(arguments.get("path"), 300) if "path" in arguments else None,
-        }
-        token = request_context.set({k: v for k, v in fields.items() if v is not None})
         started = time.perf_counter()
         status = "ok"
+        token = None
+        tool = "unknown"
+        request_id = uuid.uuid4().hex
         try:
-            caller = await self._authorize(context, tool, arguments, fields["request_id"], started)
+            tool = str(context.message.name)
+            arguments: dict[str, Any] = dict(context.message.arguments or {})
+            fields = {
+                # JSON-RPC ids repeat across sessions; this one names the call in logs and audit alike.
+                "request_id": request_id,
+                "rpc_id": _rpc_id(context),
+                "agent_id": _agent_name(context),
+                "tool": tool,
+                "book_id": describe_rejected_path(arguments.get("book_id"), 64)
+                if "book_id" in arguments
+                else None,
+                "path": describe_rejected_path(arguments.get("path"), 300) if "path" in arguments else None,
+            }
+            token = request_context.set({k: v for k, v in fields.items() if v is not None})
+            caller = self._identify(context, request_id)
             rule = TOOL_RULES.get(tool)
             try:
+                # Before authorisation: refused calls spend the caller's budget like any other.
                 self.rates.check(
                     caller.agent_id, "write" if rule is not None and rule.scope == WRITE else "read"
                 )
+                await self._authorize(caller, tool, rule, arguments, started)
                 async with self._shedder.slot():
                     with caller_scope(caller):
                         return await self._run(context, call_next, rule)
@@ -122,12 +129,13 @@ class ToolCallMiddleware(Middleware):
             status = InvalidArgument.code
             raise ToolError(InvalidArgument(f"unknown tool {tool!r}").to_json()) from None
         except ToolError as error:
-            status = _code_of(error)
-            raise
+            translated = _translated(error, request_id)
+            status = _code_of(translated)
+            raise translated from None
         except Exception:
             status = Internal.code
             logger.exception("tool call failed unexpectedly")
-            raise ToolError(Internal(f"internal error (request {fields['request_id']})").to_json()) from None
+            raise ToolError(Internal(f"internal error (request {request_id})").to_json()) from None
         finally:
             elapsed = time.perf_counter() - started
             resources = self._state.resources
@@ -137,7 +145,8 @@ class ToolCallMiddleware(Middleware):
                 if status != "ok":
                     resources.metrics.errors_total.labels(label, status).inc()
             logger.info("tool call", extra={"status": status, "duration_ms": round(elapsed * 1000, 2)})
-            request_context.reset(token)
+            if token is not None:
+                request_context.reset(token)
 
     async def _run(
         self,
@@ -179,42 +188,42 @@ class ToolCallMiddleware(Middleware):
         )
         resources.metrics.limited_total.labels("rate" if isinstance(error, RateLimited) else "overload").inc()
 
-    async def _authorize(
-        self,
-        context: MiddlewareContext[CallToolRequestParams],
-        tool: str,
-        arguments: dict[str, Any],
-        request_id: str | None,
-        started: float,
-    ) -> Caller:
-        """Return the caller, unless the bearer token (if auth is on) does not allow the call.
-
-        Denials are audited.
+    def _identify(self, context: MiddlewareContext[CallToolRequestParams], request_id: str) -> Caller:
+        """The caller: from the verified bearer token (auth on) or the client name (auth off).
 
         Raises:
             Unauthenticated: the call carries no usable identity (auth on: no verified token
                 with an agent id; auth off: no usable client name).
-            Forbidden: the token lacks the tool's scope or its user/book limits exclude the call.
         """
         token = get_access_token()
         if token is None:
             if auth_required(context.fastmcp_context):
                 raise Unauthenticated("this server requires a bearer token (Authorization: Bearer <JWT>)")
             return Caller(agent_id=check_agent_id(_client_name(context)), request_id=request_id)
-        caller = caller_from_claims(token.claims, request_id)
+        return caller_from_claims(token.claims, request_id)
+
+    async def _authorize(
+        self, caller: Caller, tool: str, rule: Rule | None, arguments: dict[str, Any], started: float
+    ) -> None:
+        """Refuse the call unless the caller's token allows it; denials are audited, as long as
+        the caller is within its refusal budget (beyond it: RATE_LIMITED, batched).
+
+        Raises:
+            Forbidden: the token lacks the tool's scope or its user/book limits exclude the call.
+            RateLimited: the caller was refused too often lately.
+        """
         try:
             authorize(caller, tool, arguments)
         except Forbidden as error:
+            self.rates.check(caller.agent_id, "refusal")
             resources = self._state.resources
             if resources is not None:
                 book, path, user = arguments.get("book_id"), arguments.get("path"), arguments.get("user_id")
-                rule = TOOL_RULES.get(tool)
                 if rule is None or rule.scope == READ:
                     resources.content.note_read(caller, tool, book, path, user, started, error)
                 else:
                     await resources.content.audit_refusal(caller, tool, book, path, user, started, error)
             raise
-        return caller
 
 
 def _rpc_id(context: MiddlewareContext[Any]) -> str | None:
@@ -260,7 +269,19 @@ def _code_of(error: ToolError) -> str:
     text = str(error)
     if text.startswith('{"error":"'):
         return text[10:].split('"', 1)[0]
-    return "TOOL_ERROR"
+    return Internal.code
+
+
+def _translated(error: ToolError, request_id: str) -> ToolError:
+    """A tool error in the JSON wire form: FastMCP wraps anything a tool raises that is not one
+    of its own errors in a ToolError ("Error calling tool ..."), with the original as cause."""
+    if str(error).startswith('{"error":"'):
+        return error
+    cause = error.__cause__
+    if isinstance(cause, PanaversityFSError):
+        return ToolError(cause.to_json())
+    logger.error("tool call failed unexpectedly", exc_info=cause or error)
+    return ToolError(Internal(f"internal error (request {request_id})").to_json())
 
 
 class DereferencedTools(Middleware):
@@ -333,3 +354,45 @@ class BodyLimitMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class OriginGuard:
+    """Refuse (403) a request whose `Origin` is neither the server's own origin nor one of the
+    configured `allowed_origins`, exactly: scheme, host and port.
+
+    FastMCP's own guard (which checks `Host`) lets any loopback origin reach a loopback server,
+    whatever its port, so a page served by any local process could call the tools. Requests
+    without `Origin` (every non-browser client) pass.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
+        self.app = app
+        self._allowed = frozenset(_origin_of(origin) for origin in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 403 to a foreign origin."""
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers", []))
+            origin = headers.get(b"origin")
+            if origin is not None:
+                claimed = _origin_of(origin.decode("latin-1"))
+                own = _origin_of(
+                    f"{scope.get('scheme', 'http')}://{headers.get(b'host', b'').decode('latin-1')}"
+                )
+                if claimed != own and claimed not in self._allowed:
+                    await PlainTextResponse("Forbidden Origin", status_code=403)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _origin_of(url: str) -> str:
+    """`scheme://host:port` of an origin or URL, lower case, default ports filled in; "" when
+    it is not one (an opaque origin such as `null` matches nothing)."""
+    try:
+        parsed = urlsplit(url.strip())
+        port = parsed.port
+    except ValueError:
+        return ""
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return ""
+    return f"{parsed.scheme}://{parsed.hostname.lower()}:{port or (443 if parsed.scheme == 'https' else 80)}"

@@ -46,6 +46,36 @@ _LOOKALIKES = frozenset("./\\%:")
 _BIDI_AND_INVISIBLE = frozenset(
     "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff\u115f\u1160\u3164\uffa0"
 )
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Control, format (bidi, zero-width, soft hyphen), surrogate, private, unassigned, separators."""
+_LOOKALIKE_LETTERS = str.maketrans(
+    {
+        **dict.fromkeys("\u0430\u0251\u03b1", "a"),
+        **dict.fromkeys("\u0441\u03f2\u1d04", "c"),
+        **dict.fromkeys("\u0501", "d"),
+        **dict.fromkeys("\u0435\u04bd", "e"),
+        **dict.fromkeys("\u0261", "g"),
+        **dict.fromkeys("\u04bb", "h"),
+        **dict.fromkeys("\u0456\u0131\u03b9\u04cf\u0406", "i"),
+        **dict.fromkeys("\u0458\u03f3", "j"),
+        **dict.fromkeys("\u03ba\u043a", "k"),
+        **dict.fromkeys("\u043c", "m"),
+        **dict.fromkeys("\u0578\u043f", "n"),
+        **dict.fromkeys("\u043e\u03bf\u1d0f\u0585", "o"),
+        **dict.fromkeys("\u0440\u03c1", "p"),
+        **dict.fromkeys("\u051b", "q"),
+        **dict.fromkeys("\u0433", "r"),
+        **dict.fromkeys("\u0455\ua731", "s"),
+        **dict.fromkeys("\u0442\u03c4", "t"),
+        **dict.fromkeys("\u03c5\u057d\u1d1c", "u"),
+        **dict.fromkeys("\u03bd\u0475", "v"),
+        **dict.fromkeys("\u051d\u0461", "w"),
+        **dict.fromkeys("\u0445\u03c7", "x"),
+        **dict.fromkeys("\u0443\u03b3\u04af", "y"),
+        **dict.fromkeys("\u1d22", "z"),
+    }
+)
+"""Letters of other scripts drawn like a Latin letter (Unicode's confusables, the common ones)."""
 
 Kind = Literal["content", "asset"]
 
@@ -261,6 +291,30 @@ def storage_key(book_id: str, path: str, user_id: str | None) -> str:
     if user_id is None or user_id == BASE_USER:
         return f"books/{book_id}/{path}"
     return f"books/{book_id}/users/{user_id}/{path}"
+
+
+def invisible_character(text: str) -> str | None:
+    """The first character of `text` a reader cannot see as itself (control, bidi, zero-width,
+    format, variation selector, filler, unassigned), or None."""
+    for char in text:
+        code = ord(char)
+        if (
+            char in _BIDI_AND_INVISIBLE
+            or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+            or 0xFE00 <= code <= 0xFE0F
+            or 0xE0100 <= code <= 0xE01EF
+        ):
+            return char
+    return None
+
+
+def skeleton(text: str) -> str:
+    """`text` as it looks: compatibility forms folded (NFKC), case folded, marks dropped and
+    letters of other scripts that are drawn like Latin ones replaced by them. Two strings with
+    the same skeleton are look-alikes."""
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    kept = "".join(c for c in folded if not unicodedata.combining(c))
+    return kept.translate(_LOOKALIKE_LETTERS)
 
 
 def describe_rejected_path(raw: object, limit: int = 300) -> str:

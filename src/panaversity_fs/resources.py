@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,9 +24,11 @@ from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.service import ContentService
 from panaversity_fs.errors import Unavailable
 from panaversity_fs.journal import idempotency_repository as idem_sql
+from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.audit_repository import watch_appends
 from panaversity_fs.journal.engine import DB_ERRORS, Database
 from panaversity_fs.journal.migrate import ensure_schema
+from panaversity_fs.limits import StreamSlots
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import BlobStore, StorageError
@@ -50,6 +53,10 @@ class Resources:
     content: ContentService
     signer: UrlSigner
     checkpoints: CheckpointStore
+    search_threads: ThreadPoolExecutor
+    """Where regex searches run, off the event loop (see `books.search`)."""
+    archive_slots: StreamSlots
+    """Archive downloads streaming now (bounded in all and per agent)."""
 
 
 @dataclass
@@ -87,6 +94,7 @@ async def open_resources(
     store: BlobStore | None = None
     audit: AuditRecorder | None = None
     tasks: list[asyncio.Task[None]] = []
+    search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="pfs-search")
     try:
         await ensure_schema(db, settings.auto_migrate)
         store = BlobStore.from_settings(settings)
@@ -103,7 +111,25 @@ async def open_resources(
         checkpoints = CheckpointStore(
             store, CheckpointSigner.from_settings(settings), settings.audit_checkpoints_kept
         )
-        resources = Resources(settings, db, store, metrics, audit, publisher, content, signer, checkpoints)
+        slots = StreamSlots(settings.archive_streams, settings.archive_streams_per_agent)
+        resources = Resources(
+            settings,
+            db,
+            store,
+            metrics,
+            audit,
+            publisher,
+            content,
+            signer,
+            checkpoints,
+            search_threads,
+            slots,
+        )
+        try:
+            async with db.read() as conn:
+                metrics.know_books(await journal.base_books(conn))
+        except DB_ERRORS:
+            logger.warning("could not read the known books; /metrics will learn them", exc_info=True)
         grace = timedelta(seconds=settings.recovery_grace)
         if recover:
             try:
@@ -151,6 +177,7 @@ async def open_resources(
                 )
         yield resources
     finally:
+        search_threads.shutdown(wait=False, cancel_futures=True)
         await _close(tasks, audit, store, db)
 
 

@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.server.http import StreamableHTTPASGIApp
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from panaversity_fs import __version__
 from panaversity_fs.archive import routes as archive_routes
@@ -25,7 +28,7 @@ from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS
 from panaversity_fs.limits import AuthFailureLimiter
-from panaversity_fs.middleware import BodyLimitMiddleware, DereferencedTools, ToolCallMiddleware
+from panaversity_fs.middleware import BodyLimitMiddleware, DereferencedTools, OriginGuard, ToolCallMiddleware
 from panaversity_fs.resources import Resources, ServerState, open_resources
 from panaversity_fs.tools import register_tools
 
@@ -144,15 +147,22 @@ JOURNAL_COUNT_EVERY = 15.0
 
 
 async def _count_journal(resources: Resources) -> None:
-    """Refresh `panaversityfs_journal_entries_total`; a slow or failing database keeps the last values."""
+    """Refresh `panaversityfs_journal_entries_total` and the known books; a slow or failing
+    database keeps the last values."""
     try:
         async with asyncio.timeout(2.0), resources.db.read() as conn:
             counts = await journal.live_files_by_book(conn)
     except (TimeoutError, *DB_ERRORS):
         logger.warning("could not count journal entries for /metrics", exc_info=True)
         return
-    for book_id, count in counts.items():
-        resources.metrics.journal_entries.labels(book_id).set(count)
+    metrics = resources.metrics
+    metrics.know_books(book for book, _count, has_base in counts if has_base)
+    per_label: dict[str, int] = {}
+    for book_id, count, _has_base in counts:
+        label = metrics.book(book_id)
+        per_label[label] = per_label.get(label, 0) + count
+    for label, count in per_label.items():
+        metrics.journal_entries.labels(label).set(count)
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -183,7 +193,7 @@ def allowed_hosts(settings: Settings) -> list[str]:
 def create_app(settings: Settings, mcp: FastMCP | None = None) -> Starlette:
     """Return the ASGI app: `/mcp` (streamable HTTP), `/health`, `/ready`, `/metrics`."""
     server = mcp or create_server(settings)
-    return server.http_app(
+    app = server.http_app(
         path="/mcp",
         # Sessions live in one process's memory: several processes behind one address must not
         # depend on them.
@@ -194,9 +204,39 @@ def create_app(settings: Settings, mcp: FastMCP | None = None) -> Starlette:
         middleware=[
             ASGIMiddleware(
                 AuthFailureLimiter,
-                per_minute=settings.auth_failures_per_minute if auth_enabled(settings) else 0,
+                per_minute=settings.auth_failures_per_minute,
                 burst=settings.rate_limit_burst,
             ),
-            ASGIMiddleware(BodyLimitMiddleware, limit=settings.max_request_bytes),
+            ASGIMiddleware(OriginGuard, allowed=settings.allowed_origins),
+            ASGIMiddleware(BodyLimitMiddleware, limit=settings.request_body_limit),
         ],
     )
+    _lift_transport_body_limit(app, settings.request_body_limit)
+    return app
+
+
+def _lift_transport_body_limit(app: Starlette, limit: int) -> None:
+    """Make the MCP SDK's own request-body bound (4 MiB, not configurable through FastMCP) the
+    configured one, which `BodyLimitMiddleware` enforces for every route: a valid 2 MiB lesson
+    can need 12 MiB of JSON."""
+    for route in app.routes:
+        endpoint: object = getattr(route, "app", None)
+        if isinstance(endpoint, StreamableHTTPASGIApp):
+            setattr(route, "app", _BodyLimitLifted(endpoint, limit))  # noqa: B010 - Starlette routes have no setter
+
+
+class _BodyLimitLifted:
+    """The MCP endpoint, its session manager's body bound replaced once the lifespan made it."""
+
+    def __init__(self, endpoint: StreamableHTTPASGIApp, limit: int) -> None:
+        self._endpoint = endpoint
+        self._limit = limit
+        self._lifted: object = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        manager = self._endpoint.session_manager
+        if manager is not None and manager is not self._lifted:
+            handle: Any = getattr(manager, "_handle_request")  # noqa: B009 - the SDK's unwrapped handler
+            manager.asgi_app = RequestBodyLimitMiddleware(handle, self._limit)
+            self._lifted = manager
+        await self._endpoint(scope, receive, send)

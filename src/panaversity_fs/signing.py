@@ -17,9 +17,7 @@ from typing import Any, cast
 from fastmcp.server.dependencies import get_http_request
 
 from panaversity_fs.config import Settings
-from panaversity_fs.errors import ConfigurationError, Forbidden
-
-MIN_SECRET_BYTES = 32
+from panaversity_fs.errors import Forbidden
 
 
 def _b64(data: bytes) -> str:
@@ -40,19 +38,11 @@ class UrlSigner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UrlSigner:
-        """The configured key, or a random one for this process when none is configured.
-
-        Raises:
-            ConfigurationError: the configured secret is shorter than 32 bytes.
-        """
+        """The configured key (its length is checked by `Settings`), or a random one for this
+        process when none is configured."""
         secret = settings.url_signing_secret
         if secret is None:
             return cls(secrets.token_bytes(32))
-        if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
-            raise ConfigurationError(
-                f"PANAVERSITY_URL_SIGNING_SECRET must be at least {MIN_SECRET_BYTES} bytes; "
-                "generate one with `openssl rand -hex 32`"
-            )
         return cls(
             hashlib.sha256(b"panaversity-fs url signing\0" + secret.get_secret_value().encode()).digest()
         )

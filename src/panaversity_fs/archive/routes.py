@@ -7,22 +7,29 @@ must allow `get_book_archive` for that book and user (same rules as the tool).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
+from collections.abc import AsyncIterator, Callable
 
 from fastmcp import FastMCP
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from panaversity_fs.archive.service import TOKEN_PURPOSE, ArchiveService, check_scope
 from panaversity_fs.auth.access import authorize
 from panaversity_fs.auth.identity import Caller, caller_from_request
 from panaversity_fs.errors import PanaversityFSError, Unauthenticated
-from panaversity_fs.metrics import book_label
 from panaversity_fs.paths import check_book_id, check_user_id
 from panaversity_fs.resources import Resources, ServerState
 
 logger = logging.getLogger(__name__)
+
+ANONYMOUS_URL = "(signed url)"
+"""The download-slot holder of a signed URL that names no agent (URLs made before agents were
+recorded in them)."""
 
 HTTP_STATUS = {
     "FORBIDDEN": 403,
@@ -31,6 +38,7 @@ HTTP_STATUS = {
     "SCHEMA_VIOLATION": 400,
     "INVALID_ARGUMENT": 400,
     "NOT_FOUND": 404,
+    "RATE_LIMITED": 429,
     "UNAVAILABLE": 503,
 }
 """HTTP status of each error code a download request can be refused with (others: 500)."""
@@ -41,6 +49,9 @@ def error_response(error: PanaversityFSError) -> Response:
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    retry_after = error.details.get("retry_after")
+    if isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(error.to_dict(), status_code=HTTP_STATUS.get(error.code, 500), headers=headers)
 
 
@@ -86,7 +97,8 @@ def register_routes(mcp: FastMCP, state: ServerState) -> None:
         except PanaversityFSError as error:
             logger.info("archive refused", extra={"book_id": book_id[:64], "error": error.code})
             if state.resources is not None:
-                state.resources.metrics.archive_total.labels(book_label(book_id), "none", "refused").inc()
+                metrics = state.resources.metrics
+                metrics.archive_total.labels(metrics.book(book_id), "none", "refused").inc()
                 if caller is not None:
                     state.resources.content.note_read(
                         caller,
@@ -98,6 +110,11 @@ def register_routes(mcp: FastMCP, state: ServerState) -> None:
                         error,
                     )
             return error_response(error)
+        try:
+            release = resources.archive_slots.take(download.agent_id or ANONYMOUS_URL)
+        except PanaversityFSError as error:
+            logger.info("archive refused", extra={"book_id": book_id[:64], "error": error.code})
+            return error_response(error)
         report = download.report
         if download.agent_id:
             resources.content.note_read(
@@ -108,12 +125,44 @@ def register_routes(mcp: FastMCP, state: ServerState) -> None:
                 report.user_id,
                 started,
             )
-        return StreamingResponse(
+        return ArchiveResponse(
             download.body(),
-            media_type="application/zip",
+            release,
+            resources.settings.archive_stall_timeout,
             headers={
                 "Content-Disposition": f'attachment; filename="{download.filename}"',
                 "Cache-Control": "no-store",
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+
+class ArchiveResponse(StreamingResponse):
+    """A ZIP stream that holds its download slot until the response ends, however it ends,
+    and is cut off when its client takes no block for `stall_timeout` seconds."""
+
+    media_type = "application/zip"
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        release: Callable[[], None],
+        stall_timeout: float,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(body, headers=headers)
+        self._release = release
+        self._stall_timeout = stall_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream the body; give the slot back at the end."""
+
+        async def bounded(message: Message) -> None:
+            await asyncio.wait_for(send(message), self._stall_timeout)
+
+        try:
+            await super().__call__(scope, receive, bounded)
+        except TimeoutError:
+            logger.warning("archive client stopped reading; the download was cut off")
+        finally:
+            self._release()

@@ -19,7 +19,6 @@ from panaversity_fs.errors import Forbidden, InvalidArgument
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
 from panaversity_fs.journal.repository import JournalRow
-from panaversity_fs.metrics import book_label
 from panaversity_fs.paths import check_book_id, check_user_id, classify
 from panaversity_fs.resources import Resources
 from panaversity_fs.signing import public_base_url
@@ -123,7 +122,7 @@ class ArchiveDownload:
             status = "complete" if report.complete else "partial"
         finally:
             elapsed = time.perf_counter() - started
-            metrics.archive_total.labels(book_label(report.book_id), report.scope, status).inc()
+            metrics.archive_total.labels(metrics.book(report.book_id), report.scope, status).inc()
             metrics.archive_duration.labels(report.scope).observe(elapsed)
             logger.info(
                 "archive",

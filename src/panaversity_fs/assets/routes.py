@@ -43,6 +43,8 @@ INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", 
 text, PDF, ...) is served as an attachment."""
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_HUGE = 10**18
+"""Stands for any byte position with more digits than this has: beyond every asset's size."""
 
 
 def error_response(error: PanaversityFSError) -> JSONResponse:
@@ -84,7 +86,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     match = _RANGE.fullmatch(header.strip())
     if match is None or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.group(1), match.group(2)
+    first, last = (_position(group) for group in match.groups())
     if first == "":
         suffix = int(last)
         if suffix == 0 or size == 0:
@@ -96,6 +98,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     if start >= size or end < start:
         return False
     return start, end - start + 1
+
+
+def _position(digits: str) -> str:
+    """A range position as given, or `_HUGE` when it has more digits than any size can (int()
+    of thousands of digits raises, and such a position is past every asset anyway)."""
+    return str(_HUGE) if len(digits) > len(str(_HUGE)) else digits
 
 
 def register_routes(mcp: FastMCP, state: ServerState) -> None:

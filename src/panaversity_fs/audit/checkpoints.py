@@ -25,14 +25,12 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.config import Settings
-from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.journal import audit_repository as audit_sql
 from panaversity_fs.storage.blobs import INTERNAL_PREFIX, BlobNotFound, BlobStore
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = f"{INTERNAL_PREFIX}checkpoints/"
-MIN_KEY_BYTES = 32
 
 
 class CheckpointError(ValueError):
@@ -119,17 +117,10 @@ class CheckpointSigner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckpointSigner:
-        """The configured checkpoint key, else one derived from the URL signing secret, else none.
-
-        Raises:
-            ConfigurationError: `audit_checkpoint_secret` is shorter than 32 bytes.
-        """
+        """The configured checkpoint key (its length is checked by `Settings`), else one derived
+        from the URL signing secret, else none."""
         if settings.audit_checkpoint_secret is not None:
             secret = settings.audit_checkpoint_secret.get_secret_value().encode()
-            if len(secret) < MIN_KEY_BYTES:
-                raise ConfigurationError(
-                    f"PANAVERSITY_AUDIT_CHECKPOINT_SECRET must be at least {MIN_KEY_BYTES} bytes"
-                )
             return cls(hashlib.sha256(b"panaversity-fs audit checkpoint\0" + secret).digest())
         if settings.url_signing_secret is not None:
             secret = settings.url_signing_secret.get_secret_value().encode()

@@ -127,5 +127,5 @@ def _check_books(books: frozenset[str], tool: str, rule: Rule, arguments: Mappin
         if rule.bookless:
             return
         raise Forbidden(f"this token is limited to certain books: pass book_id to {tool}", limit="books")
-    if book_id not in books:
+    if not isinstance(book_id, str) or book_id not in books:
         raise Forbidden("this token does not allow this book (books claim)", limit="books")

@@ -8,6 +8,7 @@ with the token's grants: its scopes, its `user_id` claim and its `books` claim.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,10 +22,11 @@ from starlette.requests import Request
 
 from panaversity_fs.errors import InvalidArgument, Unauthenticated
 from panaversity_fs.logs import current_request_id
-from panaversity_fs.paths import check_book_id, check_user_id
+from panaversity_fs.paths import check_book_id, check_user_id, invisible_character, skeleton
 
 MAX_AGENT_ID = 255
 RESERVED_AGENT_IDS = frozenset({"system", "unknown", "anonymous"})
+_RESERVED_SKELETONS = {skeleton(name): name for name in RESERVED_AGENT_IDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +44,29 @@ class Caller:
 
 
 def check_agent_id(agent_id: object) -> str:
-    """Return `agent_id` if it can stand in the audit log.
+    """Return `agent_id` (NFC) if it can stand in the audit log as what a reader sees.
+
+    The rules of visible text that paths follow apply: no control, bidi, zero-width, format or
+    variation-selector characters; and no look-alike of a reserved id (`system`, `unknown`,
+    `anonymous`), whatever its case, script or compatibility form.
 
     Raises:
-        Unauthenticated: it is missing, empty, reserved (`system`, ...), over-long, or holds
-            control characters.
+        Unauthenticated: it is missing, empty, over-long, holds an invisible character, or
+            is (or looks like) a reserved id.
     """
     if not isinstance(agent_id, str) or not agent_id.strip():
         raise Unauthenticated("no agent identity: send a client name (clientInfo.name)")
-    if agent_id.strip().lower() in RESERVED_AGENT_IDS:
-        raise Unauthenticated(f"agent id {agent_id.strip()!r} is reserved; identify your agent")
-    if len(agent_id) > MAX_AGENT_ID or any(ord(c) < 0x20 or ord(c) == 0x7F for c in agent_id):
-        raise Unauthenticated("agent id must be at most 255 printable characters")
-    return agent_id
+    if len(agent_id) > MAX_AGENT_ID:
+        raise Unauthenticated(f"agent id must be at most {MAX_AGENT_ID} characters")
+    hidden = invisible_character(agent_id)
+    if hidden is not None:
+        raise Unauthenticated(
+            f"agent id holds an invisible or control character (U+{ord(hidden):04X}); use visible text"
+        )
+    reserved = _RESERVED_SKELETONS.get(skeleton(agent_id.strip()))
+    if reserved is not None:
+        raise Unauthenticated(f"agent id looks like the reserved id {reserved!r}; identify your agent")
+    return unicodedata.normalize("NFC", agent_id)
 
 
 def caller_from_claims(claims: Mapping[str, Any], request_id: str | None = None) -> Caller:

@@ -11,6 +11,7 @@ caching and key rotation are FastMCP's `JWTVerifier`'s.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -143,6 +144,7 @@ class _AlgorithmVerifier(JWTVerifier):
             jwks_refresh_interval=settings.jwks_refresh_interval,
         )
         self._leeway = settings.jwt_leeway
+        self._max_lifetime = settings.jwt_max_lifetime
 
     async def load_access_token(self, token: str) -> AccessToken | None:
         """Return the verified token, or None when anything about it is wrong."""
@@ -161,6 +163,7 @@ class _AlgorithmVerifier(JWTVerifier):
                     "verify_iss": self.issuer is not None,
                 },
             )
+            _check_times(claims, time.time() + self._max_lifetime + self._leeway)
             caller = caller_from_claims(claims)
         except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
             logger.info("bearer token refused", extra={"reason": type(exc).__name__})
@@ -180,6 +183,23 @@ class _AlgorithmVerifier(JWTVerifier):
         )
 
 
+def _check_times(claims: dict[str, Any], latest_expiry: float) -> None:
+    """Require the time claims to be finite JSON numbers (PyJWT also reads numeric strings) and
+    `exp` to lie no further ahead than the longest lifetime allowed.
+
+    Raises:
+        jwt.InvalidTokenError: a time claim is not a number, or `exp` is too far ahead.
+    """
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if name in claims and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+        ):
+            raise jwt.InvalidTokenError(f"the {name} claim must be a number")
+    if claims["exp"] > latest_expiry:
+        raise jwt.InvalidTokenError("the token expires further ahead than the longest lifetime allowed")
+
+
 def mint_token(
     settings: Settings,
     subject: str,
@@ -191,13 +211,18 @@ def mint_token(
     """Return an HS token signed with the configured secret (development and tests).
 
     Raises:
-        ConfigurationError: no usable `PANAVERSITY_JWT_SECRET` is configured.
+        ConfigurationError: no usable `PANAVERSITY_JWT_SECRET` is configured, or `ttl` exceeds
+            `jwt_max_lifetime` (the server would refuse the token).
         Unauthenticated: the subject, user id or a book id could not stand in a token.
     """
     if settings.jwt_secret is None:
         raise ConfigurationError("PANAVERSITY_JWT_SECRET is not set; tokens are signed with it")
     secret = settings.jwt_secret.get_secret_value()
     check_secret(secret)
+    if ttl > settings.jwt_max_lifetime:
+        raise ConfigurationError(
+            f"--ttl {ttl} exceeds PANAVERSITY_JWT_MAX_LIFETIME ({settings.jwt_max_lifetime:g} s)"
+        )
     algorithm = (list(settings.jwt_algorithms) or ["HS256"])[0]
     if algorithm not in HMAC_ALGORITHMS:
         raise ConfigurationError(f"cannot mint {algorithm} tokens with a shared secret")

@@ -1,8 +1,9 @@
 """`list_books`: the books the journal knows, with their part / chapter / lesson tree on request.
 
-A book exists while it has at least one live journal row. Counts come from one grouped query.
-The structure is built from the base view (overlays are personal and never shown here) and is
-bounded: without `book_id` it is given only while the listed books hold at most
+A caller sees a book while it has a live shared (base) file, or a live file in the caller's own
+overlay; another user's overlay never shows, not even as a count or a change time. Counts come
+from one grouped query. The structure is built from the base view (overlays are personal and
+never listed) and is bounded: without `book_id` it is given only while the listed books hold at most
 `STRUCTURE_MAX_FILES` base files together; beyond that, ask for one book at a time.
 """
 
@@ -18,7 +19,7 @@ from panaversity_fs.errors import InvalidArgument, NotFound
 from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.journal.repository import BookSummary, JournalRow
-from panaversity_fs.paths import CONTENT_PATH, check_book_id
+from panaversity_fs.paths import CONTENT_PATH, check_book_id, check_user_id
 
 Structure = Literal["none", "content", "assets", "all"]
 STRUCTURES: tuple[Structure, ...] = ("none", "content", "assets", "all")
@@ -77,30 +78,36 @@ class Catalog:
         self._content = content
 
     async def list_books(
-        self, caller: Caller, include_structure: object = "none", book_id: object = None
+        self,
+        caller: Caller,
+        include_structure: object = "none",
+        book_id: object = None,
+        user_id: object = None,
     ) -> BookList:
-        """Return every book (or `book_id` only) with counts, and the structure when asked.
+        """Return every book the caller sees (or `book_id` only) with counts, and the structure
+        when asked. `user_id` (default: the token's user) adds that user's overlay books and counts.
 
         Raises:
-            InvalidArgument: bad `include_structure` or book id, or a structure request over
-                several books that together exceed `STRUCTURE_MAX_FILES` files.
-            NotFound: `book_id` has no live file.
+            InvalidArgument: bad `include_structure`, book id or user id, or a structure request
+                over several books that together exceed `STRUCTURE_MAX_FILES` files.
+            NotFound: `book_id` has no live file the caller sees.
             Unavailable: the database failed; retry.
         """
         what = f"structure:{include_structure}"
-        with self._content.audited_read(caller, "list_books", book_id or "*", what):
+        with self._content.audited_read(caller, "list_books", book_id or "*", what, user_id):
             if include_structure not in STRUCTURES:
                 raise InvalidArgument(
                     "include_structure must be one of none, content, assets, all", field="include_structure"
                 )
             structure: Structure = include_structure  # type: ignore[assignment]
             book = None if book_id is None else check_book_id(book_id)
-            return await self._list(structure, book)
+            user = check_user_id(user_id) or caller.user_id
+            return await self._list(structure, book, user)
 
-    async def _list(self, structure: Structure, book: str | None) -> BookList:
+    async def _list(self, structure: Structure, book: str | None, user: str | None) -> BookList:
         try:
             async with self._db.read() as conn:
-                summaries = await journal.book_summaries(conn, book)
+                summaries = await journal.book_summaries(conn, book, user)
                 if book is not None and not summaries:
                     raise NotFound(f"book {book} has no files", book_id=book)
                 if structure != "none" and book is None:

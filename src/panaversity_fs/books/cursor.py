@@ -17,6 +17,8 @@ from typing import Any
 from panaversity_fs.errors import InvalidArgument
 
 MAX_CURSOR_CHARS = 2048
+MAX_POSITION = 2**63 - 1
+"""Largest integer a cursor may carry (the databases' BIGINT)."""
 
 
 def query_digest(*parts: object) -> str:
@@ -68,10 +70,10 @@ def int_field(position: dict[str, Any], name: str) -> int:
     """The non-negative integer `name` of a decoded position.
 
     Raises:
-        InvalidArgument: it is missing or not a non-negative integer.
+        InvalidArgument: it is missing or not an integer in 0..2**63-1.
     """
     value = position.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_POSITION:
         raise _bad("cursor is not a cursor this server issued")
     return value
 

@@ -114,8 +114,10 @@ class BookInfo(BaseModel):
     content_files: int
     asset_files: int
     bytes: int = Field(description="Total size of the live base files.")
-    overlay_files: int = Field(description="Live overlay files of all users (counted, never listed).")
-    last_modified: str = Field(description="ISO-8601 time of the last committed change (base or overlay).")
+    overlay_files: int = Field(description="Live files of the caller's overlay (`user_id`); 0 without one.")
+    last_modified: str = Field(
+        description="ISO-8601 time of the last committed change to the base or the caller's overlay."
+    )
     content: ContentTree | None = None
     assets: dict[str, list[str]] | None = Field(
         None, description="Asset paths by type folder (`images`, `slides`, ...)."

@@ -1,16 +1,24 @@
 """`glob_search` and `grep_search` over a user's resolved view of one book or of every book.
 
 Both read the journal (never a storage walk), so they see exactly the files the tools serve:
-base files, overlaid by `user_id`'s own overlays, and never another user's. Regexes run on
-RE2 (linear time, no backtracking); a wall-clock budget bounds a search, which then ends
-`truncated` with a cursor that continues it. Results come in (book, path, line) order, so a
-search continued page by page returns what one unbounded search would.
+base files, overlaid by `user_id`'s own overlays, and never another user's. Results come in
+(book, path, line) order, so a search continued page by page returns what one unbounded search
+would.
+
+Regexes run on RE2: no backtracking, memory bounded by `RE2_MAX_MEM`, and `never_nl`, so a
+match never spans lines (grep semantics). RE2's worst case is still linear in the text times
+the size of the compiled program (`(a|b){1000}c` over 1 MiB is billions of steps), so the
+text is searched in slices whose worst-case cost (bytes x program size) is at most
+`STEPS_PER_SLICE`, on the search threads (RE2 releases the GIL), never on the event loop. The
+wall-clock budget is checked between slices: a search past it ends `truncated` with a cursor
+that resumes at the exact byte where it stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +46,25 @@ MAX_REGEX_CHARS = 500
 LINE_CHARS = 500
 """Longest `line` a grep match carries; longer lines are cut around the match."""
 
+RE2_MAX_MEM = 8 << 20
+"""Bytes of memory RE2 may use for one compiled pattern (program and DFA caches); a pattern
+that needs more is refused when it is compiled."""
+
+STEPS_PER_SLICE = 20_000_000
+"""Worst-case RE2 steps (bytes searched x program size) of one slice of text: about 0.15 s on
+this project's machine. The time budget is checked between slices."""
+
+INLINE_STEPS = 100_000
+"""A slice this cheap runs on the event loop (under a millisecond): handing it to a thread
+would cost more than the search."""
+
+MIN_SLICE_BYTES = 4096
+"""Smallest slice, whatever the program size, so every slice makes progress."""
+
+WINDOW_OVERLAP = 1024
+"""A line longer than a slice is searched in windows overlapping by this many bytes; only a
+match longer than this that crosses a window edge could be missed."""
+
 _GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.CASE
 # google-re2 ships no type information.
 _RE2: Any = _re2_module
@@ -47,15 +74,26 @@ _GLOB_MAGIC = frozenset("*?[\\")
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """Where a search resumes: in `book`, at `path`, after `line` (0: the whole file)."""
+    """Where a search resumes: in `book`, at `path`; for grep, at byte `offset` of that file,
+    which lies on line `line`, as long as the file still has the hash starting `digest`."""
 
     book: str
     path: str
-    line: int = 0
+    line: int = 1
+    offset: int = 0
+    digest: str = ""
 
     def admits(self, book: str, path: str) -> bool:
         """Whether `path` of `book` is at or after this position."""
         return (book, path) >= (self.book, self.path)
+
+    def resume(self, scan: FileScan, digest: str) -> None:
+        """Move `scan` of this position's file to where the previous page stopped: the byte
+        offset if the file is unchanged, else the start of the same line number."""
+        if digest.startswith(self.digest) and self.digest:
+            scan.move_to(self.offset, self.line)
+            return
+        scan.skip_lines(self.line - 1)
 
 
 def compile_glob(pattern: object, field: str = "pattern") -> Any:
@@ -84,11 +122,13 @@ def literal_prefix(pattern: str) -> str:
 
 
 def compile_regex(pattern: object, case_sensitive: bool) -> Any:
-    """Compile a grep pattern with RE2, multi-line (`^`/`$` match at line ends).
+    """Compile a grep pattern with RE2: multi-line (`^`/`$` match at line ends), never matching
+    across a newline, its memory bounded by `RE2_MAX_MEM`.
 
     Raises:
-        InvalidArgument: empty, over 500 characters, or not RE2 syntax (backreferences,
-            lookaround and possessive forms are unsupported), with RE2's reason.
+        InvalidArgument: empty, over 500 characters, not RE2 syntax (backreferences,
+            lookaround and possessive forms are unsupported), or too large to compile within
+            the memory bound, with RE2's reason.
     """
     if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_REGEX_CHARS or "\x00" in pattern:
         raise InvalidArgument(
@@ -97,6 +137,8 @@ def compile_regex(pattern: object, case_sensitive: bool) -> Any:
     options = _RE2.Options()
     options.log_errors = False
     options.case_sensitive = case_sensitive
+    options.never_nl = True
+    options.max_mem = RE2_MAX_MEM
     try:
         return _RE2.compile(b"(?m)" + pattern.encode("utf-8", errors="surrogatepass"), options)
     except _RE2_ERROR as exc:
@@ -110,35 +152,90 @@ def compile_regex(pattern: object, case_sensitive: bool) -> Any:
         ) from None
 
 
-def matching_lines(regex: Any, data: bytes, after_line: int = 0) -> Iterator[tuple[int, bytes, int]]:
-    """Yield `(line number, line bytes, match offset in the line)` once per matching line.
+@dataclass(frozen=True, slots=True)
+class LineMatch:
+    """A line holding a match: its number, where it starts, its bytes and the match offset in it."""
 
-    The regex runs over the whole text; line numbers come from the match offsets. Lines up to
-    `after_line` are skipped.
-    """
-    pos = 0
-    line = 1
-    while line <= after_line:
-        newline = data.find(b"\n", pos)
-        if newline < 0:
-            return
-        pos = newline + 1
-        line += 1
-    counted_to = pos
-    size = len(data)
-    while pos < size:
-        match = regex.search(data, pos)
-        if match is None:
-            return
-        start = match.start()
-        line += data.count(b"\n", counted_to, start)
-        counted_to = start
-        line_start = data.rfind(b"\n", 0, start) + 1
-        line_end = data.find(b"\n", start)
-        if line_end < 0:
-            line_end = size
-        yield line, data[line_start:line_end], start - line_start
-        pos = line_end + 1
+    number: int
+    start: int
+    text: bytes
+    offset: int
+
+
+class FileScan:
+    """Where the search of one file's bytes stands: `offset` (next byte to search) and `line`
+    (the number of the line holding it). `step` searches one slice and moves on."""
+
+    def __init__(self, regex: Any, data: bytes) -> None:
+        self._regex = regex
+        self._data = data
+        self.offset = 0
+        self.line = 1
+        self._line_start = 0
+        self._slice = max(MIN_SLICE_BYTES, STEPS_PER_SLICE // max(1, int(regex.programsize)))
+
+    def move_to(self, offset: int, line: int) -> None:
+        """Resume at byte `offset`, which lies on line number `line`."""
+        self.offset, self.line = min(offset, len(self._data)), line
+        self._line_start = self._data.rfind(b"\n", 0, self.offset) + 1
+
+    def skip_lines(self, count: int) -> None:
+        """Start the search `count` lines further on (past the end: nothing left to search)."""
+        for _ in range(count):
+            newline = self._data.find(b"\n", self.offset)
+            if newline < 0:
+                self.offset = self._line_start = len(self._data)
+                return
+            self.offset = self._line_start = newline + 1
+            self.line += 1
+
+    @property
+    def done(self) -> bool:
+        """Whether the whole file was searched."""
+        return self.offset >= len(self._data)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the rest of the file is cheap enough to search on the event loop."""
+        return (len(self._data) - self.offset) * int(self._regex.programsize) <= INLINE_STEPS
+
+    def step(self, max_matches: int) -> list[LineMatch]:
+        """Search at most one slice of text (fewer bytes if `max_matches` lines match first);
+        return the matching lines and move past them. Thread-safe for one caller at a time."""
+        data, regex = self._data, self._regex
+        size = len(data)
+        budget = self._slice
+        found: list[LineMatch] = []
+        while self.offset < size and budget > 0 and len(found) < max_matches:
+            offset = self.offset
+            reach = min(size, offset + budget)
+            newline = -1 if reach == size else data.rfind(b"\n", offset, reach)
+            end = reach if reach == size or newline < 0 else newline
+            # Inside a long line, reach back over the previous window's edge, so a match
+            # crossing it is found; any match at all means the line matches.
+            begin = max(self._line_start, offset - WINDOW_OVERLAP)
+            match = regex.search(data, begin, end)
+            if match is not None and match.start() == size and data.endswith(b"\n"):
+                match = None  # the "line" after the final newline is not a line
+            if match is None:
+                budget -= end - offset
+                if end == reach and reach < size and newline < 0:  # a window inside a long line
+                    self.offset = end
+                else:
+                    self.line += data.count(b"\n", offset, end + 1)
+                    self.offset = self._line_start = end + 1
+                continue
+            start = match.start()
+            line_start = data.rfind(b"\n", 0, start) + 1
+            line_end = data.find(b"\n", start)
+            if line_end < 0:
+                line_end = size
+            number = self.line + data.count(b"\n", offset, start)
+            found.append(LineMatch(number, line_start, data[line_start:line_end], start - line_start))
+            budget -= line_end - offset
+            self.line = number + 1
+            self.offset = self._line_start = line_end + 1
+        return found
 
 
 def display_line(raw: bytes, offset: int) -> str:
@@ -152,10 +249,13 @@ def display_line(raw: bytes, offset: int) -> str:
 class Searcher:
     """Glob and regex search over journal views."""
 
-    def __init__(self, settings: Settings, db: Database, content: ContentService) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, content: ContentService, threads: Executor | None = None
+    ) -> None:
         self._settings = settings
         self._db = db
         self._content = content
+        self._threads = threads
 
     async def glob(
         self,
@@ -268,43 +368,49 @@ class Searcher:
         deadline = time.monotonic() + self._settings.search_time_budget
         matches: list[GrepMatch] = []
         searched = 0
+        slices = 0
         try:
             async with self._db.read() as conn:
                 books = [book] if book is not None else await journal.book_ids(conn, user)
         except DB_ERRORS as exc:
             raise database_unavailable(exc) from None
+        loop = asyncio.get_running_loop()
         for name in books:
             if position is not None and name < position.book:
                 continue
             rows = await self._markdown(name, user, matcher, position)
             async for row, fetched in fetch_in_order(self._content, rows, user):
-                if searched and time.monotonic() > deadline:
-                    resume = Position(name, row.path)
-                    return _grep_page(pattern, matches, searched, query, resume, "time_budget")
                 if fetched is None:
                     continue
-                searched += 1
-                skip = (
-                    position.line
-                    if position is not None and (name, row.path) == (position.book, position.path)
-                    else 0
-                )
-                source = fetched.row.source
-                for line_number, raw, offset in matching_lines(regex, fetched.data, skip):
-                    if len(matches) == limit:
-                        last = matches[-1]
-                        resume = Position(last.book_id, last.path, last.line_number)
-                        return _grep_page(pattern, matches, searched, query, resume, "max_results")
-                    matches.append(
-                        GrepMatch(
-                            book_id=name,
-                            path=row.path,
-                            line_number=line_number,
-                            line=display_line(raw, offset),
-                            file_hash=fetched.row.sha256 or "",
-                            source=source,  # type: ignore[arg-type]
+                digest = fetched.row.sha256 or ""
+                scan = FileScan(regex, fetched.data)
+                if position is not None and (name, row.path) == (position.book, position.path):
+                    position.resume(scan, digest)
+                while not scan.done:
+                    if slices and time.monotonic() > deadline:
+                        resume = Position(name, row.path, scan.line, scan.offset, digest[:16])
+                        return _grep_page(pattern, matches, searched, query, resume, "time_budget")
+                    wanted = limit - len(matches) + 1
+                    if scan.inline:
+                        found = scan.step(wanted)
+                    else:
+                        found = await loop.run_in_executor(self._threads, scan.step, wanted)
+                    slices += 1
+                    for hit in found:
+                        if len(matches) == limit:
+                            resume = Position(name, row.path, hit.number, hit.start, digest[:16])
+                            return _grep_page(pattern, matches, searched, query, resume, "max_results")
+                        matches.append(
+                            GrepMatch(
+                                book_id=name,
+                                path=row.path,
+                                line_number=hit.number,
+                                line=display_line(hit.text, hit.offset),
+                                file_hash=digest,
+                                source=fetched.row.source,
+                            )
                         )
-                    )
+                searched += 1
         return _grep_page(pattern, matches, searched, query, None, None)
 
     async def _markdown(
@@ -331,12 +437,17 @@ def _position(cursor: object, query: str) -> Position | None:
     return Position(
         cursors.text_field(decoded, "b"),
         cursors.text_field(decoded, "p"),
-        cursors.int_field(decoded, "l") if "l" in decoded else 0,
+        cursors.int_field(decoded, "l") if "l" in decoded else 1,
+        cursors.int_field(decoded, "o") if "o" in decoded else 0,
+        cursors.text_field(decoded, "h") if "h" in decoded else "",
     )
 
 
 def _encode(query: str, position: Position) -> str:
-    return cursors.encode(query, {"b": position.book, "p": position.path, "l": position.line})
+    fields: dict[str, object] = {"b": position.book, "p": position.path}
+    if position.offset or position.line > 1:
+        fields.update(l=position.line, o=position.offset, h=position.digest)
+    return cursors.encode(query, fields)
 
 
 def _glob_match(row: JournalRow) -> GlobMatch:

@@ -139,6 +139,12 @@ def _local_hash(target: Path) -> str | None:
         return None
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of `url` (default ports filled in)."""
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.host, parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+
+
 class Hydrator:
     """One hydrate run of one book into one folder over an open MCP client."""
 
@@ -150,6 +156,7 @@ class Hydrator:
         folder: Path,
         server: str,
         progress: Callable[[int, int], None] | None = None,
+        token: str | None = None,
     ) -> None:
         self._client = client
         self._http = http
@@ -158,6 +165,14 @@ class Hydrator:
         self._root = folder.resolve()
         self._server = server
         self._progress = progress
+        self._token = token
+
+    def _credentials(self, url: str) -> dict[str, str]:
+        """The bearer token, for a URL on the server it was given for only (a download URL is
+        signed and needs none; one naming another host must never receive it)."""
+        if self._token is None or origin(url) != origin(self._server):
+            return {}
+        return {"Authorization": f"Bearer {self._token}"}
 
     async def run(self) -> HydrateReport:
         """Bring the folder up to date.
@@ -256,7 +271,7 @@ class Hydrator:
         hasher = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as handle:
-                async with self._http.stream("GET", url) as response:
+                async with self._http.stream("GET", url, headers=self._credentials(url)) as response:
                     if response.status_code != 200:
                         raise HydrateError(f"download answered HTTP {response.status_code}")
                     async for chunk in response.aiter_bytes(CHUNK):

@@ -5,7 +5,8 @@ folder (config, sources) is not part of a book and is left alone. Every file goe
 same path rules and write protocol as an MCP write (operation `import`, the given agent id):
 new files are created, changed files replaced with their current hash as `expected_hash`,
 identical files skipped, so a second run changes nothing. A file that does not fit is reported
-with the reason and a suggestion, never dropped silently. Symlinks are never followed.
+with the reason and a suggestion, never dropped silently. Symlinks are never followed, and hard
+links are refused: either could bring in a file from outside the folder.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def _walk(directory: Path, relative: str, found: list[Candidate], rejected: list
             rejected.append(_symlink(path))
         elif entry.is_dir(follow_symlinks=False):
             _walk(Path(entry.path), path, found, rejected)
+        elif entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_nlink > 1:
+            rejected.append(_hard_link(path))
         elif entry.is_file(follow_symlinks=False):
             found.append(Candidate(path, Path(entry.path)))
         else:
@@ -145,16 +148,29 @@ def _symlink(path: str) -> Rejected:
     )
 
 
-def read_regular(disk: Path) -> bytes:
-    """Read a regular file without following a symlink swapped in since the scan.
+def _hard_link(path: str) -> Rejected:
+    return Rejected(
+        path,
+        "hard link (the same file is reachable from elsewhere, perhaps outside the book folder; "
+        "links are never followed)",
+        "copy the file into the folder instead of linking it",
+    )
+
+
+def read_regular(disk: Path, single_link: bool = False) -> bytes:
+    """Read a regular file without following a symlink swapped in since the scan; with
+    `single_link`, refuse a file with more than one hard link.
 
     Raises:
-        OSError: it cannot be opened (or is now a symlink or not a regular file).
+        OSError: it cannot be opened, or is now a symlink, not a regular file, or a hard link.
     """
     fd = os.open(disk, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
             raise OSError("not a regular file")
+        if single_link and info.st_nlink > 1:
+            raise OSError("a hard link (the same file is reachable from elsewhere)")
         return handle.read()
 
 
@@ -275,7 +291,7 @@ class Importer:
         try:
             if candidate.disk.stat(follow_symlinks=False).st_size > limit:
                 return too_large
-            data = await asyncio.to_thread(read_regular, candidate.disk)
+            data = await asyncio.to_thread(read_regular, candidate.disk, True)
         except OSError as exc:
             return Rejected(candidate.path, f"cannot read it: {exc.strerror or exc}", "check its permissions")
         if len(data) > limit:

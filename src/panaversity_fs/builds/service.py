@@ -11,8 +11,9 @@ from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books import cursor as cursors
 from panaversity_fs.builds import manifest
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
-from panaversity_fs.errors import InvalidArgument
+from panaversity_fs.errors import InvalidArgument, NotFound
 from panaversity_fs.journal import manifest_repository as manifests
+from panaversity_fs.journal import repository as journal
 from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
 from panaversity_fs.journal.manifest_repository import ChangeKey
 from panaversity_fs.journal.repository import JournalRow
@@ -32,6 +33,14 @@ UNKNOWN_TARGET_WARNING = (
 )
 
 
+def unknown_book(book: str) -> NotFound:
+    """The refusal of a call naming a book that has no files (none was ever written)."""
+    return NotFound(
+        f"book {book} has no files; list_books shows the books (a book starts with its first write)",
+        book_id=book,
+    )
+
+
 class BuildService:
     """Build planning over the journal; every call is audited as a read."""
 
@@ -48,11 +57,12 @@ class BuildService:
 
         Raises:
             InvalidArgument: a malformed book id or target hash.
+            NotFound: the book has no files (nothing is stored).
             Unavailable: the database failed.
         """
         with self._content.audited_read(caller, "plan_build", book_id, "*"):
             plan = await self._plan(book_id, target_manifest_hash)
-        self._metrics.delta_files.labels(plan.book_id).observe(plan.changed_count)
+        self._metrics.delta_files.labels(self._metrics.book(plan.book_id)).observe(plan.changed_count)
         return plan
 
     async def _plan(self, book_id: object, target_manifest_hash: object) -> BuildPlan:
@@ -60,6 +70,8 @@ class BuildService:
         target = check_hash(target_manifest_hash, "target_manifest_hash")
         try:
             async with self._db.read() as conn:
+                if not await journal.book_exists(conn, book):
+                    raise unknown_book(book)
                 entries = await manifests.base_manifest(conn, book)
             current = dict(entries)
             text = manifest.manifest_text(entries)
@@ -102,11 +114,12 @@ class BuildService:
 
         Raises:
             InvalidArgument: a malformed argument (naive `since`, bad cursor or limit, ...).
+            NotFound: the book has no files (for `user_id`: neither shared ones nor that user's).
             Unavailable: the database or storage failed.
         """
         with self._content.audited_read(caller, "delta_build", book_id, "*", user_id):
             feed = await self._delta(book_id, since, user_id, include_content, cursor, limit)
-        self._metrics.delta_files.labels(feed.book_id).observe(feed.changed_count)
+        self._metrics.delta_files.labels(self._metrics.book(feed.book_id)).observe(feed.changed_count)
         return feed
 
     async def _delta(
@@ -127,6 +140,8 @@ class BuildService:
         asked_at = datetime.now(UTC)
         try:
             async with self._db.read() as conn:
+                if not await journal.book_exists(conn, book, user):
+                    raise unknown_book(book)
                 rows = await manifests.changes(conn, book, user, moment, position, size + 1)
                 pending = await manifests.oldest_pending(conn, book)
         except DB_ERRORS as exc:

@@ -309,6 +309,8 @@ class ContentService:
             self._metrics.count_write(target.book_id, outcome.code)
             raise outcome
         await self._publisher.publish_or_defer(target.key, staging_key)
+        if target.user_id is None:
+            self._metrics.know_books((target.book_id,))
         self._metrics.count_write(
             target.book_id, "success", "create" if outcome.mode == "created" else "update"
         )

@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from panaversity_fs.config import Settings
-from panaversity_fs.errors import Unavailable
+from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,12 @@ DB_ERRORS = (SQLAlchemyError, OSError)
 """What a failing database or a lost connection raises through SQLAlchemy."""
 
 
-def database_unavailable(exc: BaseException) -> Unavailable:
-    """Log a database failure and return the caller's UNAVAILABLE error (safe to retry)."""
+def database_unavailable(exc: BaseException) -> PanaversityFSError:
+    """Log a database failure and return the caller's error: UNAVAILABLE (safe to retry), or
+    INTERNAL when the database refused a value (a retry would fail the same way)."""
+    if isinstance(exc, DataError):
+        logger.error("the database refused a value", exc_info=exc)
+        return Internal("the database refused a value of this request; retrying will not help")
     logger.warning("database failure", exc_info=exc)
     return Unavailable("the database is unavailable; nothing was changed, retry later")
 

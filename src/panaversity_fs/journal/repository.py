@@ -281,10 +281,26 @@ async def rows_page(
     ]
 
 
-async def live_files_by_book(conn: AsyncConnection) -> dict[str, int]:
-    """Return each book's number of live files (0 for a book whose files were all deleted)."""
-    result = await conn.execute(select(J.book_id, func.count(J.sha256)).group_by(J.book_id))
-    return {str(book): int(count) for book, count in result.tuples()}
+async def live_files_by_book(conn: AsyncConnection) -> list[tuple[str, int, bool]]:
+    """Return, per book, its number of live files (0 when all were deleted) and whether it has
+    shared (base) rows, live or deleted; a book without them exists only in overlays."""
+    has_base = func.max(case((J.user_id == BASE_USER, 1), else_=0))
+    result = await conn.execute(select(J.book_id, func.count(J.sha256), has_base).group_by(J.book_id))
+    return [(str(book), int(count), bool(base)) for book, count, base in result.tuples()]
+
+
+async def base_books(conn: AsyncConnection) -> list[str]:
+    """Return the books with at least one shared (base) row, live or deleted."""
+    result = await conn.execute(select(J.book_id).where(J.user_id == BASE_USER).group_by(J.book_id))
+    return [str(book) for book in result.scalars()]
+
+
+async def book_exists(conn: AsyncConnection, book_id: str, user_id: str | None = None) -> bool:
+    """Whether `book_id` has a shared row, or (with `user_id`) a row of that user's overlay,
+    live or deleted. One indexed lookup."""
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    found = await conn.execute(select(J.book_id).where(J.book_id == book_id, J.user_id.in_(users)).limit(1))
+    return found.first() is not None
 
 
 async def count_live(conn: AsyncConnection) -> int:
@@ -357,7 +373,8 @@ def to_journal_row(row: Any) -> JournalRow:
 
 @dataclass(frozen=True, slots=True)
 class BookSummary:
-    """Counts of one book's live files; overlays are counted, never listed."""
+    """Counts of one book's live files as one caller sees them: the shared (base) files and,
+    with a user, that user's overlay; other users' overlays are never counted."""
 
     book_id: str
     base_files: int
@@ -380,10 +397,13 @@ async def book_ids(conn: AsyncConnection, user_id: str | None = None) -> list[st
     return [str(book) for book in (await conn.execute(query)).scalars()]
 
 
-async def book_summaries(conn: AsyncConnection, book_id: str | None = None) -> list[BookSummary]:
-    """Return, per book with at least one live row, its file counts, bytes and last change.
+async def book_summaries(
+    conn: AsyncConnection, book_id: str | None = None, user_id: str | None = None
+) -> list[BookSummary]:
+    """Return, per book with a live base file (or a live overlay file of `user_id`), its file
+    counts, bytes and last change, reading only base rows and `user_id`'s rows.
 
-    One query; `last_written_at` covers every row of the book (deletions too).
+    One query; `last_written_at` covers those rows (deletions too).
     """
     live = J.sha256.is_not(None)
     base = and_(live, J.user_id == BASE_USER)
@@ -391,6 +411,7 @@ async def book_summaries(conn: AsyncConnection, book_id: str | None = None) -> l
     def count(condition: Any) -> Any:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
     query = (
         select(
             J.book_id,
@@ -401,6 +422,7 @@ async def book_summaries(conn: AsyncConnection, book_id: str | None = None) -> l
             count(and_(live, J.user_id != BASE_USER)).label("overlay_files"),
             func.max(J.last_written_at).label("last_written_at"),
         )
+        .where(J.user_id.in_(users))
         .group_by(J.book_id)
         .having(count(live) > 0)
         .order_by(binary_order(J.book_id, conn))

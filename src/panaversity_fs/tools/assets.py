@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from pydantic import Field
+from pydantic import Field, Strict
 
 from panaversity_fs.assets.results import AssetInfo, AssetListing, AssetUpload
 from panaversity_fs.assets.service import AssetService
@@ -42,7 +42,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ] = None,
         expected_hash: Hash = None,
         size: Annotated[
-            int | None, Field(description="Large files: the exact byte count you will upload.")
+            int | None, Strict(), Field(description="Large files: the exact byte count you will upload.")
         ] = None,
         sha256: Annotated[
             str | None, Field(description="Large files: lowercase hex sha256 of the bytes you will upload.")
@@ -93,7 +93,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         path: AssetPath,
         ctx: Context,
         include_binary: Annotated[
-            bool, Field(description="Also return the bytes (base64) if the asset is small enough.")
+            bool, Strict(), Field(description="Also return the bytes (base64) if the asset is small enough.")
         ] = False,
     ) -> AssetInfo:
         """Metadata of an asset: hash, size, sniffed MIME type, who uploaded it, and a
@@ -108,7 +108,9 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ctx: Context,
         asset_type: Annotated[str | None, Field(description="Only this asset folder.")] = None,
         cursor: Annotated[str | None, Field(description="`next_cursor` of the previous page.")] = None,
-        limit: Annotated[int | None, Field(description="Assets per page, 1-1000 (default 100).")] = None,
+        limit: Annotated[
+            int | None, Strict(), Field(description="Assets per page, 1-1000 (default 100).")
+        ] = None,
     ) -> AssetListing:
         """List a book's assets in path order, one bounded page at a time."""
         resources = state.require()

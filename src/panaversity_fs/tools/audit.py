@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from pydantic import Field
+from pydantic import Field, Strict
 
 from panaversity_fs.audit.query import AuditPage, AuditQueries, ChainVerification, Status
 from panaversity_fs.auth.identity import caller_from_context
@@ -51,7 +51,9 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         cursor: Annotated[
             Text, Field(description="`next_cursor` of the previous page (same filters).")
         ] = None,
-        limit: Annotated[int | None, Field(description="Entries per page, 1-1000 (default 100).")] = None,
+        limit: Annotated[
+            int | None, Strict(), Field(description="Entries per page, 1-1000 (default 100).")
+        ] = None,
     ) -> AuditPage:
         """Read the audit log: who did what to which file, when, with which outcome.
 
@@ -85,10 +87,13 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ctx: Context,
         from_seq: Annotated[
             int | None,
+            Strict(),
             Field(description="First seq to check (default 1); the entries before it are trusted."),
         ] = None,
         max_entries: Annotated[
-            int | None, Field(description="Check at most this many entries (default: up to the head).")
+            int | None,
+            Strict(),
+            Field(description="Check at most this many entries (default: up to the head)."),
         ] = None,
     ) -> ChainVerification:
         """Verify the tamper-evident audit chain and name the first entry that fails.

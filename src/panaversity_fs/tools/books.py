@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastmcp import Context, FastMCP
-from pydantic import Field
+from pydantic import Field, Strict
 
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.catalog import Catalog
@@ -29,22 +29,28 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         book_id: Annotated[
             str | None, Field(description="Only this book (needed for the structure of large libraries).")
         ] = None,
+        user_id: Annotated[
+            str | None,
+            Field(description="Also list this user's overlay-only books and count their overlay files."),
+        ] = None,
     ) -> BookList:
         """List the books with their file counts, size and last change; optionally their structure.
 
         A book exists while it has at least one file. The structure shows the shared (base)
-        book; personal overlays are counted but never listed. Without `book_id`, the
+        book; the `user_id` overlay is counted, never listed, and no other user's is visible. Without `book_id`, the
         structure is given only while all books together hold at most
         5000 files; otherwise pass `book_id`.
         """
         resources = state.require()
         catalog = Catalog(resources.db, resources.content)
-        return await catalog.list_books(caller_from_context(ctx), include_structure, book_id)
+        return await catalog.list_books(caller_from_context(ctx), include_structure, book_id, user_id)
 
     async def validate_book(
         book_id: Annotated[str, Field(description="Book id, e.g. `python-book`.")],
         ctx: Context,
-        strict: Annotated[bool, Field(description="Count warnings as failures for `valid`.")] = False,
+        strict: Annotated[
+            bool, Strict(), Field(description="Count warnings as failures for `valid`.")
+        ] = False,
     ) -> ValidationReport:
         """Check a whole book against the book schema and report every violation with a fix.
 

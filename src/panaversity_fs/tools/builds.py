@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from pydantic import Field
+from pydantic import Field, Strict
 
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.builds.results import BuildPlan, ChangeFeed
@@ -58,11 +58,11 @@ def register(mcp: FastMCP, state: ServerState) -> None:
             Field(description="Also report this user's overlay changes (never another user's)."),
         ] = None,
         include_content: Annotated[
-            bool, Field(description="Include the markdown content of changed live lessons.")
+            bool, Strict(), Field(description="Include the markdown content of changed live lessons.")
         ] = False,
         cursor: Annotated[str | None, Field(description="`next_cursor` of the previous page.")] = None,
         limit: Annotated[
-            int | None, Field(description="Changes per page (default 500, at most 1000).")
+            int | None, Strict(), Field(description="Changes per page (default 500, at most 1000).")
         ] = None,
     ) -> ChangeFeed:
         """List the files written after `since`, deletions included, oldest first, in pages.

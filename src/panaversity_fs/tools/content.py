@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastmcp import Context, FastMCP
 from fastmcp.tools.base import ToolResult
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, Strict, TypeAdapter
 
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.bulk import BulkReader
@@ -69,7 +69,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
             str | None, Field(description="Bulk scopes: `next_cursor` of the previous page (same arguments).")
         ] = None,
         limit: Annotated[
-            int | None, Field(description="Bulk scopes: files per page, 1-500 (default 100).")
+            int | None, Strict(), Field(description="Bulk scopes: files per page, 1-500 (default 100).")
         ] = None,
     ) -> ToolResult:
         """Read a lesson or summary, or a whole chapter, part or book page by page.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
-from pydantic import Field
+from pydantic import Field, Strict
 
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.results import GlobResult, GrepResult
@@ -20,7 +20,7 @@ UserId = Annotated[
     str | None,
     Field(description="Search this user's view: their overlays replace base files. Never another user's."),
 ]
-AllBooks = Annotated[bool, Field(description="Search every book instead of `book_id`.")]
+AllBooks = Annotated[bool, Strict(), Field(description="Search every book instead of `book_id`.")]
 Cursor = Annotated[
     str | None, Field(description="`next_cursor` of the previous call, with the same other arguments.")
 ]
@@ -41,14 +41,16 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         user_id: UserId = None,
         all_books: AllBooks = False,
         cursor: Cursor = None,
-        limit: Annotated[int | None, Field(description="Matches per call, 1-1000 (default 100).")] = None,
+        limit: Annotated[
+            int | None, Strict(), Field(description="Matches per call, 1-1000 (default 100).")
+        ] = None,
     ) -> GlobResult:
         """Find files by path pattern (lessons, summaries and assets), with hash and size.
 
         Matches come in (book, path) order; `truncated` with `next_cursor` means more exist.
         """
         resources = state.require()
-        searcher = Searcher(resources.settings, resources.db, resources.content)
+        searcher = Searcher(resources.settings, resources.db, resources.content, resources.search_threads)
         return await searcher.glob(
             caller_from_context(ctx), book_id, pattern, user_id, all_books, cursor, limit
         )
@@ -67,8 +69,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         path_glob: Annotated[
             str | None, Field(description="Only files whose path matches this glob, e.g. `content/02-*/**`.")
         ] = None,
-        max_results: Annotated[int, Field(description="Matching lines per call, 1-1000.")] = 100,
-        case_sensitive: Annotated[bool, Field(description="False: ignore case.")] = True,
+        max_results: Annotated[int, Strict(), Field(description="Matching lines per call, 1-1000.")] = 100,
+        case_sensitive: Annotated[bool, Strict(), Field(description="False: ignore case.")] = True,
         cursor: Cursor = None,
     ) -> GrepResult:
         """Search the text of the markdown files; one result per matching line, with its number.
@@ -77,7 +79,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         server's time budget, then returns `truncated: true` and a `next_cursor` to continue.
         """
         resources = state.require()
-        searcher = Searcher(resources.settings, resources.db, resources.content)
+        searcher = Searcher(resources.settings, resources.db, resources.content, resources.search_threads)
         return await searcher.grep(
             caller_from_context(ctx),
             book_id,
