@@ -35,8 +35,8 @@ import asyncpg  # type: ignore[import-untyped]
 from bench.bench_core import RESULTS, create_pg_database, drop_pg_database, machine_info
 from panaversity_fs.audit.chain import compute_entry_hash
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.migrate import upgrade
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.migrate import upgrade
 from tests.chain_support import synthetic_entries, verify_and_measure, write_chain
 
 TARGET_SECONDS = 60.0

@@ -53,10 +53,10 @@ from bench.bench_core import (
     server_env,
     timed_series,
 )
+from panaversity_fs.app.resources import open_resources
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
-from panaversity_fs.resources import open_resources
 
 LESSONS_BOOK = "bench-lessons"
 BIG_BOOK = "bench-big"

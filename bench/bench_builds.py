@@ -53,9 +53,9 @@ from bench.bench_core import (
     timed_series,
 )
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.migrate import upgrade
-from panaversity_fs.journal.schema import file_journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.migrate import upgrade
+from panaversity_fs.db.schema import file_journal
 
 BOOK = "bench-big-book"
 READ_BOOK = "bench-book"

@@ -25,15 +25,15 @@ from fastmcp import Client
 from mcp_types import Implementation
 from stream_unzip import stream_unzip
 
+from panaversity_fs.app.resources import open_resources
+from panaversity_fs.app.server import create_app
 from panaversity_fs.archive.builder import MANIFEST_NAME
-from panaversity_fs.assets.mime import sniff_content_type
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.resources import open_resources
-from panaversity_fs.server import create_app
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.files.mime import sniff_content_type
 from tests.processes import free_port
 from tests.support import call
 

@@ -10,10 +10,10 @@ import zlib
 from typing import Any
 
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.db import audit_sql as audit_repository
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.storage.blobs import BlobStore
 
 

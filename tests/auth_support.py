@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
 
 SECRET = "4f9c2a7e1b8d3f6a0c5e9b2d7a4f1c8e3b6d9a2f5c8e1b4d7a0f3c6e9b2d5a8f"
 ISSUER = "https://issuer.test"

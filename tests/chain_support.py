@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
 from panaversity_fs.audit.chain import GENESIS_HASH, compute_entry_hash
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
 
 COLUMNS = [column.name for column in audit_log.columns]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -127,7 +127,7 @@ async def commit_tampering(db: Database, *statements: Executable) -> None:
 # child of a large pytest process it would report the parent's size.
 VERIFY_AND_MEASURE = """
 import json, sys, time
-from panaversity_fs.cli import main
+from panaversity_fs.ops.cli import main
 started = time.perf_counter()
 status = main(["audit", "verify", "--no-checkpoints"])
 elapsed = time.perf_counter() - started

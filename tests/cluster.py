@@ -259,7 +259,7 @@ class MotoProcess:
 
 FORK_SERVER = r"""
 import os, select, signal, sys
-import panaversity_fs.cli, panaversity_fs.server, uvicorn
+import panaversity_fs.ops.cli, panaversity_fs.app.server, uvicorn
 
 children = set()
 
@@ -297,7 +297,7 @@ while True:
                     os.dup2(log, 2)
                     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
                     sys.argv = ["panaversity-fs", "serve", "--port", first]
-                    panaversity_fs.cli.run()
+                    panaversity_fs.ops.cli.run()
                 finally:
                     os._exit(70)
             children.add(pid)

@@ -22,8 +22,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.migrate import upgrade
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.migrate import upgrade
 from tests.faultproxy import PostgresProxy
 from tests.processes import IN_CI, free_port
 

@@ -40,10 +40,10 @@ import httpx
 from sqlalchemy import select
 
 from panaversity_fs.config import Settings
-from panaversity_fs.consistency.fsck import PROBLEM_KINDS
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.migrate import upgrade
-from panaversity_fs.journal.schema import audit_log, file_journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.migrate import upgrade
+from panaversity_fs.db.schema import audit_log, file_journal
+from panaversity_fs.files.fsck import PROBLEM_KINDS
 from tests.books_support import sha
 from tests.cluster import Ambiguous, McpHttp, MotoProcess, PrivatePostgres, Refused, Replicas, ToolAnswer
 

@@ -10,9 +10,9 @@ from mcp_types import Implementation
 
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
-from panaversity_fs.consistency.fsck import FsckReport, check
-from panaversity_fs.journal.audit_repository import AuditFilter, query_entries
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.db.audit_sql import AuditFilter, query_entries
+from panaversity_fs.db.engine import Database
+from panaversity_fs.files.fsck import FsckReport, check
 from panaversity_fs.storage.blobs import BlobStore
 
 BOOK = "python-book"

@@ -19,11 +19,11 @@ from fastmcp import Client
 from mcp_types import Implementation
 from pydantic import SecretStr
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.content.publisher import Publisher
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.db.engine import Database
+from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.server import create_server
 from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import UPLOAD_PREFIX, BlobStore
 from tests.asset_support import SVG, b64, history, journal_rows, noise, overwrite, png, sha, stored_keys

@@ -7,8 +7,8 @@ import base64
 
 import pytest
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.server import create_server
 from tests.asset_support import SVG, b64, history, journal_rows, noise, png, sha, stored_bytes, stored_keys
 from tests.conftest import PAIRS, Backends
 from tests.support import BOOK, LESSON, all_pages, assert_invariants, call, client, error_of

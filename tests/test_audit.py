@@ -32,14 +32,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, compute_entry_hash
 from panaversity_fs.audit.verify import verify_connection, verify_database
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository as audit_sql
-from panaversity_fs.journal.audit_repository import NewAuditEntry, append_entries, chain_head, stream_entries
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
-from panaversity_fs.server import create_server
+from panaversity_fs.db import audit_sql
+from panaversity_fs.db.audit_sql import NewAuditEntry, append_entries, chain_head, stream_entries
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
 from tests.conftest import Backends, _pg_dsn
 from tests.support import BOOK, LESSON, ToolFailure, call, client
 

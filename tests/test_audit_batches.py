@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.audit_repository import NewAuditEntry
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_chain_head, audit_log
+from panaversity_fs.db.audit_sql import NewAuditEntry
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_chain_head, audit_log
 
 
 def _entry(n: int) -> NewAuditEntry:

@@ -20,6 +20,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import update
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.audit.checkpoints import (
     Checkpoint,
     CheckpointReport,
@@ -30,11 +31,10 @@ from panaversity_fs.audit.checkpoints import (
 from panaversity_fs.audit.monitor import ChainMonitor
 from panaversity_fs.audit.verify import verify_connection
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.audit_repository import append_entries
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log
+from panaversity_fs.db.audit_sql import append_entries
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.server import create_server
 from panaversity_fs.storage.blobs import BlobStore
 from tests.chain_support import commit_tampering, committed_tampering
 from tests.conftest import Backends

@@ -13,8 +13,8 @@ import os
 import pytest
 from sqlalchemy import update
 
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
 from tests.chain_support import commit_tampering, verify_and_measure, write_chain
 from tests.conftest import Backends
 from tests.processes import settings_env

@@ -10,15 +10,15 @@ from typing import Any
 from fastmcp import Client
 from sqlalchemy import select
 
+from panaversity_fs.app.resources import open_resources
+from panaversity_fs.app.server import create_server
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log, manifest_snapshot
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log, manifest_snapshot
 from panaversity_fs.paths import BASE_USER
-from panaversity_fs.resources import open_resources
-from panaversity_fs.server import create_server
 from tests.books_support import sha
 from tests.support import BOOK, ToolFailure, all_pages, assert_invariants, call, client, error_of
 

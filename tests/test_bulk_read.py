@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.server import create_server
 from tests.books_support import lesson, read_all_pages, sha, write_all
 from tests.conftest import Backends
 from tests.support import BOOK, assert_invariants, call, client, error_of
@@ -188,9 +188,9 @@ async def test_a_file_rewritten_between_pages_is_served_consistently(settings: S
 
 async def test_stale_listing_rows_are_refetched(settings: Settings) -> None:
     """A row whose bytes changed after the page's query is looked up again, not served stale."""
-    from panaversity_fs.books.fetch import fetch_row
-    from panaversity_fs.journal import repository as journal
-    from panaversity_fs.resources import open_resources
+    from panaversity_fs.app.resources import open_resources
+    from panaversity_fs.db import journal_sql as journal
+    from panaversity_fs.files.fetch import fetch_row
 
     async with client(create_server(settings)) as c:
         hashes = await write_all(c, BOOK, CHAPTER_11)
@@ -214,8 +214,8 @@ async def test_stale_listing_rows_are_refetched(settings: Settings) -> None:
 
 
 async def test_reads_are_audited_once_per_page_with_the_agent(settings: Settings) -> None:
-    from panaversity_fs.journal.engine import Database
-    from panaversity_fs.journal.schema import audit_log
+    from panaversity_fs.db.engine import Database
+    from panaversity_fs.db.schema import audit_log
 
     async with client(create_server(settings), agent="bulk-reader-1") as c:
         await write_all(c, BOOK, BOOK_FILES)

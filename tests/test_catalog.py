@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from panaversity_fs.app.resources import open_resources
+from panaversity_fs.app.server import create_server
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
-from panaversity_fs.journal.schema import file_journal
-from panaversity_fs.resources import open_resources
-from panaversity_fs.server import create_server
+from panaversity_fs.db.schema import file_journal
 from panaversity_fs.storage.blobs import BlobStore
 from tests.books_support import sha, write_all
 from tests.support import BOOK, call, client, error_of

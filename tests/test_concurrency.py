@@ -16,10 +16,10 @@ from typing import Any
 from fastmcp import Client
 from mcp_types import Implementation
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.server import create_server
+from panaversity_fs.db import audit_sql as audit_repository
+from panaversity_fs.db.engine import Database
 from tests.conftest import Backends
 from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, ToolFailure, assert_invariants, call, client

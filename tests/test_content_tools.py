@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.server import create_server
 from tests.support import BOOK, LESSON, SUMMARY, assert_invariants, call, client, error_of
 
 

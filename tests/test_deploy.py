@@ -26,13 +26,13 @@ import httpx
 import pytest
 from pydantic import AliasChoices
 
-from panaversity_fs import settings_reference
-from panaversity_fs.cli import build_parser
+from panaversity_fs.app.resources import CLOSE_SECONDS
+from panaversity_fs.app.server import allowed_hosts
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
-from panaversity_fs.resources import CLOSE_SECONDS
-from panaversity_fs.server import allowed_hosts
-from panaversity_fs.serving import DRAIN_SECONDS
+from panaversity_fs.ops import settings_reference
+from panaversity_fs.ops.cli import build_parser
+from panaversity_fs.ops.serving import DRAIN_SECONDS
 from tests.processes import REPO, free_port, run_cli, wait_healthy
 
 DOCKERFILE = REPO / "Dockerfile"

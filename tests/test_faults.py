@@ -21,14 +21,14 @@ from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
-from panaversity_fs.consistency.fsck import check
-from panaversity_fs.content.publisher import Publisher
 from panaversity_fs.content.service import ContentService
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.audit_sql import file_history
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import file_journal
 from panaversity_fs.errors import PanaversityFSError, Unavailable
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.audit_repository import file_history
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import file_journal
+from panaversity_fs.files.fsck import check
+from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 from tests.conftest import PAIRS, Backends

@@ -24,13 +24,13 @@ from fastmcp import Client
 from mcp_types import Implementation
 from sqlalchemy import delete, func, select, update
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.consistency.fsck import QUARANTINE_PREFIX, check, repair
-from panaversity_fs.content.publisher import Publisher
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import file_journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import file_journal
+from panaversity_fs.files.fsck import QUARANTINE_PREFIX, check, repair
+from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.server import create_server
 from panaversity_fs.storage.blobs import STAGING_PREFIX, BlobStore
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess, run_cli, settings_env

@@ -58,7 +58,7 @@ async def test_1_a_pathological_grep_leaves_the_server_responsive(backends: Back
 
 
 async def test_1_a_pattern_needing_more_than_the_memory_bound_is_refused(backends: Backends) -> None:
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
     from tests.support import client
 
     settings = await backends.settings("sqlite-fs")
@@ -133,7 +133,7 @@ async def test_3_a_token_without_scopes_cannot_flood_the_audit_chain(
 
 
 async def test_4_list_books_shows_only_base_books_and_the_callers_own_overlay(backends: Backends) -> None:
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
     from tests.support import client
 
     settings = await backends.settings("postgres-fs")
@@ -194,7 +194,7 @@ LOOKALIKES = [
 
 
 async def test_6_invisible_and_lookalike_client_names_are_refused(backends: Backends) -> None:
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
     from tests.support import client
 
     settings = await backends.settings("sqlite-fs")
@@ -223,8 +223,8 @@ async def test_6_lookalike_subjects_get_401(backends: Backends, tmp_path: Path) 
 
 
 async def test_7_out_of_range_times_and_forged_cursors_are_invalid_arguments(backends: Backends) -> None:
-    from panaversity_fs.books.cursor import encode, query_digest
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
+    from panaversity_fs.paging import encode, query_digest
     from tests.support import client
 
     settings = await backends.settings("postgres-fs")
@@ -323,8 +323,8 @@ async def test_7_no_tool_answers_anything_but_a_result_or_the_json_error(
     """Whatever a tool raises, the answer is the JSON error object: no traceback, no text."""
     import json
 
-    from panaversity_fs.resources import ServerState
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.resources import ServerState
+    from panaversity_fs.app.server import create_server
     from tests.support import client
 
     settings = await backends.settings("sqlite-fs")
@@ -356,7 +356,7 @@ async def test_7_fuzzed_arguments_get_a_result_or_the_json_error(
 ) -> None:
     import json
 
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
     from tests.support import client
 
     json_values = st.recursive(
@@ -385,8 +385,8 @@ async def test_8_import_refuses_a_hard_link_to_a_file_outside_the_folder(
 ) -> None:
     import os
 
-    from panaversity_fs.builds.importer import Importer
-    from panaversity_fs.resources import open_resources
+    from panaversity_fs.app.resources import open_resources
+    from panaversity_fs.ops.importer import Importer
 
     settings = await backends.settings("sqlite-fs")
     secret = tmp_path / "outside" / "secret.md"
@@ -458,9 +458,9 @@ async def test_9_hydrate_never_sends_its_token_to_another_host(backends: Backend
 async def test_10_plan_build_of_a_made_up_book_stores_nothing(backends: Backends) -> None:
     import sqlalchemy as sa
 
-    from panaversity_fs.journal.engine import Database
-    from panaversity_fs.journal.schema import manifest_snapshot
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
+    from panaversity_fs.db.engine import Database
+    from panaversity_fs.db.schema import manifest_snapshot
     from tests.support import client
 
     settings = await backends.settings("postgres-fs")
@@ -597,7 +597,7 @@ async def test_11_exp_must_be_a_number_within_the_longest_lifetime(
 
 
 async def test_11_arguments_must_have_their_json_types_exactly(backends: Backends) -> None:
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
     from tests.support import client
 
     settings = await backends.settings("sqlite-fs")

@@ -11,8 +11,8 @@ import httpx
 from fastmcp import Client
 from mcp_types import Implementation
 
-from panaversity_fs.journal import audit_repository
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.db import audit_sql as audit_repository
+from panaversity_fs.db.engine import Database
 from tests.conftest import Backends
 from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, HEADERS, INIT, LESSON, call, error_of

@@ -20,13 +20,13 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from panaversity_fs.consistency.fsck import check
+from panaversity_fs.app.server import create_server
+from panaversity_fs.db import idempotency_sql as idem_sql
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.audit_sql import APPENDED_INFO_KEY, AuditFilter, query_entries
+from panaversity_fs.db.engine import Database
 from panaversity_fs.errors import Unavailable
-from panaversity_fs.journal import idempotency_repository as idem_sql
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.audit_repository import APPENDED_INFO_KEY, AuditFilter, query_entries
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.server import create_server
+from panaversity_fs.files.fsck import check
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, audit_of, call, client, error_of

@@ -12,13 +12,13 @@ import mcp_types
 from fastmcp import Client
 from sqlalchemy import func, select
 
-from panaversity_fs.builds.hydrator import MANIFEST_NAME
-from panaversity_fs.cli import main
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log
-from panaversity_fs.server import create_server
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
+from panaversity_fs.ops.cli import main
+from panaversity_fs.ops.hydrator import MANIFEST_NAME
 from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, assert_invariants, call, client
 

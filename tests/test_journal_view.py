@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.repository import FileKey
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.journal_sql import FileKey
 from panaversity_fs.paths import BASE_USER
 
 BOOK = "view-book"

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
+from panaversity_fs.app.limits import RateLimiter, TokenBuckets
+from panaversity_fs.app.middleware import ToolCallMiddleware
+from panaversity_fs.app.server import create_server
 from panaversity_fs.errors import RateLimited
-from panaversity_fs.limits import RateLimiter, TokenBuckets
-from panaversity_fs.middleware import ToolCallMiddleware
-from panaversity_fs.server import create_server
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import Backends
 from tests.processes import ServerProcess

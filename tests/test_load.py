@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from bench.load_scenarios import hot_key, mixed, read_smoke
 from bench.loadgen import Target, classify
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
 from tests.conftest import Backends
 from tests.processes import ServerProcess, run_cli, settings_env
 

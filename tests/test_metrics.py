@@ -22,9 +22,9 @@ from fastmcp import Client
 from mcp_types import Implementation
 from sqlalchemy import func, select
 
-from panaversity_fs.journal.audit_repository import AuditFilter, query_entries
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import file_journal
+from panaversity_fs.db.audit_sql import AuditFilter, query_entries
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import file_journal
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess
 from tests.support import ToolFailure, call

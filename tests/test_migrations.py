@@ -13,17 +13,17 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from panaversity_fs.app.resources import open_resources
 from panaversity_fs.config import Settings
-from panaversity_fs.errors import ConfigurationError
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.migrate import (
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.migrate import (
     alembic_config,
     current_revision,
     ensure_schema,
     head_revision,
     upgrade,
 )
-from panaversity_fs.resources import open_resources
+from panaversity_fs.errors import ConfigurationError
 from tests.conftest import Backends
 from tests.processes import REPO, run_cli, settings_env
 
@@ -129,7 +129,7 @@ async def test_repository_root_alembic_upgrade(tmp_path: Path) -> None:
 
 async def test_operator_cli_audit_verify_and_fsck_report_problems(backends: Backends) -> None:
     """`audit verify` and `fsck` exit 0 on a healthy store and 1 once something is wrong."""
-    from panaversity_fs.server import create_server
+    from panaversity_fs.app.server import create_server
     from tests.support import BOOK, LESSON, call, client
 
     settings = await backends.settings("sqlite-fs")

@@ -43,11 +43,11 @@ from fastmcp import Client
 from hypothesis import HealthCheck, Phase, event, given, note, settings, target
 from hypothesis import strategies as st
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository as audit_sql
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.db import audit_sql
+from panaversity_fs.db.engine import Database
 from panaversity_fs.paths import BASE_USER
-from panaversity_fs.server import create_server
 from tests.conftest import PAIRS, Backends
 from tests.support import BOOK, ToolFailure, assert_invariants, call, client
 

@@ -18,8 +18,8 @@ from fastmcp import Client
 from sqlalchemy import update
 
 from panaversity_fs.config import normalize_database_url
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
 from panaversity_fs.storage.blobs import BlobStore
 from tests.auth_support import HS_ENV
 from tests.chain_support import commit_tampering

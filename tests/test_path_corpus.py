@@ -26,10 +26,10 @@ from typing import Any
 
 from fastmcp import Client
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.repository import all_rows
-from panaversity_fs.server import create_server
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.journal_sql import all_rows
 from panaversity_fs.storage.blobs import BlobStore
 from tests.support import BOOK, LESSON, assert_invariants, client
 

@@ -19,8 +19,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings, normalize_database_url
-from panaversity_fs.server import create_server
 from tests.conftest import Backends, backend_unavailable
 from tests.processes import run_cli, settings_env
 from tests.support import BOOK, LESSON, SUMMARY, call, client, error_of

@@ -12,8 +12,8 @@ from fastmcp import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
-from panaversity_fs.server import create_server
 from tests.books_support import lesson, write_all
 from tests.conftest import Backends
 from tests.support import BOOK, all_pages, call, client, error_of
@@ -65,7 +65,7 @@ async def grep_all(c: Client[Any], **arguments: Any) -> tuple[list[dict[str, Any
 
 
 async def test_glob_semantics_match_the_model(settings: Settings) -> None:
-    from panaversity_fs.resources import open_resources
+    from panaversity_fs.app.resources import open_resources
 
     async with open_resources(settings, background=False) as resources:
         from panaversity_fs.auth.identity import Caller

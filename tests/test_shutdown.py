@@ -20,8 +20,8 @@ from typing import Any
 from fastmcp import Client
 from mcp_types import Implementation
 
-from panaversity_fs.resources import CLOSE_SECONDS
-from panaversity_fs.serving import DRAIN_SECONDS
+from panaversity_fs.app.resources import CLOSE_SECONDS
+from panaversity_fs.ops.serving import DRAIN_SECONDS
 from tests.conftest import Backends, proxied
 from tests.faultproxy import PostgresProxy
 from tests.processes import ServerProcess

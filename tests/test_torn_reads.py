@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from panaversity_fs.app.resources import open_resources
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.errors import Unavailable
-from panaversity_fs.resources import open_resources
 from tests.conftest import Backends
 from tests.support import BOOK, LESSON, assert_invariants
 

@@ -34,9 +34,9 @@ from mcp_types import Implementation
 from sqlalchemy import func, select
 
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.schema import audit_log, file_journal
+from panaversity_fs.db import audit_sql as audit_repository
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log, file_journal
 from panaversity_fs.storage.blobs import STAGING_PREFIX
 from tests.books_support import sha
 from tests.conftest import Backends, proxied

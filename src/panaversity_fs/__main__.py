@@ -1,5 +1,5 @@
 """`python -m panaversity_fs` runs the command-line entry point."""
 
-from panaversity_fs.cli import run
+from panaversity_fs.ops.cli import run
 
 run()

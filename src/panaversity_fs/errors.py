@@ -33,7 +33,7 @@ class PanaversityFSError(FastMCPError):
     """Base of every error a caller can see.
 
     It derives from FastMCP's base error only so that FastMCP hands it, unmasked, to the one
-    translation point (`panaversity_fs.middleware.ToolCallMiddleware`).
+    translation point (`panaversity_fs.app.middleware.ToolCallMiddleware`).
     """
 
     code: ClassVar[str] = "INTERNAL"

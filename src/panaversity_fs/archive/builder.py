@@ -46,11 +46,11 @@ from typing import Any
 from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method
 
 from panaversity_fs.archive.pipe import ZipPipe
-from panaversity_fs.assets.mime import is_compressed
-from panaversity_fs.builds.manifest import manifest_hash, manifest_text
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import Database
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.journal_sql import JournalRow
+from panaversity_fs.files.manifest import manifest_hash, manifest_text
+from panaversity_fs.files.mime import is_compressed
 from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
 

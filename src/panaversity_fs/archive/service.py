@@ -12,15 +12,15 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
+from panaversity_fs.app.resources import Resources
 from panaversity_fs.archive.builder import MANIFEST_NAME, ArchiveBuilder, ArchiveReport
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.builds.manifest import manifest_hash, manifest_text
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import Forbidden, InvalidArgument
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.files.manifest import manifest_hash, manifest_text
 from panaversity_fs.paths import check_book_id, check_user_id, classify
-from panaversity_fs.resources import Resources
 from panaversity_fs.signing import public_base_url
 
 logger = logging.getLogger(__name__)

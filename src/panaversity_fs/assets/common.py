@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from panaversity_fs.assets.mime import OCTET_STREAM
+from panaversity_fs.app.resources import Resources
 from panaversity_fs.assets.results import AssetUpload
-from panaversity_fs.content.idempotency import Idempotency, replayed
-from panaversity_fs.content.results import WriteOutcome
 from panaversity_fs.content.service import Target
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import InvalidArgument, SchemaViolation
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.files.idempotency import Idempotency, replayed
+from panaversity_fs.files.mime import OCTET_STREAM
+from panaversity_fs.files.results import WriteOutcome
 from panaversity_fs.paths import ASSET_TYPES, BASE_USER
-from panaversity_fs.resources import Resources
 from panaversity_fs.signing import public_base_url
 from panaversity_fs.storage.blobs import StorageError
 

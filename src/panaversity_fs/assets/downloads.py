@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from panaversity_fs.assets.common import CHUNK_BYTES, DOWNLOAD_PURPOSE, AssetBase
-from panaversity_fs.assets.mime import OCTET_STREAM
 from panaversity_fs.content.service import Target
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import Conflict, Forbidden, NotFound, Unavailable
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.files.mime import OCTET_STREAM
 from panaversity_fs.storage.blobs import BlobNotFound, StorageError
 
 logger = logging.getLogger(__name__)

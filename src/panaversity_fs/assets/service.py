@@ -6,20 +6,20 @@ import base64
 import logging
 import time
 
+from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit
 from panaversity_fs.assets.common import AssetBase, check_asset_type, iso_time
-from panaversity_fs.assets.mime import OCTET_STREAM
 from panaversity_fs.assets.results import AssetEntry, AssetInfo, AssetListing
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.books import cursor as cursors
-from panaversity_fs.content.idempotency import Idempotency
-from panaversity_fs.content.results import DeleteOutcome
 from panaversity_fs.content.service import Target
+from panaversity_fs.db import audit_sql as audit_repository
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import InvalidArgument, NotFound, PanaversityFSError, Unavailable
-from panaversity_fs.journal import audit_repository
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.files.idempotency import Idempotency
+from panaversity_fs.files.mime import OCTET_STREAM
+from panaversity_fs.files.results import DeleteOutcome
 from panaversity_fs.paths import BASE_USER, check_book_id, check_hash
 
 logger = logging.getLogger(__name__)

@@ -34,10 +34,8 @@ from panaversity_fs.assets.common import (
     asset_target,
     iso_time,
 )
-from panaversity_fs.assets.mime import SNIFF_BYTES, sniff_content_type
 from panaversity_fs.assets.results import AssetUpload
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.content.idempotency import Idempotency
 from panaversity_fs.content.service import Target
 from panaversity_fs.errors import (
     Conflict,
@@ -49,6 +47,8 @@ from panaversity_fs.errors import (
     TooLarge,
     Unavailable,
 )
+from panaversity_fs.files.idempotency import Idempotency
+from panaversity_fs.files.mime import SNIFF_BYTES, sniff_content_type
 from panaversity_fs.paths import check_hash
 from panaversity_fs.signing import public_base_url
 from panaversity_fs.storage.blobs import (

@@ -25,7 +25,7 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.config import Settings
-from panaversity_fs.journal import audit_repository as audit_sql
+from panaversity_fs.db import audit_sql
 from panaversity_fs.storage.blobs import INTERNAL_PREFIX, BlobNotFound, BlobStore
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from panaversity_fs.audit.chain import GENESIS_HASH
 from panaversity_fs.audit.checkpoints import CheckpointReport, CheckpointStore
 from panaversity_fs.audit.verify import verify_connection
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.db.engine import Database
 from panaversity_fs.metrics import Metrics
 
 logger = logging.getLogger(__name__)

@@ -22,18 +22,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, to_utc, verify_chain
 from panaversity_fs.audit.checkpoints import CheckpointReport, CheckpointStore
 from panaversity_fs.audit.verify import follow_appends
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.books import cursor as cursors
 from panaversity_fs.books.search import compile_glob, literal_prefix
 from panaversity_fs.content.service import ContentService
+from panaversity_fs.db import audit_sql
+from panaversity_fs.db.audit_sql import AuditFilter
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.errors import InvalidArgument, Unavailable
-from panaversity_fs.journal import audit_repository as audit_sql
-from panaversity_fs.journal.audit_repository import AuditFilter
-from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
 from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import StorageError
 

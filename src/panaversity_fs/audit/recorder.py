@@ -9,11 +9,10 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.db import audit_sql, transactions
+from panaversity_fs.db.audit_sql import NewAuditEntry
+from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.errors import Unavailable
-from panaversity_fs.journal import audit_repository as audit_sql
-from panaversity_fs.journal import transactions
-from panaversity_fs.journal.audit_repository import NewAuditEntry
-from panaversity_fs.journal.engine import DB_ERRORS, Database
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from panaversity_fs.audit.checkpoints import (
     CheckpointStore,
     check_against,
 )
-from panaversity_fs.journal import audit_repository as audit_sql
-from panaversity_fs.journal.engine import Database
+from panaversity_fs.db import audit_sql
+from panaversity_fs.db.engine import Database
 
 
 async def verify_database(db: Database) -> ChainReport:

@@ -15,10 +15,10 @@ from typing import Literal
 from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books.results import BookInfo, BookList, Chapter, ContentTree, Lesson, Part
 from panaversity_fs.content.service import ContentService
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.journal_sql import BookSummary, JournalRow
 from panaversity_fs.errors import InvalidArgument, NotFound
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
-from panaversity_fs.journal.repository import BookSummary, JournalRow
 from panaversity_fs.paths import CONTENT_PATH, check_book_id, check_user_id
 
 Structure = Literal["none", "content", "assets", "all"]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from panaversity_fs.content.results import Source
+from panaversity_fs.files.results import Source
 
 BulkScope = Literal["chapter", "part", "book"]
 Severity = Literal["error", "warning"]

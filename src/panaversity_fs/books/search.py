@@ -25,17 +25,17 @@ from typing import Any
 import re2 as _re2_module  # type: ignore[import-untyped]
 from wcmatch import glob as wcglob
 
+from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.books import cursor as cursors
-from panaversity_fs.books.fetch import fetch_in_order
 from panaversity_fs.books.results import GlobMatch, GlobResult, GrepMatch, GrepResult
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import ContentService
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import InvalidArgument
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.files.fetch import fetch_in_order
 from panaversity_fs.paths import check_book_id, check_user_id
 
 GLOB_DEFAULT_LIMIT = 100

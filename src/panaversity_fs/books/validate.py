@@ -21,10 +21,10 @@ from panaversity_fs.auth.identity import Caller
 from panaversity_fs.books.results import Issue, Severity, ValidationReport, ValidationSummary
 from panaversity_fs.books.suggest import free_number, numbered_name, suggest_path
 from panaversity_fs.content.service import ContentService
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import InvalidPath, NotFound, PanaversityFSError, SchemaViolation, Unavailable
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, Database, database_unavailable
-from panaversity_fs.journal.repository import JournalRow
 from panaversity_fs.paths import BASE_USER, check_book_id, check_user_id, classify
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 

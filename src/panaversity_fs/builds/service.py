@@ -6,19 +6,19 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from panaversity_fs import paging as cursors
+from panaversity_fs.app.resources import Resources
 from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.auth.identity import Caller
-from panaversity_fs.books import cursor as cursors
-from panaversity_fs.builds import manifest
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db import manifest_sql as manifests
+from panaversity_fs.db.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
+from panaversity_fs.db.manifest_sql import ChangeKey
 from panaversity_fs.errors import InvalidArgument, NotFound
-from panaversity_fs.journal import manifest_repository as manifests
-from panaversity_fs.journal import repository as journal
-from panaversity_fs.journal.engine import DB_ERRORS, database_unavailable
-from panaversity_fs.journal.manifest_repository import ChangeKey
-from panaversity_fs.journal.repository import JournalRow
+from panaversity_fs.files import manifest
 from panaversity_fs.paths import BASE_USER, check_book_id, check_hash, check_user_id
-from panaversity_fs.resources import Resources
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.audit.recorder import AuditRecorder
-from panaversity_fs.auth.identity import Caller
-from panaversity_fs.config import Settings
-from panaversity_fs.content.cas import apply_write, resolve_unknown_commit, write_outcome
-from panaversity_fs.content.deletes import Deleter
-from panaversity_fs.content.entries import (
+from panaversity_fs.app.limits import deadline_passed
+from panaversity_fs.audit.entries import (
     DB_ERRORS,
     ReadNote,
     append_refusal,
@@ -40,11 +36,12 @@ from panaversity_fs.content.entries import (
     outcome_status,
     storage_unavailable,
 )
-from panaversity_fs.content.idempotency import Idempotency, Replay, claim, replayed, settle
-from panaversity_fs.content.publisher import Publisher
-from panaversity_fs.content.reads import FileReader
-from panaversity_fs.content.results import DeleteOutcome, FileContent, WriteOutcome
-from panaversity_fs.content.target import Target, sha256_hex
+from panaversity_fs.audit.recorder import AuditRecorder
+from panaversity_fs.auth.identity import Caller
+from panaversity_fs.config import Settings
+from panaversity_fs.db import transactions
+from panaversity_fs.db.engine import Database, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import (
     Conflict,
     HashRequired,
@@ -53,10 +50,13 @@ from panaversity_fs.errors import (
     TooLarge,
     Unavailable,
 )
-from panaversity_fs.journal import transactions
-from panaversity_fs.journal.engine import Database, database_unavailable
-from panaversity_fs.journal.repository import JournalRow
-from panaversity_fs.limits import deadline_passed
+from panaversity_fs.files.cas import apply_write, resolve_unknown_commit, write_outcome
+from panaversity_fs.files.deletes import Deleter
+from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replayed, settle
+from panaversity_fs.files.publisher import Publisher
+from panaversity_fs.files.reader import FileReader
+from panaversity_fs.files.results import DeleteOutcome, FileContent, WriteOutcome
+from panaversity_fs.files.target import Target, sha256_hex
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.paths import check_hash
 from panaversity_fs.storage.blobs import BlobStore, StorageError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastmcp import FastMCP
 
-from panaversity_fs.resources import ServerState
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.tools import archive, assets, audit, books, builds, content, search
 
 

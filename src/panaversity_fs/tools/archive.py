@@ -7,9 +7,9 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.archive.service import ArchiveService, ArchiveTicket, Scope
 from panaversity_fs.auth.identity import caller_from_context
-from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.hints import READ_ONLY
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]

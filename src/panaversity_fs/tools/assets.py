@@ -7,12 +7,12 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.assets.results import AssetInfo, AssetListing, AssetUpload
 from panaversity_fs.assets.service import AssetService
 from panaversity_fs.assets.uploads import Uploads
 from panaversity_fs.auth.identity import caller_from_context
-from panaversity_fs.content.results import DeleteOutcome
-from panaversity_fs.resources import ServerState
+from panaversity_fs.files.results import DeleteOutcome
 from panaversity_fs.tools.content import BookId, Hash, IdempotencyKey
 from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
 

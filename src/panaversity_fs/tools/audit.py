@@ -7,9 +7,9 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.audit.query import AuditPage, AuditQueries, ChainVerification, Status
 from panaversity_fs.auth.identity import caller_from_context
-from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.hints import READ_ONLY
 
 Text = str | None

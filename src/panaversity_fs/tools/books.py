@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.catalog import Catalog
 from panaversity_fs.books.results import BookList, ValidationReport
 from panaversity_fs.books.validate import Validator
-from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.hints import READ_ONLY
 
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.builds.results import BuildPlan, ChangeFeed
 from panaversity_fs.builds.service import BuildService
-from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.hints import READ_ONLY, RECORDS
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]

@@ -9,13 +9,13 @@ from fastmcp import Context, FastMCP
 from fastmcp.tools.base import ToolResult
 from pydantic import BaseModel, Field, Strict, TypeAdapter
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.bulk import BulkReader
 from panaversity_fs.books.results import BulkPage
-from panaversity_fs.content.results import DeleteOutcome, FileContent, WriteOutcome
 from panaversity_fs.errors import InvalidArgument
+from panaversity_fs.files.results import DeleteOutcome, FileContent, WriteOutcome
 from panaversity_fs.paths import CONTENT_EXAMPLE
-from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.resources import ServerState
 from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.results import GlobResult, GrepResult
 from panaversity_fs.books.search import Searcher
-from panaversity_fs.resources import ServerState
 from panaversity_fs.tools.hints import READ_ONLY
 
 BookId = Annotated[

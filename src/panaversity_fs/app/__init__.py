@@ -1,0 +1,1 @@
+"""The running server: wiring, request pipeline, FastMCP server and ASGI app."""

@@ -1,1 +1,0 @@
-"""Journal/storage consistency: the checks behind `panaversity-fs fsck`."""

@@ -1,0 +1,1 @@
+"""The database layer: engine, schema, migrations and every SQL statement."""

@@ -1,0 +1,250 @@
+"""SQL of the audit log: chain-head-locked appends, streaming reads, per-file history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, event, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from panaversity_fs.audit.chain import compute_entry_hash, to_utc
+from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
+from panaversity_fs.db.transactions import remember
+
+
+@dataclass(frozen=True, slots=True)
+class NewAuditEntry:
+    """An audit entry before it is placed in the chain."""
+
+    created_at: datetime
+    agent_id: str
+    operation: str
+    book_id: str
+    path: str
+    user_id: str
+    prev_hash: str | None
+    new_hash: str | None
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    execution_time_ms: int | None = None
+    request_id: str | None = None
+
+
+async def append_entries(conn: AsyncConnection, entries: Sequence[NewAuditEntry]) -> list[int]:
+    """Append `entries` to the chain inside the caller's transaction; return their seqs.
+
+    The chain head row is locked first (`FOR UPDATE`; SQLite holds the database write lock
+    already), so concurrent appenders queue and the chain never forks. Callers lock journal rows
+    before calling this, never after: lock order is journal row, then chain head.
+    """
+    if not entries:
+        return []
+    columns: list[Any] = [audit_chain_head.c.seq, audit_chain_head.c.head_hash]
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:  # read in the same round trip, for settling a lost COMMIT (journal.transactions)
+        columns += [func.txid_current(), func.pg_backend_pid()]
+    head = (
+        await conn.execute(
+            select(*columns).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update()
+        )
+    ).one()
+    seq, prev = int(head[0]), str(head[1])
+    if postgres:
+        remember(conn, int(head[2]), int(head[3]))
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        # Stored and hashed in UTC: SQLite would keep the wall time and drop any other offset.
+        row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
+        row["entry_hash"] = prev = compute_entry_hash(row)
+        rows.append(row)
+    await conn.execute(insert(audit_log), rows)
+    await conn.execute(
+        update(audit_chain_head)
+        .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
+        .values(seq=seq, head_hash=prev)
+    )
+    appended: list[str] = conn.info.setdefault(APPENDED_INFO_KEY, [])
+    appended.extend(entry.status for entry in entries)
+    conn.info[LAST_HASH_INFO_KEY] = prev
+    return [int(r["seq"]) for r in rows]
+
+
+APPENDED_INFO_KEY = "pfs_audit_appended"
+"""`conn.info` key: statuses of the entries this transaction appended (counted at its commit)."""
+
+LAST_HASH_INFO_KEY = "pfs_audit_last_hash"
+"""`conn.info` key: the entry hash of the last entry this transaction appended."""
+
+
+def last_appended(conn: AsyncConnection) -> str | None:
+    """The entry hash of the last entry appended in the current transaction, if any."""
+    value: object = conn.info.get(LAST_HASH_INFO_KEY)
+    return value if isinstance(value, str) else None
+
+
+async def has_entry_hash(conn: AsyncConnection, entry_hash: str) -> bool:
+    """Whether an entry with this hash is in the log (entry hashes are unique)."""
+    found = await conn.execute(select(audit_log.c.seq).where(audit_log.c.entry_hash == entry_hash))
+    return found.first() is not None
+
+
+def watch_appends(engine: AsyncEngine, on_commit: Callable[[list[str]], None]) -> None:
+    """Call `on_commit` with the statuses of the entries each committed transaction appended.
+
+    Entries of a transaction that rolls back are forgotten, so a count kept this way equals
+    the entries in the log.
+    """
+
+    def committed(conn: Connection) -> None:
+        statuses = conn.info.pop(APPENDED_INFO_KEY, None)
+        if statuses:
+            on_commit(statuses)
+
+    def rolled_back(conn: Connection) -> None:
+        conn.info.pop(APPENDED_INFO_KEY, None)
+
+    event.listen(engine.sync_engine, "commit", committed)
+    event.listen(engine.sync_engine, "rollback", rolled_back)
+
+
+async def chain_head(conn: AsyncConnection) -> tuple[int, str]:
+    """Return the recorded `(seq, head_hash)` of the chain."""
+    row = (
+        await conn.execute(
+            select(audit_chain_head.c.seq, audit_chain_head.c.head_hash).where(
+                audit_chain_head.c.chain_id == GLOBAL_CHAIN
+            )
+        )
+    ).one()
+    return int(row.seq), str(row.head_hash)
+
+
+async def has_entry_after(conn: AsyncConnection, seq: int) -> bool:
+    """Whether any entry has a seq greater than `seq`."""
+    result = await conn.execute(select(audit_log.c.seq).where(audit_log.c.seq > seq).limit(1))
+    return result.first() is not None
+
+
+async def stream_entries(
+    conn: AsyncConnection, after_seq: int = 0, batch: int = 2000, upto_seq: int | None = None
+) -> AsyncIterator[Mapping[str, Any]]:
+    """Yield entries with `after_seq < seq <= upto_seq` in seq order, `batch` rows per query."""
+    last = after_seq
+    while True:
+        condition = audit_log.c.seq > last
+        if upto_seq is not None:
+            condition = condition & (audit_log.c.seq <= upto_seq)
+        result = await conn.execute(select(audit_log).where(condition).order_by(audit_log.c.seq).limit(batch))
+        rows = result.mappings().all()
+        for row in rows:
+            yield _normalized(row)
+        if len(rows) < batch:
+            return
+        last = int(rows[-1]["seq"])
+
+
+async def file_history(
+    conn: AsyncConnection, book_id: str, path: str, user_id: str, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Return the entries of one file (book, path, user) in seq order."""
+    result = await conn.execute(
+        select(audit_log)
+        .where(
+            audit_log.c.book_id == book_id,
+            audit_log.c.path == path,
+            audit_log.c.user_id == user_id,
+        )
+        .order_by(audit_log.c.seq)
+        .limit(limit)
+    )
+    return [_normalized(row) for row in result.mappings().all()]
+
+
+async def last_writer(
+    conn: AsyncConnection, book_id: str, path: str, user_id: str, sha256: str
+) -> str | None:
+    """Return the agent id of the latest successful entry of one file that produced `sha256`."""
+    log = audit_log.c
+    result = await conn.execute(
+        select(log.agent_id)
+        .where(
+            log.book_id == book_id,
+            log.path == path,
+            log.user_id == user_id,
+            log.status == "success",
+            log.new_hash == sha256,
+        )
+        .order_by(log.seq.desc())
+        .limit(1)
+    )
+    agent = result.scalar_one_or_none()
+    return str(agent) if agent is not None else None
+
+
+def _normalized(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["created_at"] = to_utc(out["created_at"])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Exact-match filters of an audit query; None leaves a column unconstrained.
+
+    `path_prefix` keeps paths that start with it (a superset: SQLite's LIKE ignores ASCII case,
+    so callers filter the exact pattern in Python). `since` is inclusive, `until` exclusive;
+    both are aware datetimes.
+    """
+
+    book_id: str | None = None
+    path: str | None = None
+    path_prefix: str | None = None
+    user_id: str | None = None
+    agent_id: str | None = None
+    operation: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def query_entries(
+    conn: AsyncConnection, where: AuditFilter, after_seq: int, limit: int
+) -> list[dict[str, Any]]:
+    """Return up to `limit` entries with `seq > after_seq` matching `where`, in seq order.
+
+    Keyset paging on the primary key; each filter is a plain equality or range the indexes
+    `(book_id, path, user_id, seq)`, `(agent_id, seq)` and `created_at` can serve.
+    """
+    log = audit_log.c
+    conditions: list[ColumnElement[bool]] = [log.seq > after_seq]
+    for column, value in (
+        (log.book_id, where.book_id),
+        (log.path, where.path),
+        (log.user_id, where.user_id),
+        (log.agent_id, where.agent_id),
+        (log.operation, where.operation),
+        (log.status, where.status),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.path_prefix:
+        conditions.append(log.path.startswith(where.path_prefix, autoescape=True))
+    if where.since is not None:
+        conditions.append(log.created_at >= to_utc(where.since))
+    if where.until is not None:
+        conditions.append(log.created_at < to_utc(where.until))
+    result = await conn.execute(select(audit_log).where(*conditions).order_by(log.seq).limit(limit))
+    return [_normalized(row) for row in result.mappings().all()]
+
+
+async def entry_hash_at(conn: AsyncConnection, seq: int) -> str | None:
+    """Return the `entry_hash` of the entry at `seq`, or None if there is none."""
+    result = await conn.execute(select(audit_log.c.entry_hash).where(audit_log.c.seq == seq))
+    value = result.scalar_one_or_none()
+    return str(value) if value is not None else None

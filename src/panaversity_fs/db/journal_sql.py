@@ -1,0 +1,443 @@
+"""SQL of the file journal: lookups, compare-and-swap changes, publish bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Insert, Table, and_, case, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from panaversity_fs.audit.chain import to_utc
+from panaversity_fs.db.schema import file_journal
+from panaversity_fs.paths import BASE_USER, storage_key
+
+J = file_journal.c
+
+
+@dataclass(frozen=True, slots=True)
+class FileKey:
+    """Identity of one journaled file: a book path in the base or in one user's overlay."""
+
+    book_id: str
+    path: str
+    user_id: str
+
+    def where(self) -> Any:
+        """The SQL predicate selecting this file's row."""
+        return and_(J.book_id == self.book_id, J.path == self.path, J.user_id == self.user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One row of `file_journal`; `sha256` None marks a tombstone (deleted file)."""
+
+    book_id: str
+    path: str
+    user_id: str
+    sha256: str | None
+    size: int
+    version: int
+    last_written_at: datetime
+    publish_pending: bool
+    staging_key: str | None
+    pending_since: datetime | None
+    content_type: str | None = None
+
+    @property
+    def key(self) -> FileKey:
+        """This row's file identity."""
+        return FileKey(self.book_id, self.path, self.user_id)
+
+    @property
+    def exists(self) -> bool:
+        """Whether the row describes a live file (not a tombstone)."""
+        return self.sha256 is not None
+
+    @property
+    def source(self) -> Literal["base", "overlay"]:
+        """`overlay` for a user's file, `base` for shared content."""
+        return "base" if self.user_id == BASE_USER else "overlay"
+
+    @property
+    def object_keys(self) -> list[str]:
+        """The storage keys that may hold this row's bytes, in the order to try them: a committed
+        but unpublished write's staging object first, then the file's own key."""
+        final = storage_key(self.book_id, self.path, self.user_id)
+        return [self.staging_key, final] if self.publish_pending and self.staging_key else [final]
+
+
+_COLUMNS = (
+    J.book_id,
+    J.path,
+    J.user_id,
+    J.sha256,
+    J.size,
+    J.version,
+    J.last_written_at,
+    J.publish_pending,
+    J.staging_key,
+    J.pending_since,
+    J.content_type,
+)
+
+
+def _row(row: Any) -> JournalRow:
+    pending_since = row.pending_since
+    return JournalRow(
+        book_id=row.book_id,
+        path=row.path,
+        user_id=row.user_id,
+        sha256=row.sha256,
+        size=int(row.size),
+        version=int(row.version),
+        last_written_at=to_utc(row.last_written_at),
+        publish_pending=bool(row.publish_pending),
+        staging_key=row.staging_key,
+        pending_since=to_utc(pending_since) if pending_since is not None else None,
+        content_type=row.content_type,
+    )
+
+
+async def fetch(
+    conn: AsyncConnection, book_id: str, path: str, user_ids: Sequence[str]
+) -> dict[str, JournalRow]:
+    """Return the rows of `path` for each of `user_ids` that has one, keyed by user id."""
+    result = await conn.execute(
+        select(*_COLUMNS).where(J.book_id == book_id, J.path == path, J.user_id.in_(user_ids))
+    )
+    return {row.user_id: _row(row) for row in result}
+
+
+async def lock(conn: AsyncConnection, key: FileKey) -> JournalRow | None:
+    """Return the row of `key` locked for the rest of the transaction (None if absent)."""
+    result = await conn.execute(select(*_COLUMNS).where(key.where()).with_for_update())
+    row = result.first()
+    return _row(row) if row is not None else None
+
+
+def visible(rows: dict[str, JournalRow], user_id: str | None) -> JournalRow | None:
+    """Of one path's rows keyed by user, the one `user_id` reads: a live overlay, else live base."""
+    if user_id is not None:
+        overlay = rows.get(user_id)
+        if overlay is not None and overlay.exists:
+            return overlay
+    base = rows.get(BASE_USER)
+    return base if base is not None and base.exists else None
+
+
+def insert_if_absent(conn: AsyncConnection, table: Table) -> Insert:
+    """`INSERT ... ON CONFLICT DO NOTHING` into `table` on the connection's dialect (PostgreSQL
+    or SQLite): a row whose key exists already is left as it is."""
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    return dialect_insert(table).on_conflict_do_nothing()
+
+
+def _next_version(
+    sha256: str | None,
+    size: int,
+    staging_key: str | None,
+    now: datetime,
+    content_type: str | None = None,
+) -> dict[str, Any]:
+    """Column values of a committed change that still waits for its publish."""
+    return {
+        "content_type": content_type,
+        "sha256": sha256,
+        "size": size,
+        "version": J.version + 1,
+        "last_written_at": now,
+        "publish_pending": True,
+        "staging_key": staging_key,
+        "pending_since": now,
+    }
+
+
+async def compare_and_swap(
+    conn: AsyncConnection,
+    key: FileKey,
+    expected: str,
+    new_hash: str,
+    size: int,
+    staging_key: str,
+    now: datetime,
+    content_type: str | None = None,
+) -> int | None:
+    """Point a live row whose hash is `expected` at new staged bytes.
+
+    Returns the row's new version, or None if its hash is not `expected` (or it is absent).
+    """
+    result = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.sha256 == expected)
+        .values(_next_version(new_hash, size, staging_key, now, content_type))
+        .returning(J.version)
+    )
+    return result.scalar_one_or_none()
+
+
+async def create(
+    conn: AsyncConnection,
+    key: FileKey,
+    new_hash: str,
+    size: int,
+    staging_key: str,
+    now: datetime,
+    backend: str,
+    content_type: str | None = None,
+) -> int | None:
+    """Record a new file (a fresh row, or a revived tombstone).
+
+    Returns the row's version, or None if the file is live already.
+    """
+    values: dict[str, Any] = {
+        "book_id": key.book_id,
+        "path": key.path,
+        "user_id": key.user_id,
+        "sha256": new_hash,
+        "size": size,
+        "version": 1,
+        "last_written_at": now,
+        "storage_backend": backend,
+        "publish_pending": True,
+        "staging_key": staging_key,
+        "pending_since": now,
+        "content_type": content_type,
+    }
+    inserted = await conn.execute(insert_if_absent(conn, file_journal).values(values).returning(J.version))
+    version = inserted.scalar_one_or_none()
+    if version is not None:
+        return version
+    revived = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.sha256.is_(None))
+        .values(_next_version(new_hash, size, staging_key, now, content_type) | {"storage_backend": backend})
+        .returning(J.version)
+    )
+    return revived.scalar_one_or_none()
+
+
+async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime) -> bool:
+    """Mark a live file deleted (its object is removed at publish); False if it is not live."""
+    result = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.sha256.is_not(None))
+        .values(_next_version(None, 0, None, now))
+    )
+    return result.rowcount == 1
+
+
+async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str | None) -> bool:
+    """Clear the pending flag if the pending change is still the one staged at `staging_key`."""
+    result = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.publish_pending.is_(True), J.staging_key.is_not_distinct_from(staging_key))
+        .values(publish_pending=False, staging_key=None, pending_since=None)
+    )
+    return result.rowcount == 1
+
+
+async def pending(conn: AsyncConnection, older_than: datetime, limit: int = 500) -> list[JournalRow]:
+    """Return rows whose committed change has waited for its publish since before `older_than`."""
+    result = await conn.execute(
+        select(*_COLUMNS)
+        .where(J.publish_pending.is_(True), J.pending_since < older_than)
+        .order_by(J.pending_since)
+        .limit(limit)
+    )
+    return [_row(row) for row in result]
+
+
+async def staging_keys_in_use(conn: AsyncConnection) -> set[str]:
+    """Return every staging key a journal row still points at."""
+    result = await conn.execute(select(J.staging_key).where(J.staging_key.is_not(None)))
+    return {str(key) for key in result.scalars()}
+
+
+async def all_rows(conn: AsyncConnection, book_id: str | None = None) -> list[JournalRow]:
+    """Return every row (of one book, if given), tombstones included, in key order."""
+    query = select(*_COLUMNS).order_by(J.book_id, J.user_id, J.path)
+    if book_id is not None:
+        query = query.where(J.book_id == book_id)
+    return [_row(row) for row in await conn.execute(query)]
+
+
+async def rows_page(
+    conn: AsyncConnection, book_id: str | None, after: tuple[str, str, str] | None, limit: int
+) -> list[JournalRow]:
+    """Return up to `limit` rows (of one book, if given) after the key `(book_id, user_id, path)`
+    `after`, tombstones included, in key order: a keyset page of `all_rows`."""
+    query = select(*_COLUMNS)
+    if book_id is not None:
+        query = query.where(J.book_id == book_id)
+    if after is not None:
+        query = query.where(tuple_(J.book_id, J.user_id, J.path) > tuple_(*after))
+    return [
+        _row(row) for row in await conn.execute(query.order_by(J.book_id, J.user_id, J.path).limit(limit))
+    ]
+
+
+async def live_files_by_book(conn: AsyncConnection) -> list[tuple[str, int, bool]]:
+    """Return, per book, its number of live files (0 when all were deleted) and whether it has
+    shared (base) rows, live or deleted; a book without them exists only in overlays."""
+    has_base = func.max(case((J.user_id == BASE_USER, 1), else_=0))
+    result = await conn.execute(select(J.book_id, func.count(J.sha256), has_base).group_by(J.book_id))
+    return [(str(book), int(count), bool(base)) for book, count, base in result.tuples()]
+
+
+async def base_books(conn: AsyncConnection) -> list[str]:
+    """Return the books with at least one shared (base) row, live or deleted."""
+    result = await conn.execute(select(J.book_id).where(J.user_id == BASE_USER).group_by(J.book_id))
+    return [str(book) for book in result.scalars()]
+
+
+async def book_exists(conn: AsyncConnection, book_id: str, user_id: str | None = None) -> bool:
+    """Whether `book_id` has a shared row, or (with `user_id`) a row of that user's overlay,
+    live or deleted. One indexed lookup."""
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    found = await conn.execute(select(J.book_id).where(J.book_id == book_id, J.user_id.in_(users)).limit(1))
+    return found.first() is not None
+
+
+async def count_live(conn: AsyncConnection) -> int:
+    """Return the number of live (non-tombstone) rows."""
+    return int((await conn.execute(select(func.count()).where(J.sha256.is_not(None)))).scalar_one())
+
+
+def binary_order(column: Any, conn: AsyncConnection) -> Any:
+    """`column` compared and sorted byte-wise (PostgreSQL's locale collations sort differently)."""
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+def _under(conn: AsyncConnection, prefix: str) -> Any:
+    """Predicate: the path starts with `prefix` (a literal, not a LIKE pattern)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return binary_order(J.path, conn).like(escaped + "%", escape="\\")
+
+
+async def view(
+    conn: AsyncConnection,
+    book_id: str,
+    user_id: str | None,
+    prefix: str = "",
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[JournalRow]:
+    """Return the live files of a book as `user_id` sees them, in byte-wise path order.
+
+    Overlay rows replace the base row of the same path; no other user's rows are read.
+    Only paths starting with `prefix` and sorting after `after` are returned, at most `limit`.
+    One query.
+    """
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    path = binary_order(J.path, conn)
+    query = (
+        select(*_COLUMNS)
+        .where(J.book_id == book_id, J.user_id.in_(users), J.sha256.is_not(None))
+        .order_by(path, J.user_id)
+    )
+    if prefix:
+        query = query.where(_under(conn, prefix))
+    if after is not None:
+        query = query.where(path > after)
+    if limit is not None:
+        # A path has at most two rows (base, overlay); one more row tells whether the last
+        # path's pair was cut by the limit.
+        query = query.limit(2 * limit + 1)
+    rows = [_row(row) for row in await conn.execute(query)]
+    resolved: dict[str, JournalRow] = {}
+    for row in rows:
+        if row.path not in resolved or row.user_id != BASE_USER:
+            resolved[row.path] = row
+    files = list(resolved.values())
+    if limit is not None and len(rows) == 2 * limit + 1 and len(files) > 1:
+        files.pop()
+    return files if limit is None else files[:limit]
+
+
+ROW_COLUMNS = _COLUMNS
+"""The columns a `JournalRow` is built from, for queries in the other journal repositories."""
+
+
+def to_journal_row(row: Any) -> JournalRow:
+    """Build a `JournalRow` from a result row selected with `ROW_COLUMNS`."""
+    return _row(row)
+
+
+# -- whole-book queries (catalogue, search) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookSummary:
+    """Counts of one book's live files as one caller sees them: the shared (base) files and,
+    with a user, that user's overlay; other users' overlays are never counted."""
+
+    book_id: str
+    base_files: int
+    content_files: int
+    asset_files: int
+    base_bytes: int
+    overlay_files: int
+    last_written_at: datetime
+
+
+async def book_ids(conn: AsyncConnection, user_id: str | None = None) -> list[str]:
+    """Return the books with a live base file (or a live overlay of `user_id`), byte-wise sorted."""
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    query = (
+        select(J.book_id)
+        .where(J.sha256.is_not(None), J.user_id.in_(users))
+        .group_by(J.book_id)
+        .order_by(binary_order(J.book_id, conn))
+    )
+    return [str(book) for book in (await conn.execute(query)).scalars()]
+
+
+async def book_summaries(
+    conn: AsyncConnection, book_id: str | None = None, user_id: str | None = None
+) -> list[BookSummary]:
+    """Return, per book with a live base file (or a live overlay file of `user_id`), its file
+    counts, bytes and last change, reading only base rows and `user_id`'s rows.
+
+    One query; `last_written_at` covers those rows (deletions too).
+    """
+    live = J.sha256.is_not(None)
+    base = and_(live, J.user_id == BASE_USER)
+
+    def count(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    query = (
+        select(
+            J.book_id,
+            count(base).label("base_files"),
+            count(and_(base, J.path.like("content/%"))).label("content_files"),
+            count(and_(base, J.path.like("static/%"))).label("asset_files"),
+            func.coalesce(func.sum(case((base, J.size), else_=0)), 0).label("base_bytes"),
+            count(and_(live, J.user_id != BASE_USER)).label("overlay_files"),
+            func.max(J.last_written_at).label("last_written_at"),
+        )
+        .where(J.user_id.in_(users))
+        .group_by(J.book_id)
+        .having(count(live) > 0)
+        .order_by(binary_order(J.book_id, conn))
+    )
+    if book_id is not None:
+        query = query.where(J.book_id == book_id)
+    return [
+        BookSummary(
+            book_id=row.book_id,
+            base_files=int(row.base_files),
+            content_files=int(row.content_files),
+            asset_files=int(row.asset_files),
+            base_bytes=int(row.base_bytes),
+            overlay_files=int(row.overlay_files),
+            last_written_at=to_utc(row.last_written_at),
+        )
+        for row in await conn.execute(query)
+    ]

@@ -1,0 +1,1 @@
+"""Journaled files: addresses, verified reads, the write engine, publishing, consistency."""

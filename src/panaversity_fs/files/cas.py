@@ -1,0 +1,144 @@
+"""The compare-and-swap at the heart of a write: which journal change the contract allows, and
+how a commit whose answer was lost is settled without replaying it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from panaversity_fs.audit.entries import DB_ERRORS
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db import transactions
+from panaversity_fs.db.engine import Database, database_unavailable
+from panaversity_fs.errors import Conflict, HashRequired, NotFound, PanaversityFSError, Unavailable
+from panaversity_fs.files.idempotency import Replay
+from panaversity_fs.files.results import WriteOutcome
+from panaversity_fs.files.target import Target
+from panaversity_fs.paths import BASE_USER
+
+logger = logging.getLogger(__name__)
+
+WriteDecision = tuple[Literal["created", "updated"], str | None, int]
+"""A committed write: mode, previous hash, new version."""
+
+
+async def apply_write(
+    conn: AsyncConnection,
+    target: Target,
+    expected: str | None,
+    new_hash: str,
+    size: int,
+    staging_key: str,
+    now: datetime,
+    content_type: str | None,
+    backend: str,
+) -> WriteDecision | PanaversityFSError:
+    """The journal change of a write in `conn`, per the `expected_hash` contract, or its refusal.
+
+    A create inserts (or revives a tombstone); an update compares-and-swaps on the current hash;
+    an overlay may be forked from the base version the caller read (its hash as `expected`).
+    """
+    key = target.key
+    if expected is None:
+        version = await journal.create(conn, key, new_hash, size, staging_key, now, backend, content_type)
+        if version is not None:
+            return ("created", None, version)
+        row = await journal.lock(conn, key)
+        current = row.sha256 if row is not None else None
+        return HashRequired(
+            "the file exists: pass its current hash as expected_hash to replace it",
+            current_hash=current,
+        )
+    version = await journal.compare_and_swap(
+        conn, key, expected, new_hash, size, staging_key, now, content_type
+    )
+    if version is not None:
+        return ("updated", expected, version)
+    row = await journal.lock(conn, key)
+    if row is not None and row.exists:
+        return Conflict(
+            "expected_hash is not the file's current hash: re-read, merge, retry",
+            current_hash=row.sha256,
+        )
+    if target.user_id is not None:
+        base = (await journal.fetch(conn, key.book_id, key.path, [BASE_USER])).get(BASE_USER)
+        if base is not None and base.exists:
+            if base.sha256 == expected:
+                # Forking the overlay from the base version the agent read.
+                version = await journal.create(conn, key, new_hash, size, staging_key, now, backend)
+                if version is not None:
+                    return ("created", None, version)
+                row = await journal.lock(conn, key)
+                return Conflict(
+                    "the overlay was created concurrently: re-read, merge, retry",
+                    current_hash=row.sha256 if row is not None else None,
+                )
+            return Conflict(
+                "expected_hash is not the current hash of the file you read",
+                current_hash=base.sha256,
+                current_source="base",
+            )
+    return NotFound("the file does not exist: create it without expected_hash", path=target.path)
+
+
+def write_outcome(target: Target, decision: WriteDecision, new_hash: str, size: int) -> WriteOutcome:
+    """The result of a committed write."""
+    mode, previous, version = decision
+    return WriteOutcome(
+        book_id=target.book_id,
+        path=target.path,
+        mode=mode,
+        file_hash=new_hash,
+        size=size,
+        version=version,
+        previous_hash=previous,
+        user_id=target.user_id,
+        source=target.source,  # type: ignore[arg-type]
+        namespace=target.source,  # type: ignore[arg-type]
+    )
+
+
+async def resolve_unknown_commit(
+    db: Database,
+    target: Target,
+    staging_key: str,
+    decided: WriteOutcome | Replay | PanaversityFSError,
+    exc: BaseException,
+    transaction: tuple[int, int] | None,
+) -> WriteOutcome | Replay | PanaversityFSError:
+    """Decide whether a transaction whose COMMIT failed took effect, without replaying it.
+
+    On PostgreSQL the transaction's own status is asked (`journal.transactions.settle`),
+    which also stops a COMMIT still in flight from landing later. Otherwise the staging key,
+    unique to this attempt, tells: if the journal row points at it, the commit happened and
+    `decided` is what it did. A replay changed nothing either way.
+    """
+    if isinstance(decided, Replay):
+        return decided
+    logger.warning("commit outcome unknown; settling it", exc_info=exc)
+    if transaction is not None:
+        committed = await transactions.settle(db, transaction)
+        if committed is True:
+            return decided
+        if committed is False:
+            return database_unavailable(exc)
+        return _outcome_unknown()
+    try:
+        async with db.read() as conn:
+            rows = await journal.fetch(conn, target.book_id, target.path, [target.key.user_id])
+    except DB_ERRORS:
+        return _outcome_unknown()
+    row = rows.get(target.key.user_id)
+    if row is not None and row.staging_key == staging_key and not isinstance(decided, PanaversityFSError):
+        return decided
+    return database_unavailable(exc)
+
+
+def _outcome_unknown() -> Unavailable:
+    return Unavailable(
+        "the database failed while committing and the outcome is unknown; re-read the file before retrying",
+        outcome_unknown=True,
+    )

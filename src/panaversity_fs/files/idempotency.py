@@ -1,0 +1,149 @@
+"""Idempotency keys for mutating tools (reliability.md C-9).
+
+A caller may pass `idempotency_key` to a mutation. The first call that commits under a key
+stores its outcome in the same transaction as its journal change; every later call by the same
+agent with the same key and the same arguments gets that outcome back and changes nothing (no
+second journal change, no second audit entry), also when the calls run concurrently or reach
+different replicas. The same key with different arguments is refused. A call that is refused
+(CONFLICT, HASH_REQUIRED, ...) changes nothing and keeps no key, so a retry runs afresh. Keys
+are scoped to the agent and forgotten after `idempotency_ttl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from panaversity_fs.auth.identity import Caller
+from panaversity_fs.db import idempotency_sql as idem_sql
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.idempotency_sql import StoredCall
+from panaversity_fs.errors import InvalidArgument, PanaversityFSError, Unavailable
+from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """One call's claim on an idempotency key."""
+
+    agent_id: str
+    key: str
+    tool: str
+    fingerprint: str
+
+    @classmethod
+    def for_call(
+        cls, caller: Caller, tool: str, key: object, arguments: Mapping[str, object]
+    ) -> Idempotency | None:
+        """The claim of a call with `key` (None when no key was given).
+
+        Raises:
+            InvalidArgument: the key is not 1-128 characters of `[A-Za-z0-9._:-]`.
+        """
+        if key is None:
+            return None
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise InvalidArgument(
+                "idempotency_key must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+                field="idempotency_key",
+            )
+        canonical = json.dumps(
+            {"tool": tool, "arguments": dict(arguments)}, sort_keys=True, separators=(",", ":"), default=str
+        )
+        return cls(caller.agent_id, key, tool, hashlib.sha256(canonical.encode()).hexdigest())
+
+    def replay(self, stored: StoredCall) -> str | None:
+        """The stored outcome to return for this call (None if the claim holds no outcome).
+
+        Raises:
+            InvalidArgument: the key was used for another tool or other arguments.
+        """
+        if (stored.tool, stored.fingerprint) != (self.tool, self.fingerprint):
+            raise InvalidArgument(
+                "this idempotency_key was already used for a different request; use a new key",
+                field="idempotency_key",
+                reused_key=True,
+            )
+        return stored.result
+
+
+class Replay:
+    """A committed outcome found under the call's key: return it, change nothing."""
+
+    def __init__(self, payload: str) -> None:
+        self.payload = payload
+
+    def write(self) -> tuple[WriteOutcome, str | None]:
+        """The stored write outcome and the content type it was stored with."""
+        data = json.loads(self.payload)
+        return WriteOutcome.model_validate(data["outcome"]), data.get("content_type")
+
+    def delete(self) -> DeleteOutcome:
+        """The stored delete outcome."""
+        return DeleteOutcome.model_validate(json.loads(self.payload)["outcome"])
+
+
+def payload(outcome: WriteOutcome | DeleteOutcome, content_type: str | None = None) -> str:
+    """What a committed call stores under its key."""
+    return json.dumps({"outcome": outcome.model_dump(mode="json"), "content_type": content_type})
+
+
+async def settle(
+    conn: AsyncConnection,
+    idem: Idempotency | None,
+    decided: WriteOutcome | DeleteOutcome | PanaversityFSError,
+    content_type: str | None = None,
+) -> None:
+    """In the mutation's transaction: release the key of a refused call (a retry may use it), or
+    store the outcome of a successful one under it. Nothing without a key."""
+    if idem is None:
+        return
+    if isinstance(decided, PanaversityFSError):
+        await idem_sql.release(conn, idem.agent_id, idem.key)
+    else:
+        await idem_sql.record(conn, idem.agent_id, idem.key, payload(decided, content_type))
+
+
+async def replayed(db: Database, idem: Idempotency | None) -> Replay | None:
+    """The outcome an earlier call committed under `idem`'s key, if any (a cheap early look).
+
+    Raises:
+        InvalidArgument: the key was used for another request.
+        Unavailable: the database failed.
+    """
+    if idem is None:
+        return None
+    try:
+        async with db.read() as conn:
+            stored = await idem_sql.find(conn, idem.agent_id, idem.key)
+    except DB_ERRORS as exc:
+        raise database_unavailable(exc) from None
+    if stored is None:
+        return None
+    result = idem.replay(stored)
+    return Replay(result) if result is not None else None
+
+
+async def claim(conn: AsyncConnection, idem: Idempotency, now: datetime) -> Replay | None:
+    """Claim the key inside the mutation's transaction; a committed holder's outcome if taken.
+
+    Raises:
+        InvalidArgument: the key was used for another request.
+        Unavailable: the key is held without an outcome (cannot happen: outcomes are stored in
+            the claiming transaction), so the caller should retry.
+    """
+    stored = await idem_sql.claim(conn, idem.agent_id, idem.key, idem.tool, idem.fingerprint, now)
+    if stored is None:
+        return None
+    result = idem.replay(stored)
+    if result is None:
+        raise Unavailable("the idempotency key is busy; retry")
+    return Replay(result)

@@ -1,0 +1,146 @@
+"""Publishing committed changes to their final keys, and recovering abandoned ones.
+
+A write commits its journal row with `publish_pending` and the staging key holding its bytes;
+publishing then moves the bytes to the path-addressed key (or, for a delete, removes the
+object) under the row's lock, so two publishes of one file never interleave. Any process may
+publish any pending row: the writer does it right after its commit, and recovery (at start-up
+and periodically) finishes whatever a crashed or failed writer left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, Database
+from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.paths import storage_key
+from panaversity_fs.storage.blobs import (
+    STAGING_PREFIX,
+    UPLOAD_PREFIX,
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    StorageError,
+    upload_expiry,
+)
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_RETRY_AFTER = timedelta(seconds=5)
+"""A pending publish older than this (or than the sweep's grace, if smaller) is taken over by
+recovery: its writer is slow or gone. Publishing is safe at any age, since it runs under the
+row's lock and checks the staging key, so the wait only saves duplicated work."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What one recovery sweep did."""
+
+    published: int
+    failed: int
+    orphans_removed: int
+    uploads_removed: int = 0
+
+
+class Publisher:
+    """Moves committed bytes into place and cleans up after writers that did not."""
+
+    def __init__(self, db: Database, store: BlobStore, metrics: Metrics) -> None:
+        self._db = db
+        self._store = store
+        self._metrics = metrics
+
+    async def publish(self, key: FileKey, staging_key: str | None) -> bool:
+        """Publish the change staged at `staging_key` (None: a delete) if it is still pending.
+
+        Returns True if this call (or an earlier one) completed it, False if a newer change
+        superseded it. Storage or database errors propagate; the row then stays pending.
+        """
+        final_key = storage_key(key.book_id, key.path, key.user_id)
+        async with self._db.write() as conn:
+            row = await journal.lock(conn, key)
+            current = row is not None and row.publish_pending and row.staging_key == staging_key
+            if row is not None and current:
+                if staging_key is None:
+                    await self._store.delete(final_key)
+                else:
+                    await self._move(staging_key, final_key, row.sha256)
+                await journal.finish_publish(conn, key, staging_key)
+        if not current and staging_key is not None and (row is None or row.staging_key != staging_key):
+            # A newer write replaced ours before we published: our staged bytes are garbage.
+            await self._store.delete(staging_key)
+            return False
+        return True
+
+    async def publish_or_defer(self, key: FileKey, staging_key: str | None) -> None:
+        """`publish`, leaving the change pending for recovery if storage or the database fails."""
+        try:
+            await self.publish(key, staging_key)
+        except (StorageError, *DB_ERRORS):
+            logger.warning("publish deferred to recovery", exc_info=True)
+
+    async def _move(self, staging_key: str, final_key: str, sha256: str | None) -> None:
+        try:
+            await self._store.publish(staging_key, final_key)
+        except BlobNotFound:
+            # An earlier attempt moved the bytes, then failed to record it: accept the final
+            # object if it is exactly the committed content, otherwise the bytes are lost.
+            data = await self._store.read(final_key)
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise
+            logger.warning("publish found its bytes already in place", extra={"key": final_key})
+
+    async def recover(self, orphan_grace: timedelta, now: datetime | None = None) -> RecoveryReport:
+        """Finish abandoned publishes, remove staged objects no journal row references and
+        upload-URL objects never completed.
+
+        A pending publish is taken over once it is older than `orphan_grace` or
+        `PUBLISH_RETRY_AFTER`, whichever is smaller, so `grace` 0 (every server stopped) finishes
+        all of them. Staged objects younger than `orphan_grace` are kept: their writer may still
+        be about to commit them. An upload object is kept until `orphan_grace` after its URL expired:
+        a completion that verified the URL just before expiry may still be reading it.
+        """
+        now = now or datetime.now(UTC)
+        async with self._db.read() as conn:
+            leftovers = await journal.pending(conn, now - min(orphan_grace, PUBLISH_RETRY_AFTER))
+        published = failed = 0
+        for row in leftovers:
+            try:
+                if await self.publish(row.key, row.staging_key):
+                    published += 1
+                    self._metrics.recovery_total.labels("published").inc()
+            except Exception:
+                failed += 1
+                logger.exception("recovery could not publish a pending change")
+        orphans = 0
+        staged = await self._store.list(STAGING_PREFIX)
+        async with self._db.read() as conn:
+            referenced = await journal.staging_keys_in_use(conn)
+        for blob in staged:
+            young = blob.last_modified is not None and now - blob.last_modified < orphan_grace
+            if blob.key in referenced or young:
+                continue
+            await self._store.delete(blob.key)
+            orphans += 1
+            self._metrics.recovery_total.labels("orphan_removed").inc()
+        uploads = 0
+        for blob in await self._store.list(UPLOAD_PREFIX):
+            if now < _upload_deadline(blob) + orphan_grace:
+                continue
+            await self._store.delete(blob.key)
+            uploads += 1
+            self._metrics.recovery_total.labels("upload_expired").inc()
+        return RecoveryReport(published, failed, orphans, uploads)
+
+
+def _upload_deadline(blob: BlobInfo) -> datetime:
+    expires = upload_expiry(blob.key)
+    if expires is not None:
+        return datetime.fromtimestamp(expires, UTC)
+    # Not a name we give out: treat it like an orphan of unknown age.
+    return blob.last_modified or datetime.min.replace(tzinfo=UTC)

@@ -1,0 +1,119 @@
+"""`FileReader`: hash-verified reads of journaled files, overlay first."""
+
+from __future__ import annotations
+
+import logging
+
+from panaversity_fs.audit.entries import DB_ERRORS, storage_unavailable
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import Database, database_unavailable
+from panaversity_fs.db.journal_sql import JournalRow
+from panaversity_fs.errors import Internal, NotFound, Unavailable
+from panaversity_fs.files.results import FileContent
+from panaversity_fs.files.target import Target, sha256_hex
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.paths import BASE_USER
+from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+READ_ATTEMPTS = 4
+"""Journal/storage round trips a read makes before it calls a mismatch real."""
+
+
+class FileReader:
+    """Reads a file's current bytes and checks them against its journal row."""
+
+    def __init__(self, db: Database, store: BlobStore, metrics: Metrics) -> None:
+        self._db = db
+        self._store = store
+        self._metrics = metrics
+
+    async def resolved(self, target: Target) -> FileContent:
+        """Return the file `target` names: the user's live overlay, else the live base file.
+
+        Raises:
+            NotFound: neither exists.
+            Unavailable: the database or storage failed, or the file kept changing; retry.
+            Internal: the stored bytes do not match an unchanging journal row (run fsck).
+        """
+        found = await self.follow(target.book_id, target.path, target.user_id)
+        if found is None:
+            raise NotFound(f"{target.path} does not exist", path=target.path)
+        row, data = found
+        return _file_content(target, row, data)
+
+    async def follow(
+        self, book_id: str, path: str, user_id: str | None, row: JournalRow | None = None
+    ) -> tuple[JournalRow, bytes] | None:
+        """Return the visible row of a file (for `user_id`) with its verified bytes, starting from
+        `row` when the caller already listed it; None if no live row is visible.
+
+        Bytes that do not match their row mean the file changed under the read: its row is
+        looked up again, up to `READ_ATTEMPTS` reads in all.
+
+        Raises:
+            Unavailable: the database or storage failed, or the file kept changing; retry.
+            Internal: the stored bytes do not match an unchanging journal row (run fsck).
+        """
+        users = [user_id, BASE_USER] if user_id else [BASE_USER]
+        versions_seen: set[tuple[str, int]] = set()
+        for _ in range(READ_ATTEMPTS):
+            if row is None:
+                try:
+                    async with self._db.read() as conn:
+                        rows = await journal.fetch(conn, book_id, path, users)
+                except DB_ERRORS as exc:
+                    raise database_unavailable(exc) from None
+                row = journal.visible(rows, user_id)
+                if row is None:
+                    return None
+            data = await self.fetch_bytes(row)
+            if data is not None:
+                return row, data
+            versions_seen.add((row.user_id, row.version))
+            row = None
+        if len(versions_seen) == 1:
+            self._metrics.journal_storage_mismatch_total.inc()
+            logger.error("stored bytes do not match the journal", extra={"book_id": book_id, "path": path})
+            raise Internal("stored bytes do not match the journal; an operator should run fsck")
+        raise Unavailable("the file changed during the read; retry", path=path)
+
+    async def fetch_bytes(self, row: JournalRow) -> bytes | None:
+        """Return the bytes of a journal row if they match its hash, else None (changed or lost).
+
+        The pending staging key is tried first, so a committed but unpublished write is served.
+
+        Raises:
+            Unavailable: storage failed.
+        """
+        data = await self._read_row_bytes(row)
+        return data if data is not None and sha256_hex(data) == row.sha256 else None
+
+    async def _read_row_bytes(self, row: JournalRow) -> bytes | None:
+        for key in row.object_keys:
+            try:
+                return await self._store.read(key)
+            except BlobNotFound:
+                continue
+            except StorageError as exc:
+                raise storage_unavailable(exc) from None
+        return None
+
+
+def _file_content(target: Target, row: JournalRow, data: bytes) -> FileContent:
+    source = row.source
+    digest = row.sha256 or ""
+    return FileContent(
+        book_id=target.book_id,
+        path=target.path,
+        content=data.decode("utf-8", errors="surrogateescape"),
+        file_hash=digest,
+        file_hash_sha256=digest,
+        size=len(data),
+        last_modified=row.last_written_at.isoformat(),
+        version=row.version,
+        user_id=target.user_id,
+        source=source,  # type: ignore[arg-type]
+        namespace=source,  # type: ignore[arg-type]
+    )

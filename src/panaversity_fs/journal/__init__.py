@@ -1,1 +1,0 @@
-"""The database layer: engine, schema, migrations and the repositories (all SQL lives here)."""

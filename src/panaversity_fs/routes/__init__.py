@@ -1,0 +1,1 @@
+"""HTTP routes besides /mcp: archive and asset downloads, uploads, probes."""
