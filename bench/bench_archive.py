@@ -7,7 +7,7 @@ In one run, on one machine:
 
 1. Generates the book (seeded): 250 markdown lessons and 250 incompressible PNG-typed images,
    200 MB in all, sizes 0.5-1.5x the mean. Writes it to a local folder and, through
-   `ContentService.write_bytes`, into a SQLite + fs PanaversityFS store.
+   the files engine, into a SQLite + fs PanaversityFS store.
 2. Baseline: Python's `zipfile` writes the same files from the local folder to /dev/null with
    the same choices (markdown deflated at level 1, images stored).
 3. Starts `panaversity-fs serve` on that store, asks `get_book_archive(scope="all")` over MCP

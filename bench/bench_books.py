@@ -3,7 +3,7 @@
     uv run python -m bench.bench_books            # full run (200 MB book, 5 repetitions)
     uv run python -m bench.bench_books --quick    # smaller book (40 MB), 3 repetitions
 
-Seeds, in-process through `ContentService` (the same write protocol as the tools), a SQLite +
+Seeds, in-process through the files engine (the same write protocol as the tools), a SQLite +
 fs store holding:
 
 - `bench-lessons`: 500 lessons of ~5 KB (5 parts x 10 chapters x 10 lessons);
@@ -54,9 +54,10 @@ from bench.bench_core import (
     timed_series,
 )
 from panaversity_fs.app.resources import open_resources
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
+from panaversity_fs.identity import Caller
+from panaversity_fs.operation import Operation
 
 LESSONS_BOOK = "bench-lessons"
 BIG_BOOK = "bench-big"
@@ -159,19 +160,12 @@ async def seed(settings: Settings, books: dict[str, dict[str, bytes]]) -> None:
         async def one(book: str, path: str, data: bytes) -> None:
             target = Target.asset(book, path) if path.startswith("static/") else Target.content(book, path)
             async with semaphore:
-                await resources.content.write_bytes(
-                    caller,
-                    "import",
-                    target,
-                    data,
-                    hashlib.sha256(data).hexdigest(),
-                    None,
-                    None,
-                    time.perf_counter(),
+                await resources.files.write(
+                    Operation(caller, "import"), target, data, hashlib.sha256(data).hexdigest(), None
                 )
 
         await asyncio.gather(*(one(b, p, d) for b, files in books.items() for p, d in files.items()))
-        await resources.audit.flush()
+        await resources.trail.recorder.flush()
 
 
 def repeat_sync(n: int, run: Callable[[], Any]) -> list[float]:

@@ -99,7 +99,8 @@ async def populate(url: str) -> None:
             }
             for i in range(FILES)
         ]
-        async with db.write() as conn:
+        async with db.write() as tx:
+            conn = tx.conn
             await conn.execute(insert(file_journal), rows)
     finally:
         await db.dispose()
@@ -109,7 +110,8 @@ async def change_rows(url: str, indexes: range, generation: int) -> None:
     """Point the given rows at new hashes, as committed writes would."""
     db = Database.from_settings(Settings(database_url=url))
     try:
-        async with db.write() as conn:
+        async with db.write() as tx:
+            conn = tx.conn
             for i in indexes:
                 await conn.execute(
                     update(file_journal)

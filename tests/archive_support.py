@@ -28,16 +28,15 @@ from stream_unzip import stream_unzip
 from panaversity_fs.app.resources import open_resources
 from panaversity_fs.app.server import create_app
 from panaversity_fs.archive.builder import MANIFEST_NAME
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
-from panaversity_fs.content.service import Target
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import Database
 from panaversity_fs.files.mime import sniff_content_type
+from panaversity_fs.files.target import Target
 from tests.processes import free_port
-from tests.support import call
+from tests.support import call, op
 
-WRITER = Caller("archive-test-writer")
+WRITER = "archive-test-writer"
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 WORDS = [
@@ -138,7 +137,7 @@ async def journal_view(settings: Settings, book: str, user: str | None = None) -
 
 
 async def write_files(settings: Settings, book: str, files: list[BookFile], parallel: int = 8) -> None:
-    """Write `files` through `ContentService.write_bytes` (the write protocol, audited)."""
+    """Write `files` through the files engine (the write protocol, audited)."""
     async with open_resources(settings, background=False) as resources:
         gate = asyncio.Semaphore(parallel)
 
@@ -152,12 +151,10 @@ async def write_files(settings: Settings, book: str, files: list[BookFile], para
                     target = Target.content(book, file.path, file.user_id)
                     kind, operation = None, "write_content"
                 digest = hashlib.sha256(file.data).hexdigest()
-                await resources.content.write_bytes(
-                    WRITER, operation, target, file.data, digest, None, kind, time.perf_counter()
-                )
+                await resources.files.write(op(operation, WRITER), target, file.data, digest, None, kind)
 
         await asyncio.gather(*(one(f) for f in files))
-        await resources.audit.flush()
+        await resources.trail.recorder.flush()
 
 
 def book_files(files: int, total_bytes: int, seed: int) -> list[BookFile]:

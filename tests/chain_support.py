@@ -83,7 +83,8 @@ async def write_chain(db: Database, count: int, batch: int = 20_000) -> tuple[in
                 await conn.copy_records_to_table("audit_log", records=records, columns=COLUMNS)
         finally:
             await conn.close()
-    async with db.write() as conn:
+    async with db.write() as tx:
+        conn = tx.conn
         await conn.execute(
             update(audit_chain_head)
             .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
@@ -93,7 +94,8 @@ async def write_chain(db: Database, count: int, batch: int = 20_000) -> tuple[in
 
 
 async def _insert(db: Database, rows: list[dict[str, Any]]) -> tuple[int, str]:
-    async with db.write() as conn:
+    async with db.write() as tx:
+        conn = tx.conn
         await conn.execute(insert(audit_log), rows)
     await asyncio.sleep(0)
     return rows[-1]["seq"], rows[-1]["entry_hash"]
@@ -105,7 +107,8 @@ async def committed_tampering(db: Database) -> AsyncIterator[AsyncConnection]:
     access would make. It is a `db.write()` (BEGIN IMMEDIATE on SQLite), so it waits for a
     server's read-audit batcher. SQLite's triggers are dropped for good; PostgreSQL's are
     disabled inside the transaction and enabled again before it commits."""
-    async with db.write() as conn:
+    async with db.write() as tx:
+        conn = tx.conn
         if db.is_sqlite:
             await conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_update")
             await conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_delete")

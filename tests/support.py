@@ -13,6 +13,8 @@ from panaversity_fs.config import Settings
 from panaversity_fs.db.audit_sql import AuditFilter, query_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.files.fsck import FsckReport, check
+from panaversity_fs.identity import Caller
+from panaversity_fs.operation import Operation
 from panaversity_fs.storage.blobs import BlobStore
 
 BOOK = "python-book"
@@ -32,6 +34,11 @@ INIT = {
 """A JSON-RPC `initialize` request, for posting to /mcp by hand."""
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 """The headers streamable HTTP requires on a POST to /mcp."""
+
+
+def op(tool: str, agent: str = "lesson-writer-7") -> Operation:
+    """A fresh operation of `tool` by `agent`, for calling services directly."""
+    return Operation(Caller(agent), tool)
 
 
 def client(server: FastMCP, agent: str = "lesson-writer-7") -> Client[Any]:

@@ -35,7 +35,7 @@ from tests.archive_support import (
     write_files,
 )
 from tests.conftest import PAIRS, Backends
-from tests.support import assert_invariants, error_of
+from tests.support import assert_invariants, call, error_of
 
 BOOK = "python-book"
 SECRET = "archive-test-signing-secret-0123456789"
@@ -161,10 +161,15 @@ async def test_user_archive_has_their_overlays_and_never_another_users(settings:
     assert b"bob" not in b"".join(v for k, v in alice.items() if k != MANIFEST_NAME)
 
 
-async def test_empty_or_unknown_book_gives_a_valid_archive_with_only_the_manifest(settings: Settings) -> None:
+async def test_an_empty_book_gives_a_valid_archive_with_only_the_manifest(settings: Settings) -> None:
     settings = settled(settings)
+    await write_files(settings, BOOK, [BookFile(L1, b"# soon gone\n")])
     async with http_server(settings) as base:
+        async with Client(f"{base}/mcp", client_info=Implementation(name="remover", version="1")) as c:
+            await call(c, "delete_content", book_id=BOOK, path=L1)
+            unknown = await error_of(c, "get_book_archive", book_id="never-written")
         link, got = await download(base, scope="all")
+    assert unknown["error"] == "NOT_FOUND" and "list_books" in unknown["message"]
     assert list(got) == [MANIFEST_NAME]
     manifest = manifest_of(got)
     assert manifest["members"] == [] and manifest["complete"] is True and manifest["file_count"] == 0
@@ -232,6 +237,7 @@ async def test_bad_tokens_are_refused_with_403(backends: Backends) -> None:
 
 async def test_malformed_arguments_and_resume_points_are_refused(backends: Backends) -> None:
     settings = settled(await backends.settings("sqlite-fs"))
+    await write_files(settings, BOOK, [BookFile(L1, b"# hello\n")])
     async with http_server(settings) as base:
         info = Implementation(name="archive-agent-1", version="1")
         async with Client(f"{base}/mcp", client_info=info) as c:

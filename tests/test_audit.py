@@ -34,10 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.app.server import create_server
 from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, compute_entry_hash
+from panaversity_fs.audit.recorder import append_entries
 from panaversity_fs.audit.verify import verify_connection, verify_database
 from panaversity_fs.config import Settings
 from panaversity_fs.db import audit_sql
-from panaversity_fs.db.audit_sql import NewAuditEntry, append_entries, chain_head, stream_entries
+from panaversity_fs.db.audit_sql import NewAuditEntry, chain_head, stream_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
 from tests.conftest import Backends, _pg_dsn
@@ -93,8 +94,8 @@ async def head_of(db: Database) -> tuple[int, str]:
 
 async def build_chain(db: Database, count: int, batch: int = 25) -> list[dict[str, Any]]:
     for start in range(1, count + 1, batch):
-        async with db.write() as conn:
-            await append_entries(conn, [entry(n) for n in range(start, min(start + batch, count + 1))])
+        async with db.write() as tx:
+            await append_entries(tx, [entry(n) for n in range(start, min(start + batch, count + 1))])
     rows = await all_entries(db)
     assert len(rows) == count
     return rows
@@ -130,9 +131,9 @@ async def test_a1_concurrent_appenders_never_fork(db: Database) -> None:
 
     async def writer(w: int) -> None:
         for i in range(per_writer):
-            async with db.write() as conn:
+            async with db.write() as tx:
                 made = entry(i, agent=f"writer-{w}", request_id=f"{w}-{i}", created_at=datetime.now(UTC))
-                seqs.extend(await append_entries(conn, [made]))
+                seqs.extend((await append_entries(tx, [made])).seqs)
 
     async with asyncio.TaskGroup() as group:
         for w in range(WRITERS):
@@ -168,10 +169,11 @@ async def test_a1_postgres_repeatable_read_default_is_overridden_and_never_forks
 
         async def writer(w: int) -> None:
             for i in range(RR_ROUNDS):
-                async with db.write() as conn:
+                async with db.write() as tx:
+                    conn = tx.conn
                     seen.append(await show_isolation(conn))  # the transaction is open ...
                     await barrier.wait()  # ... in every writer before any of them appends
-                    await append_entries(conn, [entry(i, agent=f"rr-writer-{w}", request_id=f"{w}-{i}")])
+                    await append_entries(tx, [entry(i, agent=f"rr-writer-{w}", request_id=f"{w}-{i}")])
 
         async with asyncio.TaskGroup() as group:
             for w in range(WRITERS):
@@ -189,11 +191,12 @@ async def test_a2_genesis_race_has_exactly_one_genesis_entry(db: Database) -> No
     barrier = None if db.is_sqlite else asyncio.Barrier(WRITERS)
 
     async def first_append(w: int) -> int:
-        async with db.write() as conn:
+        async with db.write() as tx:
+            conn = tx.conn
             if barrier is not None:
                 await conn.exec_driver_sql("SELECT 1")
                 await barrier.wait()
-            (seq,) = await append_entries(conn, [entry(w, agent=f"genesis-{w}")])
+            (seq,) = (await append_entries(tx, [entry(w, agent=f"genesis-{w}")])).seqs
             return seq
 
     seqs = await asyncio.gather(*(first_append(w) for w in range(WRITERS)))
@@ -312,7 +315,8 @@ async def test_a3_changing_any_field_of_row_k_is_detected_at_k(
     assert trials == 4 * len(FIELD_TAMPERS)
     assert (await verify_database(db)).ok  # every trial was rolled back ...
     with pytest.raises(DBAPIError, match="append-only"):  # ... the triggers with it
-        async with db.write() as conn:
+        async with db.write() as tx:
+            conn = tx.conn
             await conn.execute(update(audit_log).where(audit_log.c.seq == 1).values(agent_id="mallory"))
 
 
@@ -484,8 +488,9 @@ ENTRIES = st.builds(
 async def test_a4_entry_hash_recomputed_from_the_stored_row_matches(
     db: Database, made: NewAuditEntry
 ) -> None:
-    async with db.write() as conn:
-        (seq,) = await append_entries(conn, [made])
+    async with db.write() as tx:
+        conn = tx.conn
+        (seq,) = (await append_entries(tx, [made])).seqs
     async with db.read() as conn:
         stored = [dict(row) async for row in stream_entries(conn, after_seq=seq - 1)]
     assert [row["seq"] for row in stored] == [seq]
@@ -509,11 +514,13 @@ async def test_the_app_cannot_update_delete_or_truncate_audit_rows(db: Database)
     ]
     for statement in statements:
         with pytest.raises(DBAPIError, match="append-only"):
-            async with db.write() as conn:
+            async with db.write() as tx:
+                conn = tx.conn
                 await conn.execute(statement)
     if not db.is_sqlite:
         with pytest.raises(DBAPIError, match="append-only"):
-            async with db.write() as conn:
+            async with db.write() as tx:
+                conn = tx.conn
                 await conn.exec_driver_sql("TRUNCATE audit_log")
     assert await all_entries(db) == rows
     assert (await verify_database(db)).ok
@@ -533,12 +540,12 @@ async def test_check_constraints_refuse_the_batch_and_leave_the_chain_alone(db: 
     for appended, bad in enumerate(CHECK_VIOLATIONS):
         before = await head_of(db)
         with pytest.raises(IntegrityError):
-            async with db.write() as conn:
-                await append_entries(conn, [entry(10), entry(11, **bad), entry(12)])
+            async with db.write() as tx:
+                await append_entries(tx, [entry(10), entry(11, **bad), entry(12)])
         assert await head_of(db) == before, bad
         await assert_linear_chain(db, 3 + appended)
-        async with db.write() as conn:  # the next append continues the chain without a gap
-            assert await append_entries(conn, [entry(13 + appended)]) == [4 + appended], bad
+        async with db.write() as tx:  # the next append continues the chain without a gap
+            assert (await append_entries(tx, [entry(13 + appended)])).seqs == [4 + appended], bad
     await assert_linear_chain(db, 3 + len(CHECK_VIOLATIONS))
 
 
@@ -552,7 +559,8 @@ async def test_fork_guards_refuse_a_second_successor_and_a_reused_seq(db: Databa
     not_hex = dict(rows[3]) | {"seq": 5, "chain_prev_hash": rows[3]["entry_hash"], "entry_hash": "Z" * 64}
     for forged in (second_child, reused_seq, not_hex):
         with pytest.raises(IntegrityError):
-            async with db.write() as conn:
+            async with db.write() as tx:
+                conn = tx.conn
                 await conn.execute(insert(audit_log), [forged])
     assert await head_of(db) == head
     await assert_linear_chain(db, 4)
@@ -663,8 +671,8 @@ async def test_verification_during_live_appends_reports_no_false_tampering(db: D
     async def appender() -> int:
         appended = 0
         while not stop.is_set():
-            async with db.write() as conn:
-                await append_entries(conn, [entry(1000 + appended, agent="live-writer")])
+            async with db.write() as tx:
+                await append_entries(tx, [entry(1000 + appended, agent="live-writer")])
             appended += 1
             await asyncio.sleep(0)
         return appended

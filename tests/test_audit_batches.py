@@ -44,8 +44,8 @@ async def test_cancelling_the_batcher_mid_flush_neither_loses_nor_duplicates(db_
     db = Database.from_settings(db_settings)
     recorder = AuditRecorder(db, batch_interval=0.01)
     try:
-        async with db.write() as conn:
-            await recorder.append(conn, _entry(0))  # creates the chain head row
+        async with db.write() as tx:
+            await recorder.append(tx, _entry(0))  # creates the chain head row
         for n in range(1, 6):
             recorder.enqueue(_entry(n))
         release = asyncio.Event()
@@ -53,7 +53,8 @@ async def test_cancelling_the_batcher_mid_flush_neither_loses_nor_duplicates(db_
 
         async def hold_the_chain() -> None:
             # The batcher's append needs the chain head: hold it so its flush waits mid-way.
-            async with db.write() as conn:
+            async with db.write() as tx:
+                conn = tx.conn
                 await conn.execute(select(audit_chain_head).with_for_update())
                 held.set()
                 await release.wait()

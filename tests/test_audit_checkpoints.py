@@ -29,9 +29,9 @@ from panaversity_fs.audit.checkpoints import (
     check_against,
 )
 from panaversity_fs.audit.monitor import ChainMonitor
+from panaversity_fs.audit.recorder import append_entries
 from panaversity_fs.audit.verify import verify_connection
 from panaversity_fs.config import Settings
-from panaversity_fs.db.audit_sql import append_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.metrics import Metrics
@@ -166,16 +166,16 @@ async def test_the_monitor_checkpoints_only_a_chain_that_verifies(db: Database, 
     again = await monitor.run_once()
     assert (again.ok, again.entries_checked, again.checkpoint_written) == (True, 0, None)
     for start in (41, 51, 61):
-        async with db.write() as conn:
-            await append_entries(conn, [entry(n) for n in range(start, start + 10)])
+        async with db.write() as tx:
+            await append_entries(tx, [entry(n) for n in range(start, start + 10)])
         assert (await monitor.run_once()).checkpoint_written == start + 9
     assert await checkpoints.seqs() == [60, 70]  # kept=2 prunes the oldest
     assert metrics.registry.get_sample_value("panaversityfs_audit_chain_valid") == 1
     assert metrics.registry.get_sample_value("panaversityfs_audit_checkpoint_seq") == 70
 
     # Entries appended after the last run are verified incrementally: an edit among them is caught.
-    async with db.write() as conn:
-        await append_entries(conn, [entry(n) for n in range(71, 81)])
+    async with db.write() as tx:
+        await append_entries(tx, [entry(n) for n in range(71, 81)])
     await commit_tampering(db, update(audit_log).where(audit_log.c.seq == 75).values(agent_id="mallory"))
     broken = await monitor.run_once()
     assert (broken.ok, broken.checkpoint_written) == (False, None)

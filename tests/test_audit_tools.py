@@ -20,11 +20,11 @@ from sqlalchemy import delete, update
 
 from panaversity_fs.app.server import create_server
 from panaversity_fs.audit import query as audit_query
-from panaversity_fs.audit.chain import to_utc
 from panaversity_fs.config import Settings
 from panaversity_fs.db.audit_sql import stream_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
+from panaversity_fs.times import to_utc
 from tests.asset_support import b64, png
 from tests.chain_support import commit_tampering
 from tests.support import (

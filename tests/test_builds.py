@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,15 +11,14 @@ from sqlalchemy import select
 
 from panaversity_fs.app.resources import open_resources
 from panaversity_fs.app.server import create_server
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
-from panaversity_fs.content.service import Target
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log, manifest_snapshot
+from panaversity_fs.files.target import Target
 from panaversity_fs.paths import BASE_USER
 from tests.books_support import sha
-from tests.support import BOOK, ToolFailure, all_pages, assert_invariants, call, client, error_of
+from tests.support import BOOK, ToolFailure, all_pages, assert_invariants, call, client, error_of, op
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
 
@@ -50,15 +48,13 @@ async def put_asset(settings: Settings, path: str, data: bytes, book: str = BOOK
             rows = await journal.fetch(conn, book, path, [BASE_USER])
         row = rows.get(BASE_USER)
         expected = row.sha256 if row is not None and row.exists else None
-        await resources.content.write_bytes(
-            Caller("asset-seeder"),
-            "upload_asset",
+        await resources.files.write(
+            op("upload_asset", "asset-seeder"),
             Target.asset(book, path),
             data,
             hashlib.sha256(data).hexdigest(),
             expected,
             "image/png",
-            time.perf_counter(),
         )
 
 
@@ -258,12 +254,12 @@ async def test_delta_build_reports_additions_modifications_and_deletions(setting
         added = await write(c, lesson(3), "fresh")
         items = await changes_since(c, since)
         everything = await changes_since(c, "2000-01-01T00:00:00+00:00")
-    assert [(i["path"], i["change_type"], i["sha256"]) for i in items] == [
+    assert [(i["path"], i["change_type"], i["file_hash"]) for i in items] == [
         (lesson(1), "modified", modified),
         (lesson(2), "deleted", None),
         (lesson(3), "added", added),
     ]
-    assert all(i["namespace"] == "base" and i["user_id"] is None for i in items)
+    assert all(i["source"] == "base" and i["user_id"] is None for i in items)
     times = [i["last_modified"] for i in items]
     assert times == sorted(times) and all(t > since for t in times)
     assert {i["path"] for i in everything} == {lesson(1), lesson(2), lesson(3)}
@@ -280,16 +276,16 @@ async def test_delta_build_shows_only_that_users_overlay_changes(settings: Setti
         for_alice = await changes_since(c, since, user_id="alice")
         for_bob = await changes_since(c, since, user_id="bob")
         base_only = await changes_since(c, since)
-    assert [(i["path"], i["namespace"], i["change_type"]) for i in for_alice] == [
+    assert [(i["path"], i["source"], i["change_type"]) for i in for_alice] == [
         (lesson(1), "base", "added"),
         (lesson(1), "overlay", "deleted"),
     ]
     assert for_alice[1]["user_id"] == "alice"
-    assert [(i["path"], i["namespace"], i["user_id"]) for i in for_bob] == [
+    assert [(i["path"], i["source"], i["user_id"]) for i in for_bob] == [
         (lesson(1), "base", None),
         (lesson(2), "overlay", "bob"),
     ]
-    assert [(i["path"], i["namespace"]) for i in base_only] == [(lesson(1), "base")]
+    assert [(i["path"], i["source"]) for i in base_only] == [(lesson(1), "base")]
 
 
 async def test_delta_build_paging_reproduces_the_full_change_list(settings: Settings) -> None:
@@ -315,7 +311,7 @@ async def test_delta_build_paging_reproduces_the_full_change_list(settings: Sett
         if item["change_type"] == "deleted":
             assert item["content"] is None and item["content_error"] is None
         else:
-            assert sha(item["content"]) == item["sha256"]
+            assert sha(item["content"]) == item["file_hash"]
 
 
 async def test_delta_build_content_is_markdown_only(settings: Settings) -> None:
@@ -327,7 +323,7 @@ async def test_delta_build_content_is_markdown_only(settings: Settings) -> None:
     by_path = {i["path"]: i for i in items}
     assert by_path[lesson(1)]["content"] == "# hello"
     assert by_path["static/images/a.png"]["content"] is None
-    assert by_path["static/images/a.png"]["sha256"] == sha(PNG)
+    assert by_path["static/images/a.png"]["file_hash"] == sha(PNG)
 
 
 async def test_delta_build_until_is_a_safe_next_since(settings: Settings) -> None:

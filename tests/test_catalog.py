@@ -9,13 +9,12 @@ import pytest
 
 from panaversity_fs.app.resources import open_resources
 from panaversity_fs.app.server import create_server
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
-from panaversity_fs.content.service import Target
 from panaversity_fs.db.schema import file_journal
+from panaversity_fs.files.target import Target
 from panaversity_fs.storage.blobs import BlobStore
 from tests.books_support import sha, write_all
-from tests.support import BOOK, call, client, error_of
+from tests.support import BOOK, call, client, error_of, op
 
 L1 = "content/01-Intro/01-Basics/01-hello.md"
 L1S = "content/01-Intro/01-Basics/01-hello.summary.md"
@@ -33,15 +32,8 @@ ASSETS = {
 async def seed_assets(settings: Settings, book: str, assets: dict[str, bytes]) -> None:
     async with open_resources(settings, background=False) as resources:
         for path, data in assets.items():
-            await resources.content.write_bytes(
-                Caller("asset-seeder"),
-                "upload_asset",
-                Target.asset(book, path),
-                data,
-                sha(data),
-                None,
-                None,
-                0.0,
+            await resources.files.write(
+                op("upload_asset", "asset-seeder"), Target.asset(book, path), data, sha(data), None
             )
 
 
@@ -58,7 +50,8 @@ async def put_objects(settings: Settings, objects: dict[str, bytes]) -> None:
 async def insert_legacy_row(settings: Settings, book: str, path: str, user_id: str, data: bytes) -> None:
     """A journal row as an old importer would have left it, with its object."""
     async with open_resources(settings, background=False) as resources:
-        async with resources.db.write() as conn:
+        async with resources.db.write() as tx:
+            conn = tx.conn
             await conn.execute(
                 file_journal.insert().values(
                     book_id=book,

@@ -21,7 +21,7 @@ async def test_create_then_read_returns_exact_bytes_and_hash(matrix_settings: Se
         created = await call(c, "write_content", book_id=BOOK, path=LESSON, content=content)
         read = await call(c, "read_content", book_id=BOOK, path=LESSON)
     assert created["mode"] == "created"
-    assert created["file_hash"] == sha(content) == read["file_hash"] == read["file_hash_sha256"]
+    assert created["file_hash"] == sha(content) == read["file_hash"] and "file_hash_sha256" not in read
     assert read["content"] == content
     assert read["size"] == len(content.encode())
     assert read["source"] == "base"
@@ -125,7 +125,7 @@ class TestOverlays:
             mine = await call(c, "read_content", book_id=BOOK, path=LESSON, user_id="user-123")
             theirs = await call(c, "read_content", book_id=BOOK, path=LESSON, user_id="user-456")
             shared = await call(c, "read_content", book_id=BOOK, path=LESSON)
-        assert (mine["content"], mine["source"], mine["namespace"]) == ("mine", "overlay", "overlay")
+        assert (mine["content"], mine["source"]) == ("mine", "overlay")
         assert (theirs["content"], theirs["source"]) == ("base", "base")
         assert shared["content"] == "base"
         await assert_invariants(settings)
@@ -152,7 +152,7 @@ class TestOverlays:
             deleted = await call(c, "delete_content", book_id=BOOK, path=LESSON, user_id="u1")
             mine = await call(c, "read_content", book_id=BOOK, path=LESSON, user_id="u1")
             base = await call(c, "read_content", book_id=BOOK, path=LESSON)
-        assert deleted["existed"] and deleted["namespace"] == "overlay"
+        assert deleted["existed"] and deleted["source"] == "overlay"
         assert (mine["content"], mine["source"]) == ("base", "base")
         assert base["content"] == "base"
         await assert_invariants(settings)

@@ -17,24 +17,23 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
+from panaversity_fs.app.resources import build
 from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.audit.verify import verify_database
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.config import Settings
-from panaversity_fs.content.service import ContentService
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.audit_sql import file_history
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import file_journal
 from panaversity_fs.errors import PanaversityFSError, Unavailable
 from panaversity_fs.files.fsck import check
-from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 from tests.conftest import PAIRS, Backends
+from tests.support import op
 
 _T = TypeVar("_T")
-CALLER = Caller("fault-injector")
+AGENT = "fault-injector"
 BOOK = "fault-book"
 
 
@@ -102,10 +101,9 @@ class Rig:
         self.store = FaultyStore(plain._operator, settings.storage_backend, 4, 30)
         self.store.plan = self.plan
         metrics = Metrics()
-        self.publisher = Publisher(self.db, self.store, metrics)
-        self.service = ContentService(
-            settings, self.db, self.store, self.publisher, AuditRecorder(self.db, 0.01), metrics
-        )
+        resources = build(settings, self.db, self.store, metrics, AuditRecorder(self.db, 0.01))
+        self.publisher = resources.publisher
+        self.service = resources.lessons
 
     async def row(self, path: str, user: str = "__base__") -> journal.JournalRow | None:
         async with self.db.read() as conn:
@@ -129,23 +127,25 @@ async def _nothing(_rig: Rig, _path: str) -> str | None:
 
 
 async def _existing(rig: Rig, path: str) -> str | None:
-    return (await rig.service.write(CALLER, BOOK, path, "old content")).file_hash
+    return (await rig.service.write(op("write_content", AGENT), BOOK, path, "old content")).file_hash
 
 
 async def _create(rig: Rig, path: str, _hash: str | None) -> Any:
-    return await rig.service.write(CALLER, BOOK, path, "new content")
+    return await rig.service.write(op("write_content", AGENT), BOOK, path, "new content")
 
 
 async def _update(rig: Rig, path: str, current: str | None) -> Any:
-    return await rig.service.write(CALLER, BOOK, path, "new content", expected_hash=current)
+    return await rig.service.write(
+        op("write_content", AGENT), BOOK, path, "new content", expected_hash=current
+    )
 
 
 async def _overlay(rig: Rig, path: str, _hash: str | None) -> Any:
-    return await rig.service.write(CALLER, BOOK, path, "new content", user_id="u1")
+    return await rig.service.write(op("write_content", AGENT), BOOK, path, "new content", user_id="u1")
 
 
 async def _delete(rig: Rig, path: str, _hash: str | None) -> Any:
-    return await rig.service.delete(CALLER, BOOK, path)
+    return await rig.service.delete(op("delete_content", AGENT), BOOK, path)
 
 
 CASES: dict[str, tuple[Setup, Action, str]] = {
@@ -212,12 +212,14 @@ async def test_reads_never_see_a_pending_write_torn(backends: Backends) -> None:
         old = await _existing(rig, path)
         rig.plan.arm(2, True, frozenset({"storage"}))  # staging works; publishing fails
         try:
-            outcome = await rig.service.write(CALLER, BOOK, path, "new content", expected_hash=old)
+            outcome = await rig.service.write(
+                op("write_content", AGENT), BOOK, path, "new content", expected_hash=old
+            )
         finally:
             rig.plan.disarm()
         row = await rig.row(path)
         assert row is not None and row.publish_pending, "the publish should have been left pending"
-        read = await rig.service.read(CALLER, BOOK, path)
+        read = await rig.service.read(op("read_content", AGENT), BOOK, path)
         assert read.content == "new content" and read.file_hash == outcome.file_hash
         await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=10))
         assert (await check(rig.db, rig.store)).ok
@@ -246,7 +248,9 @@ async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
             path = _path(1 if mode == "create" else 2)
             current = None if mode == "create" else await _existing(rig, path)
             armed["left"] = 1
-            outcome = await rig.service.write(CALLER, BOOK, path, "after commit", expected_hash=current)
+            outcome = await rig.service.write(
+                op("write_content", AGENT), BOOK, path, "after commit", expected_hash=current
+            )
             assert armed["left"] == 0, "the fault was not reached"
             assert outcome.mode == expected_mode
             row = await rig.row(path)
@@ -281,7 +285,9 @@ async def test_a_commit_delayed_past_the_staging_deadline_writes_nothing(backend
 
         releaser = asyncio.create_task(release_later())
         with pytest.raises(Unavailable, match="waited too long"):
-            await rig.service.write(CALLER, BOOK, path, "late content", expected_hash=current)
+            await rig.service.write(
+                op("write_content", AGENT), BOOK, path, "late content", expected_hash=current
+            )
         await releaser
         row = await rig.row(path)
         assert row is not None and row.sha256 == current and not row.publish_pending

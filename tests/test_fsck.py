@@ -107,7 +107,8 @@ async def test_c7_seeded_damage_is_reported_exactly_and_repair_only_quarantines_
         ]
         for stray in strays:
             await rig.store.write(stray, b"stray bytes")
-        async with rig.db.write() as conn:
+        async with rig.db.write() as tx:
+            conn = tx.conn
             await conn.execute(delete(file_journal).where(file_journal.c.path.in_(unrowed)))
         rows_before = await rig.row_count()
 
@@ -163,7 +164,8 @@ async def test_repair_finishes_a_leftover_intent_and_removes_stale_staging(
         staged = f"{STAGING_PREFIX}leftover-0001"
         await rig.store.copy(key(path), staged)
         await rig.store.delete(key(path))  # a crash between commit and publish
-        async with rig.db.write() as conn:
+        async with rig.db.write() as tx:
+            conn = tx.conn
             await conn.execute(
                 update(file_journal)
                 .where(file_journal.c.path == path)
@@ -201,7 +203,8 @@ async def test_repair_with_grace_zero_finishes_an_intent_left_a_moment_ago(
     publisher = Publisher(rig.db, rig.store, Metrics())
     try:
         paths = LESSONS[:3]
-        async with rig.db.write() as conn:
+        async with rig.db.write() as tx:
+            conn = tx.conn
             for n, path in enumerate(paths):
                 staged = f"{STAGING_PREFIX}just-left-{n:04d}"
                 await rig.store.copy(key(path), staged)
@@ -220,7 +223,8 @@ async def test_repair_with_grace_zero_finishes_an_intent_left_a_moment_ago(
         for path in paths:
             assert (await rig.store.sha256(key(path)))[0] == hashes[path]
         # With a grace period, a write that young is still its writer's to finish.
-        async with rig.db.write() as conn:
+        async with rig.db.write() as tx:
+            conn = tx.conn
             staged = f"{STAGING_PREFIX}in-flight-0000"
             await rig.store.copy(key(paths[0]), staged)
             await conn.execute(

@@ -23,14 +23,16 @@ from sqlalchemy.exc import OperationalError
 from panaversity_fs.app.server import create_server
 from panaversity_fs.db import idempotency_sql as idem_sql
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.audit_sql import APPENDED_INFO_KEY, AuditFilter, query_entries
+from panaversity_fs.db.audit_sql import AuditFilter, query_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.errors import Unavailable
 from panaversity_fs.files.fsck import check
+from panaversity_fs.identity import Caller
+from panaversity_fs.operation import Operation
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, audit_of, call, client, error_of
-from tests.test_faults import CALLER, Injected, Rig
+from tests.test_faults import AGENT, Injected, Rig
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
 
@@ -205,10 +207,16 @@ async def test_c8_an_unknown_commit_retried_under_its_key_lands_exactly_once(
     settings = await backends.settings(combo)
     rig = Rig(settings)
     armed = {"left": 1}
+    keyed = Operation(Caller(AGENT), "write_content", idempotency_key="c8-key")
+
+    @event.listens_for(rig.db.engine.sync_engine, "before_cursor_execute")
+    def _mark_the_write(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_LOG"):
+            conn.info["test_appends_audit"] = True
 
     @event.listens_for(rig.db.engine.sync_engine, "commit")
     def _commit_then_fail(conn: Any) -> None:
-        if armed["left"] and conn.info.get(APPENDED_INFO_KEY):  # the write's own transaction
+        if armed["left"] and conn.info.pop("test_appends_audit", False):  # the write's own transaction
             armed["left"] = 0
             conn.connection.dbapi_connection.commit()
             rig.plan.arm(1, False, frozenset({"database"}))  # the settling lookup fails as well
@@ -216,10 +224,10 @@ async def test_c8_an_unknown_commit_retried_under_its_key_lands_exactly_once(
 
     try:
         with pytest.raises(Unavailable) as unknown:
-            await rig.service.write(CALLER, BOOK, LESSON, "# once\n", idempotency_key="c8-key")
+            await rig.service.write(keyed, BOOK, LESSON, "# once\n")
         assert unknown.value.details.get("outcome_unknown") is True
         rig.plan.disarm()
-        retried = await rig.service.write(CALLER, BOOK, LESSON, "# once\n", idempotency_key="c8-key")
+        retried = await rig.service.write(keyed, BOOK, LESSON, "# once\n")
         async with rig.db.read() as conn:
             row = (await journal.fetch(conn, BOOK, LESSON, ["__base__"])).get("__base__")
         assert row is not None and (row.sha256, row.version) == (retried.file_hash, retried.version)
@@ -228,7 +236,7 @@ async def test_c8_an_unknown_commit_retried_under_its_key_lands_exactly_once(
             entries = await query_entries(conn, AuditFilter(path=LESSON), 0, 100)
         assert [e["status"] for e in entries] == ["success"]
         # The bytes of the commit that was in doubt were kept, not discarded with the error.
-        read = await rig.service.read(CALLER, BOOK, LESSON)
+        read = await rig.service.read(Operation(Caller(AGENT), "read_content"), BOOK, LESSON)
         assert read.content == "# once\n"
         await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=1))
         assert (await check(rig.db, rig.store)).ok
@@ -243,7 +251,8 @@ async def test_keys_are_forgotten_after_their_ttl(backends: Backends) -> None:
         await call(c, "write_content", book_id=BOOK, path=LESSON, content="# v1\n", idempotency_key="old")
         db = Database.from_settings(settings)
         try:
-            async with db.write() as conn:
+            async with db.write() as tx:
+                conn = tx.conn
                 assert await idem_sql.prune(conn, datetime.now(UTC) + timedelta(seconds=1)) == 1
         finally:
             await db.dispose()

@@ -60,7 +60,8 @@ def model(rows: list[Row], viewer: str | None, prefix: str) -> list[tuple[str, s
 
 async def _load(db: Database, rows: list[Row]) -> None:
     now = datetime.now(UTC)
-    async with db.write() as conn:
+    async with db.write() as tx:
+        conn = tx.conn
         for path, user, live in rows:
             key = FileKey(BOOK, path, user)
             await journal.create(conn, key, _digest(path, user), 1, f"k-{user}-{path}", now, "fs")
@@ -69,7 +70,8 @@ async def _load(db: Database, rows: list[Row]) -> None:
 
 
 async def _clear(db: Database) -> None:
-    async with db.write() as conn:
+    async with db.write() as tx:
+        conn = tx.conn
         await conn.execute(journal.file_journal.delete())
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from panaversity_fs.app.limits import RateLimiter, TokenBuckets
-from panaversity_fs.app.middleware import ToolCallMiddleware
+from panaversity_fs.app.middleware import LimitCalls
 from panaversity_fs.app.server import create_server
 from panaversity_fs.errors import RateLimited
+from panaversity_fs.limits import RateLimiter, TokenBuckets
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import Backends
 from tests.processes import ServerProcess
@@ -73,7 +73,7 @@ async def test_s9_an_agent_over_its_write_budget_is_rate_limited_and_audited(bac
     server = create_server(settings)
     # The server's own limiter, on a clock the test moves: a slow machine cannot refill a budget.
     clock = FakeClock()
-    calls = next(m for m in server.middleware if isinstance(m, ToolCallMiddleware))
+    calls = next(m for m in server.middleware if isinstance(m, LimitCalls))
     calls.rates = RateLimiter(
         settings.rate_limit_reads_per_minute,
         settings.rate_limit_writes_per_minute,

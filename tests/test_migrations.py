@@ -65,7 +65,8 @@ async def test_server_refuses_a_newer_schema(backends: Backends, kind: str) -> N
     settings = await backends.settings(f"{kind}-fs")
     db = Database.from_settings(settings)
     try:
-        async with db.write() as conn:
+        async with db.write() as tx:
+            conn = tx.conn
             await conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
         with pytest.raises(ConfigurationError, match="newer than this server"):
             await ensure_schema(db, auto_migrate=True)

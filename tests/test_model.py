@@ -237,7 +237,6 @@ class Model:
             "previous_hash": previous,
             "user_id": op.user,
             "source": source,
-            "namespace": source,
         }
 
     def delete(self, op: Delete, expected: str | None) -> Outcome:
@@ -256,7 +255,6 @@ class Model:
             "previous_hash": previous,
             "user_id": op.user,
             "source": source,
-            "namespace": source,
         }
 
     def read(self, op: Read) -> Outcome:
@@ -270,12 +268,10 @@ class Model:
             "path": PATHS[op.path],
             "content": current.content,
             "file_hash": current.file_hash,
-            "file_hash_sha256": current.file_hash,
             "size": len(current.content.encode()),
             "version": current.version,
             "user_id": op.user,
             "source": source,
-            "namespace": source,
         }
 
 

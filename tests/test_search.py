@@ -16,7 +16,7 @@ from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
 from tests.books_support import lesson, write_all
 from tests.conftest import Backends
-from tests.support import BOOK, all_pages, call, client, error_of
+from tests.support import BOOK, all_pages, call, client, error_of, op
 
 TEXT = {
     lesson(1, 1, 1): "# Variables\nA variable names a value.\nvariables are cheap\n",
@@ -68,19 +68,15 @@ async def test_glob_semantics_match_the_model(settings: Settings) -> None:
     from panaversity_fs.app.resources import open_resources
 
     async with open_resources(settings, background=False) as resources:
-        from panaversity_fs.auth.identity import Caller
-        from panaversity_fs.content.service import Target
+        from panaversity_fs.files.target import Target
 
         for path in ASSETS:
-            await resources.content.write_bytes(
-                Caller("asset-seeder"),
-                "upload_asset",
+            await resources.files.write(
+                op("upload_asset", "asset-seeder"),
                 Target.asset(BOOK, path),
                 b"bytes",
                 hashlib.sha256(b"bytes").hexdigest(),
                 None,
-                None,
-                0.0,
             )
     patterns = [
         "content/**/*.md",

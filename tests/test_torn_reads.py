@@ -6,10 +6,9 @@ import asyncio
 import hashlib
 
 from panaversity_fs.app.resources import open_resources
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.errors import Unavailable
 from tests.conftest import Backends
-from tests.support import BOOK, LESSON, assert_invariants
+from tests.support import BOOK, LESSON, assert_invariants, op
 
 SIZE = 3 * 1024 * 1024
 REWRITES = 12
@@ -18,13 +17,12 @@ READERS = 4
 
 async def _race(backends: Backends, combo: str) -> None:
     settings = await backends.settings(combo, max_content_bytes=SIZE + 1)
-    caller = Caller("torn-read-test")
     committed: set[str] = set()
     observed: set[str] = set()
     reads = retried = 0
     async with open_resources(settings, background=False) as resources:
-        content = resources.content
-        first = await content.write(caller, BOOK, LESSON, "0" * SIZE)
+        content = resources.lessons
+        first = await content.write(op("write_content", "torn-read-test"), BOOK, LESSON, "0" * SIZE)
         committed.add(first.file_hash)
         current = first.file_hash
         done = asyncio.Event()
@@ -33,7 +31,7 @@ async def _race(backends: Backends, combo: str) -> None:
             nonlocal reads, retried
             while not done.is_set():
                 try:
-                    got = await content.read(caller, BOOK, LESSON)
+                    got = await content.read(op("read_content", "torn-read-test"), BOOK, LESSON)
                 except Unavailable:
                     retried += 1
                     continue
@@ -45,14 +43,20 @@ async def _race(backends: Backends, combo: str) -> None:
         tasks = [asyncio.create_task(reader()) for _ in range(READERS)]
         try:
             for n in range(1, REWRITES + 1):
-                outcome = await content.write(caller, BOOK, LESSON, str(n % 10) * SIZE, expected_hash=current)
+                outcome = await content.write(
+                    op("write_content", "torn-read-test"),
+                    BOOK,
+                    LESSON,
+                    str(n % 10) * SIZE,
+                    expected_hash=current,
+                )
                 committed.add(outcome.file_hash)
                 current = outcome.file_hash
                 await asyncio.sleep(0.01)
         finally:
             done.set()
             await asyncio.gather(*tasks)
-        final = await content.read(caller, BOOK, LESSON)
+        final = await content.read(op("read_content", "torn-read-test"), BOOK, LESSON)
     assert final.file_hash == current
     assert observed <= committed, "a read returned a version that was never committed"
     assert reads >= REWRITES, f"readers only completed {reads} reads"

@@ -1,23 +1,24 @@
 """The one exception tree of PanaversityFS, and its wire form.
 
 ```
-PanaversityFSError          code            meaning for the caller
- ├── InvalidPath            INVALID_PATH    unsafe path; nothing was touched
- ├── SchemaViolation        SCHEMA_VIOLATION safe path outside the book schema
- ├── InvalidArgument        INVALID_ARGUMENT any other bad argument
- ├── NotFound               NOT_FOUND
- ├── Conflict               CONFLICT        expected_hash is stale (carries current_hash)
- ├── HashRequired           HASH_REQUIRED   file exists, no expected_hash (carries current_hash)
- ├── Forbidden              FORBIDDEN
- ├── Unauthenticated        UNAUTHENTICATED
- ├── TooLarge               TOO_LARGE
- ├── RateLimited            RATE_LIMITED
- ├── Unavailable            UNAVAILABLE     transient; safe to retry
- └── Internal               INTERNAL
+PanaversityFSError          code              HTTP  meaning for the caller
+ ├── InvalidPath            INVALID_PATH      400   unsafe path; nothing was touched
+ ├── SchemaViolation        SCHEMA_VIOLATION  400   safe path outside the book schema
+ ├── InvalidArgument        INVALID_ARGUMENT  400   any other bad argument
+ ├── NotFound               NOT_FOUND         404
+ ├── Conflict               CONFLICT          409   expected_hash is stale (carries current_hash)
+ ├── HashRequired           HASH_REQUIRED     409   file exists, no expected_hash (current_hash)
+ ├── Forbidden              FORBIDDEN         403
+ ├── Unauthenticated        UNAUTHENTICATED   401
+ ├── TooLarge               TOO_LARGE         413
+ ├── RateLimited            RATE_LIMITED      429   retry after `retry_after` seconds
+ ├── Unavailable            UNAVAILABLE       503   transient; safe to retry
+ └── Internal               INTERNAL          500
 ```
 
-Every error renders as the JSON object `{"error": CODE, "message": ..., **details}`. Messages and
-details never carry tracebacks, absolute paths, SQL, or another user's data.
+Every error renders as the JSON object `{"error": CODE, "message": ..., **details}`: a tool
+error's text, or an HTTP route's body with the class's status. Messages and details never carry
+tracebacks, absolute paths, SQL, or another user's data.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PanaversityFSError(FastMCPError):
     """
 
     code: ClassVar[str] = "INTERNAL"
+    http_status: ClassVar[int] = 500
     log_level: int
 
     def __init__(self, message: str, **details: Any) -> None:
@@ -53,77 +55,95 @@ class PanaversityFSError(FastMCPError):
         """Return the wire form as compact JSON text."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the caller should wait before trying again, when the error says so."""
+        value = self.details.get("retry_after")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
 
 class InvalidPath(PanaversityFSError):
     """The path is unsafe (traversal, encoding tricks, control characters, ...)."""
 
     code = "INVALID_PATH"
+    http_status = 400
 
 
 class SchemaViolation(PanaversityFSError):
     """The path is safe but does not follow the book schema."""
 
     code = "SCHEMA_VIOLATION"
+    http_status = 400
 
 
 class InvalidArgument(PanaversityFSError):
     """An argument other than a path is malformed."""
 
     code = "INVALID_ARGUMENT"
+    http_status = 400
 
 
 class NotFound(PanaversityFSError):
     """The file does not exist (or, with expected_hash, cannot be updated)."""
 
     code = "NOT_FOUND"
+    http_status = 404
 
 
 class Conflict(PanaversityFSError):
     """`expected_hash` does not match the file's current hash."""
 
     code = "CONFLICT"
+    http_status = 409
 
 
 class HashRequired(PanaversityFSError):
     """The file exists; replacing it needs its current hash as `expected_hash`."""
 
     code = "HASH_REQUIRED"
+    http_status = 409
 
 
 class Forbidden(PanaversityFSError):
     """The caller is authenticated but may not do this."""
 
     code = "FORBIDDEN"
+    http_status = 403
 
 
 class Unauthenticated(PanaversityFSError):
     """The caller has no usable identity."""
 
     code = "UNAUTHENTICATED"
+    http_status = 401
 
 
 class TooLarge(PanaversityFSError):
     """The payload is over a configured limit."""
 
     code = "TOO_LARGE"
+    http_status = 413
 
 
 class RateLimited(PanaversityFSError):
     """The caller is over its rate limit; retry after the hinted delay."""
 
     code = "RATE_LIMITED"
+    http_status = 429
 
 
 class Unavailable(PanaversityFSError):
     """A dependency (database, storage) failed transiently; the call changed nothing."""
 
     code = "UNAVAILABLE"
+    http_status = 503
 
 
 class Internal(PanaversityFSError):
     """An unexpected failure; details are in the server log under the request id."""
 
     code = "INTERNAL"
+    http_status = 500
 
 
 class ConfigurationError(Exception):

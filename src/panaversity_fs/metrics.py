@@ -65,6 +65,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.route_duration = Histogram(
+            "panaversityfs_route_duration_seconds",
+            "Latency of the HTTP routes besides /mcp until their answer starts (downloads stream on).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.route_total = Counter(
+            "panaversityfs_route_requests_total",
+            "Requests to the HTTP routes besides /mcp, by route and HTTP status.",
+            ["route", "status"],
+            registry=r,
+        )
         self.limited_total = Counter(
             "panaversityfs_limited_total",
             "Tool calls refused by a limit: `rate` (an agent over its budget) or `overload` (shed).",

@@ -1,4 +1,7 @@
-"""`Resources`: everything a running server owns, opened and closed by its lifespan."""
+"""`Resources`: everything a running server owns, built once, in one place, by `open_resources`.
+
+Tools, routes and the command line look services up here; no service builds another.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +9,40 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 
-from panaversity_fs.app.limits import StreamSlots
+from panaversity_fs.app.jobs import start_jobs
+from panaversity_fs.archive.service import ArchiveService
+from panaversity_fs.assets.common import AssetLinks
+from panaversity_fs.assets.downloads import Downloads
+from panaversity_fs.assets.service import AssetService
+from panaversity_fs.assets.uploads import Uploads
 from panaversity_fs.audit.checkpoints import CheckpointSigner, CheckpointStore
-from panaversity_fs.audit.monitor import ChainMonitor
+from panaversity_fs.audit.query import AuditQueries
 from panaversity_fs.audit.recorder import AuditRecorder
+from panaversity_fs.audit.trail import AuditTrail
+from panaversity_fs.books.bulk import BulkReader
+from panaversity_fs.books.catalog import Catalog
+from panaversity_fs.books.search import Searcher
+from panaversity_fs.books.validate import Validator
+from panaversity_fs.builds.service import BuildService
 from panaversity_fs.config import Settings
-from panaversity_fs.content.service import ContentService
-from panaversity_fs.db import idempotency_sql as idem_sql
+from panaversity_fs.content.service import Lessons
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.audit_sql import watch_appends
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.db.migrate import ensure_schema
 from panaversity_fs.errors import Unavailable
-from panaversity_fs.files.fsck import check
+from panaversity_fs.files.engine import FileEngine
 from panaversity_fs.files.publisher import Publisher
+from panaversity_fs.files.reader import FileReader
+from panaversity_fs.limits import StreamSlots
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import BlobStore, StorageError
@@ -42,21 +56,33 @@ SLOW_CLOSE_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Resources:
-    """The open database, store and services of one server process."""
+    """The open database, store and services of one process."""
 
     settings: Settings
     db: Database
     store: BlobStore
     metrics: Metrics
-    audit: AuditRecorder
+    trail: AuditTrail
+    reader: FileReader
+    files: FileEngine
     publisher: Publisher
-    content: ContentService
     signer: UrlSigner
     checkpoints: CheckpointStore
     search_threads: ThreadPoolExecutor
-    """Where regex searches run, off the event loop (see `books.search`)."""
+    """Where regex searches run, off the event loop (see `books.regex`)."""
     archive_slots: StreamSlots
     """Archive downloads streaming now (bounded in all and per agent)."""
+    lessons: Lessons
+    bulk: BulkReader
+    catalog: Catalog
+    searcher: Searcher
+    validator: Validator
+    builds: BuildService
+    archives: ArchiveService
+    assets: AssetService
+    uploads: Uploads
+    downloads: Downloads
+    audit: AuditQueries
 
 
 @dataclass
@@ -72,8 +98,50 @@ class ServerState:
             Unavailable: the server is starting or stopping.
         """
         if self.resources is None:
-            raise Unavailable("the server is not ready")
+            raise Unavailable("the server is not ready; retry in a moment", retry_after=1.0)
         return self.resources
+
+
+def build(
+    settings: Settings, db: Database, store: BlobStore, metrics: Metrics, recorder: AuditRecorder
+) -> Resources:
+    """Wire every service of one process over an open database and store."""
+    trail = AuditTrail(db, recorder)
+    reader = FileReader(db, store, metrics)
+    publisher = Publisher(db, store, metrics)
+    files = FileEngine(settings, db, store, publisher, trail, metrics)
+    signer = UrlSigner.from_settings(settings)
+    checkpoints = CheckpointStore(
+        store, CheckpointSigner.from_settings(settings), settings.audit_checkpoints_kept
+    )
+    threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="pfs-search")
+    slots = StreamSlots(settings.archive_streams, settings.archive_streams_per_agent)
+    links = AssetLinks(settings, signer)
+    return Resources(
+        settings=settings,
+        db=db,
+        store=store,
+        metrics=metrics,
+        trail=trail,
+        reader=reader,
+        files=files,
+        publisher=publisher,
+        signer=signer,
+        checkpoints=checkpoints,
+        search_threads=threads,
+        archive_slots=slots,
+        lessons=Lessons(settings, files, reader, trail, metrics),
+        bulk=BulkReader(settings, db, reader, trail),
+        catalog=Catalog(db, trail),
+        searcher=Searcher(settings, db, reader, trail, threads),
+        validator=Validator(db, store, trail),
+        builds=BuildService(settings, db, reader, trail, metrics),
+        archives=ArchiveService(settings, db, store, signer, trail, metrics, slots),
+        assets=AssetService(settings, db, reader, files, trail, links),
+        uploads=Uploads(settings, db, store, files, trail, signer, links, metrics),
+        downloads=Downloads(db, store, signer, metrics),
+        audit=AuditQueries(db, trail, checkpoints),
+    )
 
 
 @asynccontextmanager
@@ -92,97 +160,56 @@ async def open_resources(
     """
     db = Database.from_settings(settings)
     store: BlobStore | None = None
-    audit: AuditRecorder | None = None
+    recorder: AuditRecorder | None = None
+    resources: Resources | None = None
     tasks: list[asyncio.Task[None]] = []
-    search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="pfs-search")
     try:
         await ensure_schema(db, settings.auto_migrate)
         store = BlobStore.from_settings(settings)
         metrics = Metrics()
-        store.on_error = lambda kind: metrics.storage_errors.labels(kind).inc()
-        store.on_call = lambda ok: metrics.storage_calls.labels("ok" if ok else "error").inc()
-        _count_database_errors(db, metrics)
-        watch_appends(db.engine, lambda statuses: _count_audit(metrics, statuses))
-        audit = AuditRecorder(db, settings.audit_read_batch_interval)
-        audit.on_drop = metrics.audit_dropped.inc
-        publisher = Publisher(db, store, metrics)
-        content = ContentService(settings, db, store, publisher, audit, metrics)
-        signer = UrlSigner.from_settings(settings)
-        checkpoints = CheckpointStore(
-            store, CheckpointSigner.from_settings(settings), settings.audit_checkpoints_kept
-        )
-        slots = StreamSlots(settings.archive_streams, settings.archive_streams_per_agent)
-        resources = Resources(
-            settings,
-            db,
-            store,
-            metrics,
-            audit,
-            publisher,
-            content,
-            signer,
-            checkpoints,
-            search_threads,
-            slots,
-        )
-        try:
-            async with db.read() as conn:
-                metrics.know_books(await journal.base_books(conn))
-        except DB_ERRORS:
-            logger.warning("could not read the known books; /metrics will learn them", exc_info=True)
-        grace = timedelta(seconds=settings.recovery_grace)
+        _count_failures(db, store, metrics)
+        recorder = AuditRecorder(db, settings.audit_read_batch_interval)
+        recorder.on_drop = metrics.audit_dropped.inc
+        recorder.on_committed = lambda statuses: _count_audit(metrics, statuses)
+        resources = build(settings, db, store, metrics, recorder)
+        await _learn_books(db, metrics)
         if recover:
-            try:
-                report = await publisher.recover(grace)
-            except (StorageError, *DB_ERRORS):
-                # Serve anyway (/ready tells the balancer): the periodic sweep retries, and a
-                # replica that crash-looped while storage blinked would help nobody.
-                logger.exception("start-up recovery failed; the periodic sweep will retry")
-            else:
-                if report.published or report.orphans_removed or report.failed:
-                    logger.info("start-up recovery", extra={"recovery": dataclasses.asdict(report)})
+            await _recover(resources)
         if background:
-
-            def every(
-                name: str,
-                interval: float,
-                what: str,
-                job: Callable[[], Awaitable[object]],
-                first: float | None = None,
-            ) -> None:
-                tasks.append(asyncio.create_task(_every(interval, what, job, first), name=name))
-
-            tasks.append(asyncio.create_task(audit.run(), name="pfs-audit-batcher"))
-            every(
-                "pfs-recovery", settings.recovery_interval, "recovery sweep", lambda: publisher.recover(grace)
+            tasks = start_jobs(
+                settings, db, store, metrics, recorder, resources.publisher, resources.checkpoints
             )
-            every(
-                "pfs-idempotency-prune",
-                settings.recovery_interval,
-                "idempotency key pruning",
-                lambda: _prune_keys(resources),
-            )
-            if settings.fsck_interval > 0:
-                every(
-                    "pfs-fsck",
-                    settings.fsck_interval,
-                    "consistency check",
-                    lambda: _check_consistency(resources),
-                )
-            if settings.audit_checkpoint_interval > 0:
-                monitor = ChainMonitor(db, checkpoints, metrics)
-                interval = settings.audit_checkpoint_interval
-                every(
-                    "pfs-audit-monitor", interval, "audit check", monitor.run_once, first=min(5.0, interval)
-                )
         yield resources
     finally:
-        search_threads.shutdown(wait=False, cancel_futures=True)
-        await _close(tasks, audit, store, db)
+        if resources is not None:
+            resources.search_threads.shutdown(wait=False, cancel_futures=True)
+        await _close(tasks, recorder, store, db)
+
+
+async def _learn_books(db: Database, metrics: Metrics) -> None:
+    """Tell the metrics which books exist (their labels); a failure only delays it to /metrics."""
+    try:
+        async with db.read() as conn:
+            metrics.know_books(await journal.base_books(conn))
+    except DB_ERRORS:
+        logger.warning("could not read the known books; /metrics will learn them", exc_info=True)
+
+
+async def _recover(resources: Resources) -> None:
+    """The start-up recovery sweep. A failure is logged and left to the periodic sweep: /ready
+    tells the balancer, and a replica that crash-looped while storage blinked would help nobody."""
+    grace = timedelta(seconds=resources.settings.recovery_grace)
+    try:
+        report = await resources.publisher.recover(grace)
+    except (StorageError, *DB_ERRORS):
+        logger.exception("start-up recovery failed; the periodic sweep will retry")
+        return
+    if report.published or report.orphans_removed or report.failed:
+        logger.info("start-up recovery", extra={"recovery": dataclasses.asdict(report)})
 
 
 async def _close(
-    tasks: list[asyncio.Task[None]], audit: AuditRecorder | None, store: BlobStore | None, db: Database
+    tasks: list[asyncio.Task[None]], recorder: AuditRecorder | None, store: BlobStore | None, db: Database
 ) -> None:
     """Stop background work, append queued read audit entries, close storage and the database.
 
@@ -206,8 +233,8 @@ async def _close(
     for task in tasks:
         task.cancel()
     await step("background tasks", asyncio.gather(*tasks, return_exceptions=True))
-    if audit is not None and audit.queued:
-        await step(f"appending {audit.queued} queued read audit entries", audit.flush())
+    if recorder is not None and recorder.queued:
+        await step(f"appending {recorder.queued} queued read audit entries", recorder.flush())
     if store is not None:
         await step("storage calls in flight", store.aclose())
     await step("database pool", db.dispose())
@@ -220,46 +247,12 @@ def _count_audit(metrics: Metrics, statuses: list[str]) -> None:
         metrics.audit_entries_total.labels(status).inc()
 
 
-def _count_database_errors(db: Database, metrics: Metrics) -> None:
+def _count_failures(db: Database, store: BlobStore, metrics: Metrics) -> None:
+    """Count every failed database statement and storage call as metrics."""
+
     def count(context: ExceptionContext) -> None:
         metrics.database_errors.labels(type(context.original_exception).__name__).inc()
 
     event.listen(db.engine.sync_engine, "handle_error", count)
-
-
-async def _prune_keys(resources: Resources) -> None:
-    """Forget idempotency keys older than `idempotency_ttl`."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=resources.settings.idempotency_ttl)
-    async with resources.db.write() as conn:
-        await idem_sql.prune(conn, cutoff)
-
-
-async def _check_consistency(resources: Resources) -> None:
-    """The periodic, read-only fsck; its problem counts become metrics."""
-    started = time.monotonic()
-    report = await check(
-        resources.db, resources.store, grace=timedelta(seconds=resources.settings.recovery_grace)
-    )
-    metrics = resources.metrics
-    for kind, count in report.counts().items():
-        metrics.fsck_problems.labels(kind).set(count)
-    metrics.fsck_last_run.set_to_current_time()
-    metrics.fsck_duration.set(time.monotonic() - started)
-    if not report.ok:
-        logger.warning(
-            "journal and storage disagree; run `panaversity-fs fsck`", extra={"fsck": report.counts()}
-        )
-
-
-async def _every(
-    interval: float, what: str, job: Callable[[], Awaitable[object]], first: float | None = None
-) -> None:
-    """Run `job` after `first` seconds (default `interval`), then every `interval` seconds,
-    forever; a failed run is logged and retried next time."""
-    await asyncio.sleep(interval if first is None else first)
-    while True:
-        try:
-            await job()
-        except Exception:
-            logger.exception("%s failed; will retry", what)
-        await asyncio.sleep(interval)
+    store.on_error = lambda kind: metrics.storage_errors.labels(kind).inc()
+    store.on_call = lambda ok: metrics.storage_calls.labels("ok" if ok else "error").inc()

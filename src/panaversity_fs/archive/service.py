@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from panaversity_fs.app.resources import Resources
 from panaversity_fs.archive.builder import MANIFEST_NAME, ArchiveBuilder, ArchiveReport
-from panaversity_fs.auth.identity import Caller
+from panaversity_fs.audit.trail import AuditTrail
+from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
-from panaversity_fs.errors import Forbidden, InvalidArgument
+from panaversity_fs.errors import Forbidden, InvalidArgument, NotFound
 from panaversity_fs.files.manifest import manifest_hash, manifest_text
+from panaversity_fs.limits import StreamSlots
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import check_book_id, check_user_id, classify
-from panaversity_fs.signing import public_base_url
+from panaversity_fs.signing import UrlSigner, public_base_url
+from panaversity_fs.storage.blobs import BlobStore
+from panaversity_fs.times import from_unix
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ PREFIXES: dict[str, str] = {"content": "content/", "assets": "static/", "all": "
 """The book paths each scope covers."""
 
 TOKEN_PURPOSE = "archive"  # noqa: S105 (a signing purpose, not a secret)
+
+ANONYMOUS_URL = "(signed url)"
+"""The stream-slot holder of a signed URL that names no agent."""
 
 RESUME_HINT = (
     "GET the url for a ZIP whose last member, .panaversity/manifest.json, lists every member "
@@ -88,36 +95,43 @@ def check_after(after: object) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class ArchiveDownload:
-    """One archive request, its members chosen; `body()` streams the ZIP."""
+class ArchiveRequest:
+    """What one download asks for: a book as one user (or nobody) sees it, for one agent."""
 
-    resources: Resources
+    book_id: str
+    scope: Scope
+    user_id: str | None
     agent_id: str | None
-    report: ArchiveReport
-    rows: list[JournalRow]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveDownload:
+    """One archive being sent: its members chosen, its stream slot held; `body()` streams the ZIP."""
+
+    request: ArchiveRequest
+    builder: ArchiveBuilder
+    metrics: Metrics
+    release: Callable[[], None]
+    """Gives the stream slot back; the response calls it when it ends, however it ends."""
+
+    @property
+    def report(self) -> ArchiveReport:
+        """What the archive contains (final once the body is exhausted)."""
+        return self.builder.report
 
     @property
     def filename(self) -> str:
         """Download file name: `<book>-<scope>.zip`."""
-        return f"{self.report.book_id}-{self.report.scope}.zip"
+        return f"{self.request.book_id}-{self.request.scope}.zip"
 
     async def body(self) -> AsyncIterator[bytes]:
         """Yield the ZIP; log one line and record metrics when it ends, however it ends."""
-        resources = self.resources
-        metrics = resources.metrics
+        metrics = self.metrics
         report = self.report
         started = time.perf_counter()
-        builder = ArchiveBuilder(
-            resources.db,
-            resources.store,
-            self.rows,
-            report,
-            resources.settings.archive_timeout,
-            on_buffered=metrics.archive_memory.inc,
-        )
         status = "aborted"
         try:
-            async for block in builder.stream():
+            async for block in self.builder.stream():
                 yield block
             status = "complete" if report.complete else "partial"
         finally:
@@ -127,7 +141,7 @@ class ArchiveDownload:
             logger.info(
                 "archive",
                 extra={
-                    "agent_id": self.agent_id,
+                    "agent_id": self.request.agent_id,
                     "book_id": report.book_id,
                     "scope": report.scope,
                     "user_id": report.user_id,
@@ -144,48 +158,60 @@ class ArchiveDownload:
 
 
 class ArchiveService:
-    """Archive operations over one server's resources."""
+    """Signed archive URLs for `get_book_archive`, and the archives they download."""
 
-    def __init__(self, resources: Resources) -> None:
-        self._resources = resources
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: BlobStore,
+        signer: UrlSigner,
+        trail: AuditTrail,
+        metrics: Metrics,
+        slots: StreamSlots,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._store = store
+        self._signer = signer
+        self._trail = trail
+        self._metrics = metrics
+        self._slots = slots
 
-    async def ticket(self, caller: Caller, book_id: object, scope: object, user_id: object) -> ArchiveTicket:
+    async def ticket(self, op: Operation, book_id: object, scope: object, user_id: object) -> ArchiveTicket:
         """Describe the archive of a book as `user_id` sees it and sign a URL to download it.
 
         Raises:
             InvalidArgument: book_id, scope or user_id is malformed.
+            NotFound: the book has no files (for `user_id`: neither shared ones nor that user's).
             Unavailable: the database failed.
         """
-        content = self._resources.content
-        with content.audited_read(caller, "get_book_archive", book_id, f"archive:{scope}", user_id):
+        with self._trail.read(op, book_id, f"archive:{scope}", user_id):
             book, chosen, user = check_book_id(book_id), check_scope(scope), check_user_id(user_id)
-            rows = await self._rows(book, chosen, user, None)
-        settings = self._resources.settings
-        claims: dict[str, Any] = {"book": book, "scope": chosen, "user": user, "agent": caller.agent_id}
-        token, expires = self._resources.signer.sign(TOKEN_PURPOSE, claims, settings.archive_url_ttl)
-        url = f"{public_base_url(settings)}/archives/{book}.zip?token={quote(token, safe='')}"
+            rows = await self._rows(book, chosen, user, None, must_exist=True)
+        claims: dict[str, Any] = {"book": book, "scope": chosen, "user": user, "agent": op.agent_id}
+        token, expires = self._signer.sign(TOKEN_PURPOSE, claims, self._settings.archive_url_ttl)
+        url = f"{public_base_url(self._settings)}/archives/{book}.zip?token={quote(token, safe='')}"
         return ArchiveTicket(
             book_id=book,
             scope=chosen,
             user_id=user,
             url=url,
-            expires_at=datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
+            expires_at=from_unix(expires),
             file_count=len(rows),
             total_bytes=sum(row.size for row in rows),
             manifest_hash=manifest_hash(manifest_text((row.path, str(row.sha256)) for row in rows)),
         )
 
-    async def download(self, book_id: str, token: str | None, after: str | None) -> ArchiveDownload:
-        """Check a download request and choose its members (one journal query).
+    def verify_url(self, book_id: str, token: str | None) -> ArchiveRequest:
+        """The request a signed archive URL carries.
 
         Raises:
             Forbidden: no token, or one that is invalid, expired, or made for another book.
-            InvalidPath, SchemaViolation, InvalidArgument: `after` is not a canonical book path.
-            Unavailable: the database failed.
         """
         if not token:
             raise Forbidden("this URL needs its signed token")
-        claims = self._resources.signer.verify(TOKEN_PURPOSE, token)
+        claims = self._signer.verify(TOKEN_PURPOSE, token)
         if claims.get("book") != book_id:
             raise Forbidden("the signed URL was made for another book")
         try:
@@ -193,15 +219,45 @@ class ArchiveService:
             user = check_user_id(claims.get("user"))
         except InvalidArgument:
             raise Forbidden("the signed URL is invalid") from None
-        resume = check_after(after)
-        rows = await self._rows(book_id, scope, user, resume)
         agent = claims.get("agent")
-        report = ArchiveReport(book_id=book_id, scope=scope, user_id=user, after=resume)
-        return ArchiveDownload(self._resources, agent if isinstance(agent, str) else None, report, rows)
+        return ArchiveRequest(book_id, scope, user, agent if isinstance(agent, str) else None)
 
-    async def _rows(self, book: str, scope: str, user: str | None, after: str | None) -> list[JournalRow]:
+    async def open(self, request: ArchiveRequest, after: object) -> ArchiveDownload:
+        """Choose the members of `request`'s archive after `after` (one journal query) and take
+        a stream slot for it.
+
+        Raises:
+            InvalidPath, SchemaViolation, InvalidArgument: `after` is not a canonical book path.
+            RateLimited: this agent streams as many archives as it may.
+            Unavailable: the database failed, or every stream slot is taken.
+        """
+        resume = check_after(after)
+        rows = await self._rows(request.book_id, request.scope, request.user_id, resume)
+        release = self._slots.take(request.agent_id or ANONYMOUS_URL)
+        report = ArchiveReport(
+            book_id=request.book_id, scope=request.scope, user_id=request.user_id, after=resume
+        )
+        builder = ArchiveBuilder(
+            self._db,
+            self._store,
+            rows,
+            report,
+            self._settings.archive_timeout,
+            on_buffered=self._metrics.archive_memory.inc,
+        )
+        return ArchiveDownload(request, builder, self._metrics, release)
+
+    async def _rows(
+        self, book: str, scope: str, user: str | None, after: str | None, must_exist: bool = False
+    ) -> list[JournalRow]:
         try:
-            async with self._resources.db.read() as conn:
+            async with self._db.read() as conn:
+                if must_exist and not await journal.book_exists(conn, book, user):
+                    raise NotFound(
+                        f"book {book} has no files; list_books shows the books (a book starts with its "
+                        "first write)",
+                        book_id=book,
+                    )
                 return await journal.view(conn, book, user, prefix=PREFIXES[scope], after=after)
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
+            raise database_failure(exc) from None

@@ -7,12 +7,15 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from panaversity_fs.assets.common import CHUNK_BYTES, DOWNLOAD_PURPOSE, AssetBase
-from panaversity_fs.content.service import Target
+from panaversity_fs.assets.common import CHUNK_BYTES, DOWNLOAD_PURPOSE, live_asset
+from panaversity_fs.db.engine import Database
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import Conflict, Forbidden, NotFound, Unavailable
 from panaversity_fs.files.mime import OCTET_STREAM
-from panaversity_fs.storage.blobs import BlobNotFound, StorageError
+from panaversity_fs.files.target import Target
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.signing import UrlSigner
+from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +36,26 @@ class DownloadBroken(Exception):
     """The stored bytes stopped matching the journal mid-stream; the response must be cut."""
 
 
-class Downloads(AssetBase):
-    """The `GET /assets/{token}` side of assets."""
+class Downloads:
+    """The `GET /assets/...` side of assets: resolve what a URL names, stream it verified."""
+
+    def __init__(self, db: Database, store: BlobStore, signer: UrlSigner, metrics: Metrics) -> None:
+        self._db = db
+        self._store = store
+        self._signer = signer
+        self._metrics = metrics
+
+    async def current(self, target: Target, expires: int) -> Download:
+        """The current version of an asset (for a caller whose token allows reading it).
+
+        Raises:
+            NotFound: no such asset.
+            Unavailable: the database or storage failed.
+        """
+        row = await live_asset(self._db, target)
+        if row is None or row.sha256 is None:
+            raise NotFound("no such asset: list_assets shows the assets", path=target.path)
+        return await self.locate(row, expires)
 
     async def open(self, token: str) -> Download:
         """Resolve a download token to the stored object holding exactly its bytes.
@@ -45,11 +66,11 @@ class Downloads(AssetBase):
             Conflict: the asset changed since the URL was issued.
             Unavailable: the database or storage failed, or a publish is moving the bytes.
         """
-        claims = self._r.signer.verify(DOWNLOAD_PURPOSE, token)
+        claims = self._signer.verify(DOWNLOAD_PURPOSE, token)
         book, path, digest = claims.get("b"), claims.get("p"), claims.get("h")
         if not (isinstance(book, str) and isinstance(path, str) and isinstance(digest, str)):
             raise Forbidden("the signed URL is invalid")
-        row = await self._row(Target.asset(book, path))
+        row = await live_asset(self._db, Target.asset(book, path))
         if row is None or row.sha256 is None:
             raise NotFound("the asset was deleted")
         if row.sha256 != digest:
@@ -108,7 +129,7 @@ class Downloads(AssetBase):
             except StorageError:
                 logger.warning("could not close a download reader", exc_info=True)
         if remaining or (whole and digest.hexdigest() != download.sha256):
-            self._r.metrics.journal_storage_mismatch_total.inc()
+            self._metrics.journal_storage_mismatch_total.inc()
             logger.error("stored asset does not match the journal", extra={"path": download.path})
             raise DownloadBroken("stored bytes do not match the journal")
         if held is not None:

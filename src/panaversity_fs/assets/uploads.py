@@ -1,8 +1,8 @@
-"""Asset uploads: inline (base64) and by URL, through `ContentService`'s write protocol.
+"""Asset uploads: inline (base64) and by URL, through the journaled-file write protocol.
 
-Every asset write is a write of the content protocol (same `expected_hash` contract, journal
-row with the sniffed MIME type, audit entry with the caller's agent id). Large files take a
-detour first:
+Every asset write is a write of the files engine (same `expected_hash` contract, journal row
+with the sniffed MIME type, audit entry with the caller's agent id). Large files take a detour
+first:
 
 1. `upload_asset` with `size` and `sha256` signs an upload ticket naming a private key under
    `.pfs/uploads/` and hands out a URL for it: an S3 presigned PUT, or our own `PUT /uploads/`
@@ -10,156 +10,77 @@ detour first:
 2. The client sends the bytes there.
 3. `complete_asset_upload` copies the uploaded object to a fresh staging key (a key nobody
    else can write, so the bytes hashed are the bytes committed), checks its size and sha256
-   against the ticket, and commits it with `ContentService.commit_staged`.
+   against the ticket, and commits it with `FileEngine.commit`.
 
 Upload objects never completed are removed by recovery once their URL has expired.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from panaversity_fs.assets.common import (
-    CHUNK_BYTES,
-    UPLOAD_PURPOSE,
-    AssetBase,
-    asset_target,
-    iso_time,
-)
+from panaversity_fs.assets.common import CHUNK_BYTES, UPLOAD_PURPOSE, AssetLinks, asset_target, live_asset
+from panaversity_fs.assets.common import delete_quietly as _delete_quietly
 from panaversity_fs.assets.results import AssetUpload
-from panaversity_fs.auth.identity import Caller
-from panaversity_fs.content.service import Target
+from panaversity_fs.assets.tickets import UploadTicket, contract_refusal, decode_inline
+from panaversity_fs.audit.trail import AuditTrail, Subject
+from panaversity_fs.config import Settings
+from panaversity_fs.db.engine import Database
 from panaversity_fs.errors import (
-    Conflict,
     Forbidden,
-    HashRequired,
     InvalidArgument,
     NotFound,
     PanaversityFSError,
     TooLarge,
     Unavailable,
 )
+from panaversity_fs.files.engine import FileEngine, StagedWrite
 from panaversity_fs.files.idempotency import Idempotency
 from panaversity_fs.files.mime import SNIFF_BYTES, sniff_content_type
+from panaversity_fs.files.target import Target
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import check_hash
-from panaversity_fs.signing import public_base_url
-from panaversity_fs.storage.blobs import (
-    BlobNotFound,
-    StorageError,
-    new_staging_key,
-    upload_key,
-)
+from panaversity_fs.signing import UrlSigner, public_base_url
+from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError, new_staging_key, upload_key
+from panaversity_fs.times import from_unix
 
 logger = logging.getLogger(__name__)
 
-"""Leading bytes of an uploaded object kept for MIME sniffing."""
+UPLOAD_OPERATION = "upload_asset"
+"""What the audit log calls every step of an upload (its refusals and its commit)."""
 
 
-@dataclass(frozen=True, slots=True)
-class UploadTicket:
-    """The signed claims of an upload URL."""
-
-    book_id: str
-    path: str
-    key: str
-    size: int
-    sha256: str
-    expected: str | None
-    agent_id: str
-
-    @classmethod
-    def from_claims(cls, claims: dict[str, Any]) -> UploadTicket:
-        """Rebuild a ticket from verified claims.
-
-        Raises:
-            Forbidden: the claims are not an upload ticket's.
-        """
-        book, path, key, size, digest = (claims.get(k) for k in ("b", "p", "k", "n", "h"))
-        expected, agent = claims.get("e"), claims.get("a")
-        if not (
-            isinstance(book, str)
-            and isinstance(path, str)
-            and isinstance(key, str)
-            and isinstance(size, int)
-            and isinstance(digest, str)
-            and isinstance(agent, str)
-            and (expected is None or isinstance(expected, str))
-        ):
-            raise Forbidden("the signed URL is invalid")
-        return cls(book, path, key, size, digest, expected, agent)
-
-    def claims(self) -> dict[str, Any]:
-        """The claims to sign."""
-        return {
-            "b": self.book_id,
-            "p": self.path,
-            "k": self.key,
-            "n": self.size,
-            "h": self.sha256,
-            "e": self.expected,
-            "a": self.agent_id,
-        }
-
-
-def decode_inline(value: object, limit: int) -> bytes:
-    """Decode canonical standard base64 (padded, no whitespace) of at most `limit` bytes.
-
-    Raises:
-        InvalidArgument: not a string, not strict base64, or empty.
-        TooLarge: over `limit` decoded bytes.
-    """
-    if not isinstance(value, str):
-        raise InvalidArgument("binary_data must be a base64 string", field="binary_data")
-    too_large = TooLarge(
-        f"inline uploads are limited to {limit} bytes: call upload_asset with size and sha256 "
-        "instead of binary_data to get an upload URL",
-        limit=limit,
-    )
-    if len(value) > 4 * ((limit + 2) // 3):
-        raise too_large
-    invalid = InvalidArgument(
-        "binary_data must be standard base64: padded, no whitespace or line breaks", field="binary_data"
-    )
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid from None
-    # b64decode tolerates excess padding and stray low bits; one text per byte string.
-    if base64.b64encode(data).decode("ascii") != value:
-        raise invalid
-    if len(data) > limit:
-        raise too_large
-    if not data:
-        raise InvalidArgument("binary_data is empty", field="binary_data")
-    return data
-
-
-def contract_refusal(expected: str | None, current: str | None) -> PanaversityFSError | None:
-    if expected is None and current is not None:
-        return HashRequired(
-            "the asset exists: pass its current hash as expected_hash to replace it", current_hash=current
-        )
-    if expected is not None and current is None:
-        return NotFound("the asset does not exist: upload it without expected_hash")
-    if expected is not None and expected != current:
-        return Conflict("expected_hash is not the asset's current hash", current_hash=current)
-    return None
-
-
-class Uploads(AssetBase):
+class Uploads:
     """`upload_asset`, the fs upload route, and `complete_asset_upload`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: BlobStore,
+        files: FileEngine,
+        trail: AuditTrail,
+        signer: UrlSigner,
+        links: AssetLinks,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._store = store
+        self._files = files
+        self._trail = trail
+        self._signer = signer
+        self._links = links
+        self._metrics = metrics
 
     async def upload(
         self,
-        caller: Caller,
+        op: Operation,
         book_id: object,
         asset_type: object,
         filename: object,
@@ -167,21 +88,18 @@ class Uploads(AssetBase):
         expected_hash: object,
         size: object,
         sha256: object,
-        idempotency_key: object = None,
     ) -> AssetUpload:
         """Store `binary_data` (base64), or, without it, hand out an upload URL for `size` bytes.
 
-        With `idempotency_key`, an inline upload repeating one that committed returns its
-        result (a declaration changes nothing, so it takes no key).
+        With the operation's idempotency key, an inline upload repeating one that committed
+        returns its result (a declaration changes nothing, so it takes no key).
 
         Raises:
             InvalidPath, SchemaViolation, InvalidArgument, TooLarge: bad arguments (a reused key).
             HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
             Unavailable: the database or storage failed; nothing was written.
         """
-        started = time.perf_counter()
-        idem: Idempotency | None = None
-        try:
+        async with self._trail.mutation(op, Subject(book_id, f"static/{asset_type}/{filename}")):
             target = asset_target(book_id, asset_type, filename)
             expected = check_hash(expected_hash)
             declared_sha = check_hash(sha256, "sha256")
@@ -192,31 +110,18 @@ class Uploads(AssetBase):
                         "pass binary_data (base64, small files) or size and sha256 (upload URL)",
                         field="sha256",
                     )
-                data, actual = b"", declared_sha  # the bytes come later, by URL
-            else:
-                data = decode_inline(binary_data, self._settings.max_inline_asset_bytes)
-                actual = hashlib.sha256(data).hexdigest()
-                if (size is not None and size != len(data)) or declared_sha not in (None, actual):
-                    raise InvalidArgument("size or sha256 does not match binary_data", size=len(data))
-                declared_size = len(data)
-                idem = Idempotency.for_call(
-                    caller, "upload_asset", idempotency_key, target.arguments(expected, actual)
-                )
-                replay = await self._replayed(idem)
-                if replay is not None:
-                    return replay
-        except PanaversityFSError as error:
-            path = f"static/{asset_type}/{filename}"
-            await self._content.audit_refusal(caller, "upload_asset", book_id, path, None, started, error)
-            raise
-        if binary_data is None:
-            assert declared_sha is not None
-            return await self.declare(caller, target, expected, declared_size, declared_sha, started)
+                return await self._declare(op, target, expected, declared_size, declared_sha)
+            data = decode_inline(binary_data, self._settings.max_inline_asset_bytes)
+            actual = hashlib.sha256(data).hexdigest()
+            if (size is not None and size != len(data)) or declared_sha not in (None, actual):
+                raise InvalidArgument("size or sha256 does not match binary_data", size=len(data))
+            idem = Idempotency.for_call(op, target.arguments(expected, actual))
+            replay = await self._replayed(op, idem)
+            if replay is not None:
+                return replay
         content_type = sniff_content_type(data, target.path)
-        outcome = await self._content.write_bytes(
-            caller, "upload_asset", target, data, actual, expected, content_type, started, idem
-        )
-        return self._stored(outcome, content_type)
+        outcome = await self._files.write(op, target, data, actual, expected, content_type, idem)
+        return self._links.stored(outcome, content_type)
 
     def _check_size(self, size: object) -> int:
         limit = self._settings.max_asset_bytes
@@ -226,21 +131,33 @@ class Uploads(AssetBase):
             raise TooLarge(f"assets are limited to {limit} bytes", limit=limit)
         return size
 
-    async def declare(
-        self, caller: Caller, target: Target, expected: str | None, size: int, digest: str, started: float
+    async def _replayed(self, op: Operation, idem: Idempotency | None) -> AssetUpload | None:
+        """The stored result of an earlier call under `idem`'s key (with a fresh download URL)."""
+        replay = await self._files.replayed(idem)
+        if replay is None:
+            return None
+        self._metrics.replays.labels(op.name).inc()
+        outcome, content_type = replay.written()
+        return self._links.stored(outcome, content_type)
+
+    async def _declare(
+        self, op: Operation, target: Target, expected: str | None, size: int, digest: str
     ) -> AssetUpload:
-        # Refuse now what the commit would refuse, so nobody uploads megabytes in vain.
-        row = await self._row(target)
+        """Sign an upload URL for `size` bytes hashing to `digest`.
+
+        Raises:
+            HashRequired, Conflict, NotFound: the commit would refuse it (checked now, so that
+                nobody uploads megabytes in vain).
+            Unavailable: the database or storage failed.
+        """
+        row = await live_asset(self._db, target)
         refusal = contract_refusal(expected, row.sha256 if row is not None else None)
         if refusal is not None:
-            await self._content.audit_refusal(
-                caller, "upload_asset", target.book_id, target.path, None, started, refusal
-            )
             raise refusal
         ttl = self._settings.asset_url_ttl
         key = upload_key(int(time.time() + ttl) + 1)
-        ticket = UploadTicket(target.book_id, target.path, key, size, digest, expected, caller.agent_id)
-        token, expires = self._r.signer.sign(UPLOAD_PURPOSE, ticket.claims(), ttl)
+        ticket = UploadTicket(target.book_id, target.path, key, size, digest, expected, op.agent_id)
+        token, expires = self._signer.sign(UPLOAD_PURPOSE, ticket.claims(), ttl)
         if self._store.backend == "fs":
             url, headers = f"{public_base_url(self._settings)}/uploads/{token}", {}
         else:
@@ -250,7 +167,7 @@ class Uploads(AssetBase):
                 logger.warning("could not presign an upload", exc_info=exc)
                 raise Unavailable("the storage is unavailable; nothing was changed, retry later") from None
             url, headers = presigned.url, presigned.headers
-        self._content.note_read(caller, "declare_upload", target.book_id, target.path, None, started)
+        self._trail.note(op.named("declare_upload"), Subject(target.book_id, target.path))
         return AssetUpload(
             status="upload_required",
             book_id=target.book_id,
@@ -261,7 +178,7 @@ class Uploads(AssetBase):
             method="PUT",
             headers=headers,
             upload_id=token,
-            expires_at=iso_time(expires),
+            expires_at=from_unix(expires),
         )
 
     async def receive(
@@ -278,7 +195,7 @@ class Uploads(AssetBase):
             InvalidArgument: the body is shorter than declared or its sha256 differs.
             Unavailable: storage failed.
         """
-        ticket = UploadTicket.from_claims(self._r.signer.verify(UPLOAD_PURPOSE, token))
+        ticket = UploadTicket.from_claims(self._signer.verify(UPLOAD_PURPOSE, token))
         too_large = TooLarge(f"this upload was declared as {ticket.size} bytes", limit=ticket.size)
         if content_length is not None and content_length > ticket.size:
             raise too_large
@@ -314,16 +231,14 @@ class Uploads(AssetBase):
             raise Unavailable("the storage is unavailable; retry the upload") from None
         finally:
             if not kept:
-                await self._delete_quietly(ticket.key)
+                await _delete_quietly(self._store, ticket.key)
         return ticket
 
-    async def complete(
-        self, caller: Caller, upload_id: object, idempotency_key: object = None
-    ) -> AssetUpload:
+    async def complete(self, op: Operation, upload_id: object) -> AssetUpload:
         """Commit the bytes uploaded for `upload_id` through the write protocol.
 
-        With `idempotency_key`, a completion repeating one that committed returns its result
-        (the upload itself is gone by then).
+        With the operation's idempotency key, a completion repeating one that committed
+        returns its result (the upload itself is gone by then). Audited as `upload_asset`.
 
         Raises:
             Forbidden: the upload_id is invalid, expired, or was issued to another agent.
@@ -333,78 +248,41 @@ class Uploads(AssetBase):
             HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
             Unavailable: the database or storage failed; the upload is kept, retry.
         """
-        started = time.perf_counter()
-        book_id: object = None
-        path: object = None
+        token = upload_id if isinstance(upload_id, str) else ""
+        subject = Subject("", "")
+        audited = op.named(UPLOAD_OPERATION)
         try:
-            token = upload_id if isinstance(upload_id, str) else ""
-            idem = Idempotency.for_call(
-                caller, "complete_asset_upload", idempotency_key, {"upload_id": token}
-            )
-            replay = await self._replayed(idem)
+            idem = Idempotency.for_call(op, {"upload_id": token})
+            replay = await self._replayed(op, idem)
             if replay is not None:
                 return replay
-            ticket = UploadTicket.from_claims(self._r.signer.verify(UPLOAD_PURPOSE, token))
-            book_id, path = ticket.book_id, ticket.path
-            if ticket.agent_id != caller.agent_id:
+            ticket = UploadTicket.from_claims(self._signer.verify(UPLOAD_PURPOSE, token))
+            subject = Subject(ticket.book_id, ticket.path)
+            if ticket.agent_id != op.agent_id:
                 raise Forbidden("this upload was declared by another agent")
-            target = Target.asset(ticket.book_id, ticket.path)
-            staging_key, staged_at = await self._stage_upload(ticket)
+            staged = await self._stage_upload(ticket)
         except PanaversityFSError as error:
-            await self._content.audit_refusal(
-                caller, "upload_asset", book_id or "", path or "", None, started, error
-            )
+            await self._trail.refused(audited, subject, error)
             raise
         try:
-            digest, size, head = await self._digest(staging_key, ticket.size)
-        except StorageError as exc:
-            await self._delete_quietly(staging_key)
-            failure = Unavailable("the storage is unavailable; the upload is kept, retry")
-            logger.warning("could not hash an upload", exc_info=exc)
-            await self._content.audit_refusal(
-                caller, "upload_asset", target.book_id, target.path, None, started, failure
-            )
-            raise failure from None
-        if (size, digest) != (ticket.size, ticket.sha256):
-            await self._delete_quietly(staging_key)
-            await self._delete_quietly(ticket.key)
-            mismatch = InvalidArgument(
-                "the uploaded bytes do not match the declared size and sha256; the upload was "
-                "discarded, declare it again",
-                declared_size=ticket.size,
-                uploaded_size=size,
-                declared_sha256=ticket.sha256,
-                uploaded_sha256=digest,
-            )
-            await self._content.audit_refusal(
-                caller, "upload_asset", target.book_id, target.path, None, started, mismatch
-            )
-            raise mismatch
-        content_type = sniff_content_type(head, target.path)
-        try:
-            outcome = await self._content.commit_staged(
-                caller,
-                "upload_asset",
-                target,
-                staging_key,
-                digest,
-                size,
-                ticket.expected,
-                content_type,
-                started,
-                staged_at=staged_at,
-                idem=idem,
-            )
+            outcome = await self._files.commit(audited, staged, idem)
         except Unavailable:
             raise
         except PanaversityFSError:
             # The ticket's expected_hash can never pass now: the upload is useless.
-            await self._delete_quietly(ticket.key)
+            await _delete_quietly(self._store, ticket.key)
             raise
-        await self._delete_quietly(ticket.key)
-        return self._stored(outcome, content_type)
+        await _delete_quietly(self._store, ticket.key)
+        return self._links.stored(outcome, staged.content_type)
 
-    async def _stage_upload(self, ticket: UploadTicket) -> tuple[str, datetime]:
+    async def _stage_upload(self, ticket: UploadTicket) -> StagedWrite:
+        """Copy the uploaded object to a fresh staging key and check the copy against the ticket.
+
+        Raises:
+            NotFound: nothing was uploaded, or the upload vanished.
+            InvalidArgument: the upload does not have the declared size and sha256 (discarded).
+            Unavailable: storage failed (the upload is kept).
+        """
         try:
             uploaded = await self._store.size(ticket.key)
         except BlobNotFound:
@@ -415,7 +293,7 @@ class Uploads(AssetBase):
             logger.warning("could not stat an upload", exc_info=exc)
             raise Unavailable("the storage is unavailable; the upload is kept, retry") from None
         if uploaded != ticket.size:
-            await self._delete_quietly(ticket.key)
+            await _delete_quietly(self._store, ticket.key)
             raise InvalidArgument(
                 "the uploaded object does not have the declared size; the upload was discarded, "
                 "declare it again",
@@ -426,13 +304,27 @@ class Uploads(AssetBase):
         staged_at = datetime.now(UTC)
         try:
             await self._store.copy(ticket.key, staging_key)
+            digest, size, head = await self._digest(staging_key, ticket.size)
         except BlobNotFound:
             raise NotFound("the upload vanished (completed concurrently or expired)") from None
         except StorageError as exc:
             logger.warning("could not stage an upload", exc_info=exc)
-            await self._delete_quietly(staging_key)
+            await _delete_quietly(self._store, staging_key)
             raise Unavailable("the storage is unavailable; the upload is kept, retry") from None
-        return staging_key, staged_at
+        if (size, digest) != (ticket.size, ticket.sha256):
+            await _delete_quietly(self._store, staging_key)
+            await _delete_quietly(self._store, ticket.key)
+            raise InvalidArgument(
+                "the uploaded bytes do not match the declared size and sha256; the upload was "
+                "discarded, declare it again",
+                declared_size=ticket.size,
+                uploaded_size=size,
+                declared_sha256=ticket.sha256,
+                uploaded_sha256=digest,
+            )
+        target = Target.asset(ticket.book_id, ticket.path)
+        content_type = sniff_content_type(head, target.path)
+        return StagedWrite(target, staging_key, digest, size, ticket.expected, content_type, staged_at)
 
     async def _digest(self, key: str, limit: int) -> tuple[str, int, bytes]:
         """sha256, size and leading bytes of an object, reading at most `limit` + 1 bytes."""

@@ -13,10 +13,13 @@ import hashlib
 import json
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from panaversity_fs.times import epoch_micros
+
 GENESIS_HASH = "0" * 64
+"""`chain_prev_hash` of the first entry."""
 
 HASHED_FIELDS = (
     "seq",
@@ -36,17 +39,6 @@ HASHED_FIELDS = (
     "chain_prev_hash",
 )
 """The columns an entry hash covers (every column but the hash itself)."""
-
-
-def to_utc(value: datetime) -> datetime:
-    """Return `value` as an aware UTC datetime (SQLite hands back naive UTC values)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def epoch_micros(value: datetime) -> int:
-    """Return `value` as integer microseconds since the Unix epoch."""
-    delta = to_utc(value) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def canonical_bytes(entry: Mapping[str, Any]) -> bytes:

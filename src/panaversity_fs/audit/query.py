@@ -24,18 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit, check_time
-from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, to_utc, verify_chain
+from panaversity_fs.audit.chain import GENESIS_HASH, ChainReport, verify_chain
 from panaversity_fs.audit.checkpoints import CheckpointReport, CheckpointStore
+from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.audit.verify import follow_appends
-from panaversity_fs.auth.identity import Caller
-from panaversity_fs.books.search import compile_glob, literal_prefix
-from panaversity_fs.content.service import ContentService
 from panaversity_fs.db import audit_sql
 from panaversity_fs.db.audit_sql import AuditFilter
-from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.errors import InvalidArgument, Unavailable
+from panaversity_fs.globs import compile_glob, literal_prefix
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import StorageError
+from panaversity_fs.times import iso
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -102,14 +103,14 @@ class ChainVerification(BaseModel):
 class AuditQueries:
     """`query_audit` and `verify_audit`; every call is audited with the caller's agent id."""
 
-    def __init__(self, db: Database, content: ContentService, checkpoints: CheckpointStore) -> None:
+    def __init__(self, db: Database, trail: AuditTrail, checkpoints: CheckpointStore) -> None:
         self._db = db
-        self._content = content
+        self._trail = trail
         self._checkpoints = checkpoints
 
     async def query(
         self,
-        caller: Caller,
+        op: Operation,
         *,
         book_id: object = None,
         path: object = None,
@@ -143,7 +144,7 @@ class AuditQueries:
         }
         what = "; ".join(f"{name}={value}" for name, value in shown.items() if value is not None) or "*"
         book = book_id if book_id is not None else "*"
-        with self._content.audited_read(caller, "query_audit", book, what):
+        with self._trail.read(op, book, what):
             given = {
                 "book_id": book_id,
                 "path": path,
@@ -176,7 +177,7 @@ class AuditQueries:
                 else:
                     rows, more, resume = await _scan(conn, where, pattern, after, size)
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from exc
+            raise database_failure(exc) from exc
         entries = [_entry(row) for row in rows[:size]]
         if len(rows) > size:
             resume = entries[-1].seq
@@ -184,7 +185,7 @@ class AuditQueries:
 
     async def verify(
         self,
-        caller: Caller,
+        op: Operation,
         from_seq: object = None,
         max_entries: object = None,
         progress: Progress | None = None,
@@ -200,7 +201,7 @@ class AuditQueries:
                 or `max_entries` is not a positive integer.
             Unavailable: the database or storage failed.
         """
-        with self._content.audited_read(caller, "verify_audit", "*", f"seq {from_seq or 1}+"):
+        with self._trail.read(op, "*", f"seq {from_seq or 1}+"):
             first = _positive("from_seq", from_seq, 1)
             budget = None if max_entries is None else _positive("max_entries", max_entries, 1)
             try:
@@ -208,7 +209,7 @@ class AuditQueries:
                     result = await _verify(conn, first, budget, progress)
                     against = await self._checkpoints.check(conn)
             except DB_ERRORS as exc:
-                raise database_unavailable(exc) from exc
+                raise database_failure(exc) from exc
             except StorageError as exc:
                 raise Unavailable("storage failed while reading the audit checkpoints; retry") from exc
             return _with_checkpoints(result, against)
@@ -363,7 +364,7 @@ def _entry(row: Mapping[str, Any]) -> AuditEntry:
     user = str(row["user_id"])
     return AuditEntry(
         seq=int(row["seq"]),
-        created_at=to_utc(row["created_at"]).isoformat().replace("+00:00", "Z"),
+        created_at=iso(row["created_at"]),
         agent_id=row["agent_id"],
         operation=row["operation"],
         book_id=row["book_id"],

@@ -1,23 +1,49 @@
-"""`AuditRecorder`: appends entries in the caller's transaction, or in batches for reads."""
+"""Appending entries to the audit chain: inside a mutation's transaction, or in batches for reads."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from panaversity_fs.audit.chain import compute_entry_hash
 from panaversity_fs.db import audit_sql, transactions
 from panaversity_fs.db.audit_sql import NewAuditEntry
-from panaversity_fs.db.engine import DB_ERRORS, Database
+from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction
 from panaversity_fs.errors import Unavailable
+from panaversity_fs.times import to_utc
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED = 50_000
 """Read entries kept while the database is unreachable; older ones are dropped (and logged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Entries placed in the chain by one transaction: their seqs and the last entry's hash."""
+
+    seqs: list[int]
+    last_hash: str
+
+
+async def append_entries(tx: WriteTransaction, entries: Sequence[NewAuditEntry]) -> Appended:
+    """Append `entries` to the chain inside `tx`: lock the head, hash each entry over its
+    predecessor, insert them, move the head."""
+    seq, prev = await audit_sql.lock_chain_head(tx)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        # Stored and hashed in UTC: SQLite would keep the wall time and drop any other offset.
+        row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
+        row["entry_hash"] = prev = compute_entry_hash(row)
+        rows.append(row)
+    await audit_sql.insert_entries(tx.conn, rows)
+    await audit_sql.move_chain_head(tx.conn, seq, prev)
+    return Appended([int(row["seq"]) for row in rows], prev)
 
 
 class AuditRecorder:
@@ -41,11 +67,20 @@ class AuditRecorder:
         """A batch whose COMMIT failed: (entries, last entry hash, transaction), to settle first."""
         self.on_drop: Callable[[], None] | None = None
         """Told about every dropped entry (the server counts them as a metric)."""
+        self.on_committed: Callable[[list[str]], None] | None = None
+        """Told the statuses of the entries of every committed transaction (a metric)."""
 
-    async def append(self, conn: AsyncConnection, entry: NewAuditEntry) -> int:
+    async def append(self, tx: WriteTransaction, entry: NewAuditEntry) -> int:
         """Append `entry` in the caller's write transaction; return its seq."""
-        (seq,) = await audit_sql.append_entries(conn, [entry])
-        return seq
+        appended = await append_entries(tx, [entry])
+        self._count_at_commit(tx, [entry])
+        return appended.seqs[0]
+
+    def _count_at_commit(self, tx: WriteTransaction, entries: Sequence[NewAuditEntry]) -> None:
+        report = self.on_committed
+        if report is not None:
+            statuses = [entry.status for entry in entries]
+            tx.after_commit(lambda: report(statuses))
 
     def enqueue(self, entry: NewAuditEntry) -> None:
         """Queue a read's entry for the next batch."""
@@ -84,18 +119,19 @@ class AuditRecorder:
             batch = list(self._queue)
             if not batch:
                 return 0
-            last: str | None = None
+            appended: Appended | None = None
             transaction: tuple[int, int] | None = None
             try:
-                async with self._db.write() as conn:
-                    await audit_sql.append_entries(conn, batch)
-                    last, transaction = audit_sql.last_appended(conn), transactions.remembered(conn)
+                async with self._db.write() as tx:
+                    appended = await append_entries(tx, batch)
+                    self._count_at_commit(tx, batch)
+                    transaction = tx.transaction_id
             except DB_ERRORS:
-                if last is None:
+                if appended is None:
                     raise  # failed before COMMIT: nothing was appended
                 # Failed at COMMIT: the batch may be in the log already, and appending it again
                 # would record every read in it twice. It is settled before anything else.
-                self._unsettled = (len(batch), last, transaction)
+                self._unsettled = (len(batch), appended.last_hash, transaction)
                 await self._settle_previous()
             else:
                 self._dequeue(len(batch))

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.errors import Forbidden
+from panaversity_fs.identity import Caller
 
 READ = "fs:read"
 WRITE = "fs:write"

@@ -19,9 +19,9 @@ import jwt
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
-from panaversity_fs.auth.identity import caller_from_claims
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError, PanaversityFSError
+from panaversity_fs.identity import caller_from_claims
 
 logger = logging.getLogger(__name__)
 

@@ -11,15 +11,16 @@ import re
 
 from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit
-from panaversity_fs.auth.identity import Caller
+from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.books.results import BulkFile, BulkPage, BulkScope
 from panaversity_fs.config import Settings
-from panaversity_fs.content.service import ContentService
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import InvalidArgument, SchemaViolation
 from panaversity_fs.files.fetch import fetch_in_order
+from panaversity_fs.files.reader import FileReader
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import canonicalize, check_book_id, check_user_id
 
 DEFAULT_LIMIT = 100
@@ -66,14 +67,15 @@ def scope_prefix(scope: object, path: object) -> tuple[BulkScope, str]:
 class BulkReader:
     """`read_content` for the chapter, part and book scopes."""
 
-    def __init__(self, settings: Settings, db: Database, content: ContentService) -> None:
+    def __init__(self, settings: Settings, db: Database, reader: FileReader, trail: AuditTrail) -> None:
         self._settings = settings
         self._db = db
-        self._content = content
+        self._reader = reader
+        self._trail = trail
 
     async def read_page(
         self,
-        caller: Caller,
+        op: Operation,
         book_id: object,
         scope: object,
         path: object,
@@ -93,7 +95,7 @@ class BulkReader:
             Unavailable: the database or storage failed, or a file kept changing; retry.
             Internal: stored bytes do not match the journal (run fsck).
         """
-        with self._content.audited_read(caller, "read_content", book_id, f"{scope}:{path}", user_id) as note:
+        with self._trail.read(op, book_id, f"{scope}:{path}", user_id) as note:
             book = check_book_id(book_id)
             user = check_user_id(user_id)
             kind, prefix = scope_prefix(scope, path)
@@ -117,13 +119,13 @@ class BulkReader:
             async with self._db.read() as conn:
                 rows = await journal.view(conn, book, user, prefix, after=after, limit=limit + 1)
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
+            raise database_failure(exc) from None
         more = len(rows) > limit
         chosen = self._within_budget(rows[:limit])
         more = more or len(chosen) < min(len(rows), limit)
         files: list[BulkFile] = []
         readable = [row for row in chosen if row.path.endswith(".md")]
-        async for _, fetched in fetch_in_order(self._content, readable, user):
+        async for _, fetched in fetch_in_order(self._reader, readable, user):
             if fetched is None:
                 continue  # deleted since the listing: the page shows the later state
             row = fetched.row
@@ -134,7 +136,6 @@ class BulkReader:
                     file_hash=row.sha256 or "",
                     size=len(fetched.data),
                     source=fetched.source,
-                    namespace=fetched.source,
                     last_modified=row.last_written_at.isoformat(),
                     version=row.version,
                 )

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Literal
 
-from panaversity_fs.auth.identity import Caller
+from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.books.results import BookInfo, BookList, Chapter, ContentTree, Lesson, Part
-from panaversity_fs.content.service import ContentService
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import BookSummary, JournalRow
 from panaversity_fs.errors import InvalidArgument, NotFound
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import CONTENT_PATH, check_book_id, check_user_id
 
 Structure = Literal["none", "content", "assets", "all"]
@@ -73,13 +73,13 @@ def asset_tree(rows: list[JournalRow]) -> dict[str, list[str]]:
 class Catalog:
     """The book listing."""
 
-    def __init__(self, db: Database, content: ContentService) -> None:
+    def __init__(self, db: Database, trail: AuditTrail) -> None:
         self._db = db
-        self._content = content
+        self._trail = trail
 
     async def list_books(
         self,
-        caller: Caller,
+        op: Operation,
         include_structure: object = "none",
         book_id: object = None,
         user_id: object = None,
@@ -94,14 +94,14 @@ class Catalog:
             Unavailable: the database failed; retry.
         """
         what = f"structure:{include_structure}"
-        with self._content.audited_read(caller, "list_books", book_id or "*", what, user_id):
+        with self._trail.read(op, book_id or "*", what, user_id):
             if include_structure not in STRUCTURES:
                 raise InvalidArgument(
                     "include_structure must be one of none, content, assets, all", field="include_structure"
                 )
             structure: Structure = include_structure  # type: ignore[assignment]
             book = None if book_id is None else check_book_id(book_id)
-            user = check_user_id(user_id) or caller.user_id
+            user = check_user_id(user_id) or op.caller.user_id
             return await self._list(structure, book, user)
 
     async def _list(self, structure: Structure, book: str | None, user: str | None) -> BookList:
@@ -123,7 +123,7 @@ class Catalog:
                     rows = [] if structure == "none" else await journal.view(conn, summary.book_id, None)
                     books.append(_info(summary, structure, rows))
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
+            raise database_failure(exc) from None
         return BookList(books=books, include_structure=structure)
 
 

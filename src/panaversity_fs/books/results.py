@@ -20,7 +20,6 @@ class BulkFile(BaseModel):
     file_hash: str = Field(description="Lowercase hex sha256 of exactly these bytes.")
     size: int
     source: Source = "base"
-    namespace: Source = "base"
     last_modified: str = Field(description="ISO-8601 time of the last committed change.")
     version: int
 

@@ -1,4 +1,4 @@
-"""`validate_book` (FR-010): every schema violation of a book, each with a concrete fix.
+"""`validate_book`: every schema violation of a book, each with a concrete fix.
 
 Two sources are walked, because each can hold what the other lacks:
 
@@ -17,14 +17,14 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from panaversity_fs.auth.identity import Caller
+from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.books.results import Issue, Severity, ValidationReport, ValidationSummary
 from panaversity_fs.books.suggest import free_number, numbered_name, suggest_path
-from panaversity_fs.content.service import ContentService
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import InvalidPath, NotFound, PanaversityFSError, SchemaViolation, Unavailable
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import BASE_USER, check_book_id, check_user_id, classify
 from panaversity_fs.storage.blobs import BlobStore, StorageError
 
@@ -55,13 +55,13 @@ class _Findings:
 class Validator:
     """Checks a book's journal rows and storage objects against the book schema."""
 
-    def __init__(self, db: Database, store: BlobStore, content: ContentService) -> None:
+    def __init__(self, db: Database, store: BlobStore, trail: AuditTrail) -> None:
         self._db = db
         self._store = store
-        self._content = content
+        self._trail = trail
 
     async def validate(
-        self, caller: Caller, book_id: object, strict: bool = False, progress: Progress | None = None
+        self, op: Operation, book_id: object, strict: bool = False, progress: Progress | None = None
     ) -> ValidationReport:
         """Report every violation in `book_id`; `strict` makes warnings fail `valid` too.
 
@@ -70,7 +70,7 @@ class Validator:
             NotFound: the book has neither journal rows nor storage objects.
             Unavailable: the database or storage failed; retry.
         """
-        with self._content.audited_read(caller, "validate_book", book_id, "book"):
+        with self._trail.read(op, book_id, "book"):
             return await self._validate(check_book_id(book_id), bool(strict), progress)
 
     async def _validate(self, book: str, strict: bool, progress: Progress | None) -> ValidationReport:
@@ -78,7 +78,7 @@ class Validator:
             async with self._db.read() as conn:
                 rows = [row for row in await journal.all_rows(conn, book) if row.exists]
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
+            raise database_failure(exc) from None
         prefix = f"books/{book}/"
         try:
             objects = await self._store.list(prefix)

@@ -39,11 +39,11 @@ class ChangedFile(BaseModel):
 
     path: str
     change_type: ChangeType
-    sha256: str | None
+    file_hash: str | None = Field(description="sha256 after the change; null for a deletion.")
     size: int
     version: int
     last_modified: str = Field(description="ISO-8601 time of the change.")
-    namespace: Literal["base", "overlay"]
+    source: Literal["base", "overlay"]
     user_id: str | None = None
     content: str | None = Field(default=None, description="Markdown content (include_content, live files).")
     content_error: str | None = Field(

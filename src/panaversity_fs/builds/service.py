@@ -7,17 +7,20 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from panaversity_fs import paging as cursors
-from panaversity_fs.app.resources import Resources
 from panaversity_fs.arguments import check_limit, check_time
-from panaversity_fs.auth.identity import Caller
+from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
+from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db import manifest_sql as manifests
-from panaversity_fs.db.engine import DB_ERRORS, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.db.manifest_sql import ChangeKey
 from panaversity_fs.errors import InvalidArgument, NotFound
 from panaversity_fs.files import manifest
+from panaversity_fs.files.reader import FileReader
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import BASE_USER, check_book_id, check_hash, check_user_id
 
 logger = logging.getLogger(__name__)
@@ -44,15 +47,18 @@ def unknown_book(book: str) -> NotFound:
 class BuildService:
     """Build planning over the journal; every call is audited as a read."""
 
-    def __init__(self, resources: Resources) -> None:
-        self._settings = resources.settings
-        self._db = resources.db
-        self._content = resources.content
-        self._metrics = resources.metrics
+    def __init__(
+        self, settings: Settings, db: Database, reader: FileReader, trail: AuditTrail, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._reader = reader
+        self._trail = trail
+        self._metrics = metrics
 
     # -- plan_build ----------------------------------------------------------------------
 
-    async def plan(self, caller: Caller, book_id: object, target_manifest_hash: object = None) -> BuildPlan:
+    async def plan(self, op: Operation, book_id: object, target_manifest_hash: object = None) -> BuildPlan:
         """Compute the book's manifest, store it, and diff it against `target_manifest_hash`.
 
         Raises:
@@ -60,7 +66,7 @@ class BuildService:
             NotFound: the book has no files (nothing is stored).
             Unavailable: the database failed.
         """
-        with self._content.audited_read(caller, "plan_build", book_id, "*"):
+        with self._trail.read(op, book_id, "*"):
             plan = await self._plan(book_id, target_manifest_hash)
         self._metrics.delta_files.labels(self._metrics.book(plan.book_id)).observe(plan.changed_count)
         return plan
@@ -76,19 +82,21 @@ class BuildService:
             current = dict(entries)
             text = manifest.manifest_text(entries)
             digest = manifest.manifest_hash(text)
-            async with self._db.write() as conn:
+            async with self._db.write() as tx:
                 now = datetime.now(UTC)
-                await manifests.save_snapshot(conn, book, digest, manifest.pack(text), len(current), now)
+                await manifests.save_snapshot(tx.conn, book, digest, manifest.pack(text), len(current), now)
                 stored: bytes | None = None
                 protected = {digest}
                 if target is not None and target != digest:
-                    stored = await manifests.load_snapshot(conn, book, target)
+                    stored = await manifests.load_snapshot(tx.conn, book, target)
                     if stored is not None:
-                        await manifests.touch_snapshot(conn, book, target, now)
+                        await manifests.touch_snapshot(tx.conn, book, target, now)
                         protected.add(target)
-                await manifests.prune_snapshots(conn, book, self._settings.manifest_snapshots_kept, protected)
+                await manifests.prune_snapshots(
+                    tx.conn, book, self._settings.manifest_snapshots_kept, protected
+                )
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
+            raise database_failure(exc) from None
         if target is None:
             return _plan_result(book, digest, current, target, None, _all_added(current))
         if target == digest:
@@ -96,13 +104,22 @@ class BuildService:
         previous = _unpacked(stored) if stored is not None else None
         if previous is None:
             return _plan_result(book, digest, current, target, False, _all_added(current))
-        return _plan_result(book, digest, current, target, True, manifest.diff(current, previous))
+        changes = [
+            PlannedFile(
+                path=change.path,
+                current_hash=change.current_hash,
+                target_hash=change.target_hash,
+                change_type=change.change_type,
+            )
+            for change in manifest.diff(current, previous)
+        ]
+        return _plan_result(book, digest, current, target, True, changes)
 
     # -- delta_build ---------------------------------------------------------------------
 
     async def delta(
         self,
-        caller: Caller,
+        op: Operation,
         book_id: object,
         since: object,
         user_id: object = None,
@@ -117,7 +134,7 @@ class BuildService:
             NotFound: the book has no files (for `user_id`: neither shared ones nor that user's).
             Unavailable: the database or storage failed.
         """
-        with self._content.audited_read(caller, "delta_build", book_id, "*", user_id):
+        with self._trail.read(op, book_id, "*", user_id):
             feed = await self._delta(book_id, since, user_id, include_content, cursor, limit)
         self._metrics.delta_files.labels(self._metrics.book(feed.book_id)).observe(feed.changed_count)
         return feed
@@ -145,7 +162,7 @@ class BuildService:
                 rows = await manifests.changes(conn, book, user, moment, position, size + 1)
                 pending = await manifests.oldest_pending(conn, book)
         except DB_ERRORS as exc:
-            raise database_unavailable(exc) from None
+            raise database_failure(exc) from None
         more = len(rows) > size
         rows = rows[:size]
         if include_content:
@@ -194,7 +211,7 @@ class BuildService:
             item = _changed_file(row)
             if include_content and _wants_content(row):
                 async with gate:
-                    data = await self._content.fetch_bytes(row)
+                    data = await self._reader.verified_bytes(row)
                 try:
                     item.content = data.decode("utf-8") if data is not None else None
                 except UnicodeDecodeError:
@@ -216,11 +233,11 @@ def _changed_file(row: JournalRow) -> ChangedFile:
     return ChangedFile(
         path=row.path,
         change_type=change,
-        sha256=row.sha256,
+        file_hash=row.sha256,
         size=row.size,
         version=row.version,
         last_modified=row.last_written_at.isoformat(),
-        namespace="overlay" if overlay else "base",
+        source="overlay" if overlay else "base",
         user_id=row.user_id if overlay else None,
     )
 

@@ -1,19 +1,18 @@
-"""SQL of the audit log: chain-head-locked appends, streaming reads, per-file history."""
+"""SQL of the audit log: the chain head lock, inserts, streaming reads, queries."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, event, func, insert, select, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.audit.chain import compute_entry_hash, to_utc
+from panaversity_fs.db.engine import WriteTransaction
 from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
-from panaversity_fs.db.transactions import remember
+from panaversity_fs.times import to_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,82 +34,46 @@ class NewAuditEntry:
     request_id: str | None = None
 
 
-async def append_entries(conn: AsyncConnection, entries: Sequence[NewAuditEntry]) -> list[int]:
-    """Append `entries` to the chain inside the caller's transaction; return their seqs.
+async def lock_chain_head(tx: WriteTransaction) -> tuple[int, str]:
+    """Lock the chain head row (`FOR UPDATE`; SQLite holds the database write lock already) and
+    return its `(seq, head_hash)`; on PostgreSQL also note the transaction's id in `tx`, read in
+    the same round trip, for settling a lost COMMIT (`db.transactions`).
 
-    The chain head row is locked first (`FOR UPDATE`; SQLite holds the database write lock
-    already), so concurrent appenders queue and the chain never forks. Callers lock journal rows
-    before calling this, never after: lock order is journal row, then chain head.
+    Concurrent appenders queue here, so the chain never forks. Callers lock journal rows before
+    this, never after: lock order is journal row, then chain head.
     """
-    if not entries:
-        return []
     columns: list[Any] = [audit_chain_head.c.seq, audit_chain_head.c.head_hash]
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:  # read in the same round trip, for settling a lost COMMIT (journal.transactions)
+    postgres = tx.conn.dialect.name == "postgresql"
+    if postgres:
         columns += [func.txid_current(), func.pg_backend_pid()]
     head = (
-        await conn.execute(
+        await tx.conn.execute(
             select(*columns).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update()
         )
     ).one()
-    seq, prev = int(head[0]), str(head[1])
     if postgres:
-        remember(conn, int(head[2]), int(head[3]))
-    rows: list[dict[str, Any]] = []
-    for entry in entries:
-        seq += 1
-        # Stored and hashed in UTC: SQLite would keep the wall time and drop any other offset.
-        row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
-        row["entry_hash"] = prev = compute_entry_hash(row)
-        rows.append(row)
-    await conn.execute(insert(audit_log), rows)
+        tx.transaction_id = (int(head[2]), int(head[3]))
+    return int(head[0]), str(head[1])
+
+
+async def insert_entries(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert hashed entries (every column of `audit_log`)."""
+    await conn.execute(insert(audit_log), list(rows))
+
+
+async def move_chain_head(conn: AsyncConnection, seq: int, head_hash: str) -> None:
+    """Record the new chain head (under the lock `lock_chain_head` took)."""
     await conn.execute(
         update(audit_chain_head)
         .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
-        .values(seq=seq, head_hash=prev)
+        .values(seq=seq, head_hash=head_hash)
     )
-    appended: list[str] = conn.info.setdefault(APPENDED_INFO_KEY, [])
-    appended.extend(entry.status for entry in entries)
-    conn.info[LAST_HASH_INFO_KEY] = prev
-    return [int(r["seq"]) for r in rows]
-
-
-APPENDED_INFO_KEY = "pfs_audit_appended"
-"""`conn.info` key: statuses of the entries this transaction appended (counted at its commit)."""
-
-LAST_HASH_INFO_KEY = "pfs_audit_last_hash"
-"""`conn.info` key: the entry hash of the last entry this transaction appended."""
-
-
-def last_appended(conn: AsyncConnection) -> str | None:
-    """The entry hash of the last entry appended in the current transaction, if any."""
-    value: object = conn.info.get(LAST_HASH_INFO_KEY)
-    return value if isinstance(value, str) else None
 
 
 async def has_entry_hash(conn: AsyncConnection, entry_hash: str) -> bool:
     """Whether an entry with this hash is in the log (entry hashes are unique)."""
     found = await conn.execute(select(audit_log.c.seq).where(audit_log.c.entry_hash == entry_hash))
     return found.first() is not None
-
-
-def watch_appends(engine: AsyncEngine, on_commit: Callable[[list[str]], None]) -> None:
-    """Call `on_commit` with the statuses of the entries each committed transaction appended.
-
-    Entries of a transaction that rolls back are forgotten, so a count kept this way equals
-    the entries in the log.
-    """
-
-    def committed(conn: Connection) -> None:
-        statuses = conn.info.pop(APPENDED_INFO_KEY, None)
-        if statuses:
-            on_commit(statuses)
-
-    def rolled_back(conn: Connection) -> None:
-        conn.info.pop(APPENDED_INFO_KEY, None)
-
-    event.listen(engine.sync_engine, "commit", committed)
-    event.listen(engine.sync_engine, "rollback", rolled_back)
 
 
 async def chain_head(conn: AsyncConnection) -> tuple[int, str]:

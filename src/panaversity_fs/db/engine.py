@@ -1,18 +1,23 @@
 """One async engine per process, with the transaction discipline the write protocol relies on.
 
 PostgreSQL runs every transaction in READ COMMITTED (forced here, whatever the server default:
-the audit-chain append forks under REPEATABLE READ, reliability.md E7) with statement and lock
-timeouts. SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver
-would otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
-concurrent writers queue instead of sleeping in SQLite's busy handler.
+under REPEATABLE READ two appenders can read the same chain head and fork the audit chain) with
+statement and lock timeouts. SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write
+transactions (the driver would otherwise not begin a transaction before a SELECT), serialised
+in-process by a lock so concurrent writers queue instead of sleeping in SQLite's busy handler.
+
+A write transaction is a `WriteTransaction`: the connection plus what the statements inside
+learned about the transaction (its id on PostgreSQL, for settling a lost COMMIT) and what must
+happen once it committed. Nothing travels through the connection's `info` dictionary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
@@ -28,8 +33,14 @@ logger = logging.getLogger(__name__)
 DB_ERRORS = (SQLAlchemyError, OSError)
 """What a failing database or a lost connection raises through SQLAlchemy."""
 
+COMMAND_TIMEOUT_MARGIN = 1.0
+"""Seconds the driver waits beyond `statement_timeout` before it gives up on a statement:
+enough for PostgreSQL's own cancellation to arrive first from a database that is alive."""
 
-def database_unavailable(exc: BaseException) -> PanaversityFSError:
+_WRITE_OPTION = "pfs_write"
+
+
+def database_failure(exc: BaseException) -> PanaversityFSError:
     """Log a database failure and return the caller's error: UNAVAILABLE (safe to retry), or
     INTERNAL when the database refused a value (a retry would fail the same way)."""
     if isinstance(exc, DataError):
@@ -39,11 +50,19 @@ def database_unavailable(exc: BaseException) -> PanaversityFSError:
     return Unavailable("the database is unavailable; nothing was changed, retry later")
 
 
-_WRITE_OPTION = "pfs_write"
+@dataclass(eq=False)
+class WriteTransaction:
+    """An open write transaction: its connection, and what its statements recorded about it."""
 
-COMMAND_TIMEOUT_MARGIN = 1.0
-"""Seconds the driver waits beyond `statement_timeout` before it gives up on a statement:
-enough for PostgreSQL's own cancellation to arrive first from a database that is alive."""
+    conn: AsyncConnection
+    transaction_id: tuple[int, int] | None = None
+    """`(txid, backend pid)` on PostgreSQL once a statement read it (the audit append does):
+    what `transactions.settle` asks about when the answer to COMMIT is lost."""
+    _on_commit: list[Callable[[], None]] = field(default_factory=list[Callable[[], None]])
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once this transaction has committed (never if it rolls back)."""
+        self._on_commit.append(action)
 
 
 class Database:
@@ -66,16 +85,22 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncGenerator[AsyncConnection, None]:
-        """A write transaction: committed on normal exit, rolled back on an exception."""
+    async def write(self) -> AsyncGenerator[WriteTransaction, None]:
+        """A write transaction: committed on normal exit, rolled back on an exception; its
+        `after_commit` actions run once the COMMIT succeeded."""
         if self._sqlite_writer is None:
-            async with self.engine.connect() as conn, conn.begin():
-                yield conn
-            return
-        async with self._sqlite_writer, self.engine.connect() as conn:
-            await conn.execution_options(**{_WRITE_OPTION: True})
-            async with conn.begin():
-                yield conn
+            async with self.engine.connect() as conn:
+                tx = WriteTransaction(conn)
+                async with conn.begin():
+                    yield tx
+        else:
+            async with self._sqlite_writer, self.engine.connect() as conn:
+                await conn.execution_options(**{_WRITE_OPTION: True})
+                tx = WriteTransaction(conn)
+                async with conn.begin():
+                    yield tx
+        for action in tx._on_commit:  # pyright: ignore[reportPrivateUsage]
+            action()
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

@@ -12,9 +12,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.audit.chain import to_utc
 from panaversity_fs.db.schema import file_journal
 from panaversity_fs.paths import BASE_USER, storage_key
+from panaversity_fs.times import to_utc
 
 J = file_journal.c
 

@@ -8,7 +8,6 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.audit.chain import to_utc
 from panaversity_fs.db.journal_sql import (
     ROW_COLUMNS,
     JournalRow,
@@ -18,6 +17,7 @@ from panaversity_fs.db.journal_sql import (
 )
 from panaversity_fs.db.schema import file_journal, manifest_snapshot
 from panaversity_fs.paths import BASE_USER
+from panaversity_fs.times import to_utc
 
 J = file_journal.c
 M = manifest_snapshot.c

@@ -9,10 +9,9 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.audit.entries import DB_ERRORS
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db import transactions
-from panaversity_fs.db.engine import Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.errors import Conflict, HashRequired, NotFound, PanaversityFSError, Unavailable
 from panaversity_fs.files.idempotency import Replay
 from panaversity_fs.files.results import WriteOutcome
@@ -23,6 +22,15 @@ logger = logging.getLogger(__name__)
 
 WriteDecision = tuple[Literal["created", "updated"], str | None, int]
 """A committed write: mode, previous hash, new version."""
+
+
+def hash_required(current: str | None) -> HashRequired:
+    """The refusal of a create whose file exists: the agent must read it first."""
+    return HashRequired(
+        "the file exists: read it, then write again with its file_hash as expected_hash "
+        "(merge your change into what you read)",
+        current_hash=current,
+    )
 
 
 async def apply_write(
@@ -48,10 +56,7 @@ async def apply_write(
             return ("created", None, version)
         row = await journal.lock(conn, key)
         current = row.sha256 if row is not None else None
-        return HashRequired(
-            "the file exists: pass its current hash as expected_hash to replace it",
-            current_hash=current,
-        )
+        return hash_required(current)
     version = await journal.compare_and_swap(
         conn, key, expected, new_hash, size, staging_key, now, content_type
     )
@@ -96,8 +101,7 @@ def write_outcome(target: Target, decision: WriteDecision, new_hash: str, size: 
         version=version,
         previous_hash=previous,
         user_id=target.user_id,
-        source=target.source,  # type: ignore[arg-type]
-        namespace=target.source,  # type: ignore[arg-type]
+        source=target.source,
     )
 
 
@@ -111,7 +115,7 @@ async def resolve_unknown_commit(
 ) -> WriteOutcome | Replay | PanaversityFSError:
     """Decide whether a transaction whose COMMIT failed took effect, without replaying it.
 
-    On PostgreSQL the transaction's own status is asked (`journal.transactions.settle`),
+    On PostgreSQL the transaction's own status is asked (`db.transactions.settle`),
     which also stops a COMMIT still in flight from landing later. Otherwise the staging key,
     unique to this attempt, tells: if the journal row points at it, the commit happened and
     `decided` is what it did. A replay changed nothing either way.
@@ -124,7 +128,7 @@ async def resolve_unknown_commit(
         if committed is True:
             return decided
         if committed is False:
-            return database_unavailable(exc)
+            return database_failure(exc)
         return _outcome_unknown()
     try:
         async with db.read() as conn:
@@ -134,7 +138,7 @@ async def resolve_unknown_commit(
     row = rows.get(target.key.user_id)
     if row is not None and row.staging_key == staging_key and not isinstance(decided, PanaversityFSError):
         return decided
-    return database_unavailable(exc)
+    return database_failure(exc)
 
 
 def _outcome_unknown() -> Unavailable:

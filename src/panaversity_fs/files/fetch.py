@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from panaversity_fs.content.service import ContentService
 from panaversity_fs.db.journal_sql import JournalRow
+from panaversity_fs.files.reader import FileReader
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Fetched:
         return self.row.source
 
 
-async def fetch_row(content: ContentService, row: JournalRow, user_id: str | None) -> Fetched | None:
+async def fetch_row(reader: FileReader, row: JournalRow, user_id: str | None) -> Fetched | None:
     """Return the verified bytes of `row`, or of the row that replaced it since it was listed.
 
     Returns None if the file was deleted since it was listed.
@@ -45,12 +45,12 @@ async def fetch_row(content: ContentService, row: JournalRow, user_id: str | Non
         Unavailable: storage or the database failed, or the file kept changing.
         Internal: the stored bytes do not match an unchanging journal row (run fsck).
     """
-    found = await content.follow(row.book_id, row.path, user_id, row)
+    found = await reader.follow(row.book_id, row.path, user_id, row)
     return None if found is None else Fetched(*found)
 
 
 async def fetch_in_order(
-    content: ContentService,
+    reader: FileReader,
     rows: Sequence[JournalRow],
     user_id: str | None,
     concurrency: int = READ_CONCURRENCY,
@@ -71,7 +71,7 @@ async def fetch_in_order(
             row = next(upcoming, None)
             if row is None:
                 return
-            pending.append((row, asyncio.ensure_future(fetch_row(content, row, user_id))))
+            pending.append((row, asyncio.ensure_future(fetch_row(reader, row, user_id))))
 
     try:
         top_up()

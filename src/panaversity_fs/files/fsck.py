@@ -1,6 +1,6 @@
 """Compare the journal with storage, report every disagreement, and repair what can be repaired.
 
-Invariants checked (reliability.md §1.3):
+Invariants checked (specs/test-catalogue.md, F1-F4):
 - no lost file: every live, published journal row has an object whose sha256 is the row's
   (`missing`, `corrupt`);
 - no resurrected file: a published tombstone has no object (`resurrected`);
@@ -245,8 +245,8 @@ async def _quarantine(db: Database, store: BlobStore, key: str, target: str, gra
     publish of the same file; it is re-examined right before it moves.
     """
     book_id, user_id, path = _parse_key(key)
-    async with db.write() as conn:
-        row = await journal.lock(conn, journal.FileKey(book_id, path, user_id)) if path else None
+    async with db.write() as tx:
+        row = await journal.lock(tx.conn, journal.FileKey(book_id, path, user_id)) if path else None
         if row is not None and (row.exists or row.publish_pending):
             return False
         try:

@@ -1,4 +1,4 @@
-"""Idempotency keys for mutating tools (reliability.md C-9).
+"""Idempotency keys for mutating tools.
 
 A caller may pass `idempotency_key` to a mutation. The first call that commits under a key
 stores its outcome in the same transaction as its journal change; every later call by the same
@@ -18,14 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from panaversity_fs.auth.identity import Caller
 from panaversity_fs.db import idempotency_sql as idem_sql
-from panaversity_fs.db.engine import DB_ERRORS, Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
 from panaversity_fs.db.idempotency_sql import StoredCall
 from panaversity_fs.errors import InvalidArgument, PanaversityFSError, Unavailable
 from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
+from panaversity_fs.operation import Operation
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -40,14 +38,14 @@ class Idempotency:
     fingerprint: str
 
     @classmethod
-    def for_call(
-        cls, caller: Caller, tool: str, key: object, arguments: Mapping[str, object]
-    ) -> Idempotency | None:
-        """The claim of a call with `key` (None when no key was given).
+    def for_call(cls, op: Operation, arguments: Mapping[str, object]) -> Idempotency | None:
+        """The claim of `op` on its `idempotency_key` (None when no key was given); `arguments`
+        identify the request (the same key with other arguments is refused).
 
         Raises:
             InvalidArgument: the key is not 1-128 characters of `[A-Za-z0-9._:-]`.
         """
+        key, tool = op.idempotency_key, op.name
         if key is None:
             return None
         if not isinstance(key, str) or not _KEY.fullmatch(key):
@@ -58,7 +56,7 @@ class Idempotency:
         canonical = json.dumps(
             {"tool": tool, "arguments": dict(arguments)}, sort_keys=True, separators=(",", ":"), default=str
         )
-        return cls(caller.agent_id, key, tool, hashlib.sha256(canonical.encode()).hexdigest())
+        return cls(op.agent_id, key, tool, hashlib.sha256(canonical.encode()).hexdigest())
 
     def replay(self, stored: StoredCall) -> str | None:
         """The stored outcome to return for this call (None if the claim holds no outcome).
@@ -81,12 +79,12 @@ class Replay:
     def __init__(self, payload: str) -> None:
         self.payload = payload
 
-    def write(self) -> tuple[WriteOutcome, str | None]:
+    def written(self) -> tuple[WriteOutcome, str | None]:
         """The stored write outcome and the content type it was stored with."""
         data = json.loads(self.payload)
         return WriteOutcome.model_validate(data["outcome"]), data.get("content_type")
 
-    def delete(self) -> DeleteOutcome:
+    def deleted(self) -> DeleteOutcome:
         """The stored delete outcome."""
         return DeleteOutcome.model_validate(json.loads(self.payload)["outcome"])
 
@@ -97,7 +95,7 @@ def payload(outcome: WriteOutcome | DeleteOutcome, content_type: str | None = No
 
 
 async def settle(
-    conn: AsyncConnection,
+    tx: WriteTransaction,
     idem: Idempotency | None,
     decided: WriteOutcome | DeleteOutcome | PanaversityFSError,
     content_type: str | None = None,
@@ -107,9 +105,9 @@ async def settle(
     if idem is None:
         return
     if isinstance(decided, PanaversityFSError):
-        await idem_sql.release(conn, idem.agent_id, idem.key)
+        await idem_sql.release(tx.conn, idem.agent_id, idem.key)
     else:
-        await idem_sql.record(conn, idem.agent_id, idem.key, payload(decided, content_type))
+        await idem_sql.record(tx.conn, idem.agent_id, idem.key, payload(decided, content_type))
 
 
 async def replayed(db: Database, idem: Idempotency | None) -> Replay | None:
@@ -125,14 +123,14 @@ async def replayed(db: Database, idem: Idempotency | None) -> Replay | None:
         async with db.read() as conn:
             stored = await idem_sql.find(conn, idem.agent_id, idem.key)
     except DB_ERRORS as exc:
-        raise database_unavailable(exc) from None
+        raise database_failure(exc) from None
     if stored is None:
         return None
     result = idem.replay(stored)
     return Replay(result) if result is not None else None
 
 
-async def claim(conn: AsyncConnection, idem: Idempotency, now: datetime) -> Replay | None:
+async def claim(tx: WriteTransaction, idem: Idempotency, now: datetime) -> Replay | None:
     """Claim the key inside the mutation's transaction; a committed holder's outcome if taken.
 
     Raises:
@@ -140,7 +138,7 @@ async def claim(conn: AsyncConnection, idem: Idempotency, now: datetime) -> Repl
         Unavailable: the key is held without an outcome (cannot happen: outcomes are stored in
             the claiming transaction), so the caller should retry.
     """
-    stored = await idem_sql.claim(conn, idem.agent_id, idem.key, idem.tool, idem.fingerprint, now)
+    stored = await idem_sql.claim(tx.conn, idem.agent_id, idem.key, idem.tool, idem.fingerprint, now)
     if stored is None:
         return None
     result = idem.replay(stored)

@@ -1,6 +1,6 @@
 """The build manifest of a book: its format, hash, stored form and diff. Pure functions.
 
-Format (FR-025/026): one line `{path}:{sha256}` per live base file (lessons, summaries and
+Format: one line `{path}:{sha256}` per live base file (lessons, summaries and
 assets; never overlays), sorted byte-wise by path, joined by "\\n" with no trailing newline.
 The manifest hash is the lowercase hex sha256 of that text in UTF-8; an empty book's manifest
 is the empty string.
@@ -11,8 +11,21 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
-from panaversity_fs.builds.results import PlannedFile
+Change = Literal["added", "modified", "deleted"]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestChange:
+    """A path whose hash differs between two manifests (None: absent from that one)."""
+
+    path: str
+    current_hash: str | None
+    target_hash: str | None
+    change_type: Change
+
 
 COMPRESSION_LEVEL = 1
 """zlib level of stored manifests: hashes do not compress, so a higher level buys little."""
@@ -56,14 +69,14 @@ def unpack(blob: bytes) -> dict[str, str]:
     return files
 
 
-def diff(current: Mapping[str, str], target: Mapping[str, str]) -> list[PlannedFile]:
+def diff(current: Mapping[str, str], target: Mapping[str, str]) -> list[ManifestChange]:
     """Files whose hash differs between `target` (last build) and `current`, by path (byte-wise)."""
-    changed: list[PlannedFile] = []
+    changed: list[ManifestChange] = []
     for path in sorted(current.keys() | target.keys()):
         now = current.get(path)
         before = target.get(path)
         if now == before:
             continue
         kind = "added" if before is None else "deleted" if now is None else "modified"
-        changed.append(PlannedFile(path=path, current_hash=now, target_hash=before, change_type=kind))
+        changed.append(ManifestChange(path, now, before, kind))
     return changed

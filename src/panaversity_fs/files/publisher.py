@@ -62,15 +62,15 @@ class Publisher:
         superseded it. Storage or database errors propagate; the row then stays pending.
         """
         final_key = storage_key(key.book_id, key.path, key.user_id)
-        async with self._db.write() as conn:
-            row = await journal.lock(conn, key)
+        async with self._db.write() as tx:
+            row = await journal.lock(tx.conn, key)
             current = row is not None and row.publish_pending and row.staging_key == staging_key
             if row is not None and current:
                 if staging_key is None:
                     await self._store.delete(final_key)
                 else:
                     await self._move(staging_key, final_key, row.sha256)
-                await journal.finish_publish(conn, key, staging_key)
+                await journal.finish_publish(tx.conn, key, staging_key)
         if not current and staging_key is not None and (row is None or row.staging_key != staging_key):
             # A newer write replaced ours before we published: our staged bytes are garbage.
             await self._store.delete(staging_key)

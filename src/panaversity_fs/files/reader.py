@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from panaversity_fs.audit.entries import DB_ERRORS, storage_unavailable
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import Database, database_unavailable
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import Internal, NotFound, Unavailable
 from panaversity_fs.files.results import FileContent
 from panaversity_fs.files.target import Target, sha256_hex
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.paths import BASE_USER
-from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
+from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError, storage_failure
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ class FileReader:
         self._store = store
         self._metrics = metrics
 
-    async def resolved(self, target: Target) -> FileContent:
+    async def read(self, target: Target) -> FileContent:
         """Return the file `target` names: the user's live overlay, else the live base file.
 
         Raises:
@@ -64,11 +63,11 @@ class FileReader:
                     async with self._db.read() as conn:
                         rows = await journal.fetch(conn, book_id, path, users)
                 except DB_ERRORS as exc:
-                    raise database_unavailable(exc) from None
+                    raise database_failure(exc) from None
                 row = journal.visible(rows, user_id)
                 if row is None:
                     return None
-            data = await self.fetch_bytes(row)
+            data = await self.verified_bytes(row)
             if data is not None:
                 return row, data
             versions_seen.add((row.user_id, row.version))
@@ -79,7 +78,7 @@ class FileReader:
             raise Internal("stored bytes do not match the journal; an operator should run fsck")
         raise Unavailable("the file changed during the read; retry", path=path)
 
-    async def fetch_bytes(self, row: JournalRow) -> bytes | None:
+    async def verified_bytes(self, row: JournalRow) -> bytes | None:
         """Return the bytes of a journal row if they match its hash, else None (changed or lost).
 
         The pending staging key is tried first, so a committed but unpublished write is served.
@@ -87,33 +86,26 @@ class FileReader:
         Raises:
             Unavailable: storage failed.
         """
-        data = await self._read_row_bytes(row)
-        return data if data is not None and sha256_hex(data) == row.sha256 else None
-
-    async def _read_row_bytes(self, row: JournalRow) -> bytes | None:
         for key in row.object_keys:
             try:
-                return await self._store.read(key)
+                data = await self._store.read(key)
             except BlobNotFound:
                 continue
             except StorageError as exc:
-                raise storage_unavailable(exc) from None
+                raise storage_failure(exc) from None
+            return data if sha256_hex(data) == row.sha256 else None
         return None
 
 
 def _file_content(target: Target, row: JournalRow, data: bytes) -> FileContent:
-    source = row.source
-    digest = row.sha256 or ""
     return FileContent(
         book_id=target.book_id,
         path=target.path,
         content=data.decode("utf-8", errors="surrogateescape"),
-        file_hash=digest,
-        file_hash_sha256=digest,
+        file_hash=row.sha256 or "",
         size=len(data),
         last_modified=row.last_written_at.isoformat(),
         version=row.version,
         user_id=target.user_id,
-        source=source,  # type: ignore[arg-type]
-        namespace=source,  # type: ignore[arg-type]
+        source=row.source,
     )

@@ -1,4 +1,4 @@
-"""What the content operations return (these are also the tools' structured outputs)."""
+"""What operations on journaled files return (also the tools' structured outputs)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,11 @@ class FileContent(BaseModel):
     path: str
     content: str
     file_hash: str = Field(description="Lowercase hex sha256 of the stored bytes.")
-    file_hash_sha256: str = Field(description="Same as file_hash (the name older clients read).")
     size: int
     last_modified: str = Field(description="ISO-8601 time of the last committed change.")
     version: int = Field(description="Number of committed changes to this file.")
     user_id: str | None = None
     source: Source = "base"
-    namespace: Source = "base"
 
 
 class WriteOutcome(BaseModel):
@@ -37,7 +35,6 @@ class WriteOutcome(BaseModel):
     previous_hash: str | None = None
     user_id: str | None = None
     source: Source = "base"
-    namespace: Source = "base"
 
 
 class DeleteOutcome(BaseModel):
@@ -49,4 +46,3 @@ class DeleteOutcome(BaseModel):
     previous_hash: str | None = None
     user_id: str | None = None
     source: Source = "base"
-    namespace: Source = "base"

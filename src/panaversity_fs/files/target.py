@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.files.results import Source
 from panaversity_fs.paths import BASE_USER, asset_path, check_book_id, check_user_id, content_path
 
 
@@ -51,7 +52,7 @@ class Target:
         }
 
     @property
-    def source(self) -> str:
+    def source(self) -> Source:
         """`overlay` for a user's file, `base` for shared content."""
         return "overlay" if self.user_id else "base"
 

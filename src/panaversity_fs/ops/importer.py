@@ -16,22 +16,25 @@ import hashlib
 import os
 import stat
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from panaversity_fs.app.resources import Resources
-from panaversity_fs.auth.identity import Caller
-from panaversity_fs.content.service import Target
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.errors import InvalidPath, PanaversityFSError, SchemaViolation
 from panaversity_fs.files.mime import sniff_content_type
+from panaversity_fs.files.target import Target
+from panaversity_fs.identity import Caller
+from panaversity_fs.operation import Operation
 from panaversity_fs.paths import ASSET_TYPES, classify
 
 ROOTS = ("content", "static")
 """The folders of a book folder that are imported."""
+
+IMPORT_OPERATION = "import"
+"""What the audit log calls each file's write."""
 
 WRITE_CONCURRENCY = 8
 """Files written at once (the database serialises the commits; storage uploads overlap)."""
@@ -211,7 +214,7 @@ class Importer:
     ) -> None:
         self._resources = resources
         self._book = book_id
-        self._caller = Caller(agent_id)
+        self._agent = Caller(agent_id)
         self._dry_run = dry_run
         self._progress = progress
 
@@ -260,9 +263,8 @@ class Importer:
             (report.updated if existing else report.created).append(target.path)
             return
         try:
-            outcome = await self._resources.content.write_bytes(
-                self._caller, "import", target, data, digest, existing, content_type, time.perf_counter()
-            )
+            op = Operation.begin(self._agent, IMPORT_OPERATION)
+            outcome = await self._resources.files.write(op, target, data, digest, existing, content_type)
         except PanaversityFSError as error:
             report.rejected.append(
                 Rejected(candidate.path, f"{error.code}: {error.message}", "run the import again")

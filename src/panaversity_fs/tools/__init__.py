@@ -1,4 +1,4 @@
-"""MCP tools: thin adapters that resolve the caller, call a service, return its result."""
+"""MCP tools: thin adapters that take the call's operation, call a service, return its result."""
 
 from __future__ import annotations
 

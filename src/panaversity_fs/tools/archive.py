@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastmcp import Context, FastMCP
+from fastmcp import FastMCP
 from pydantic import Field
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.archive.service import ArchiveService, ArchiveTicket, Scope
-from panaversity_fs.auth.identity import caller_from_context
+from panaversity_fs.archive.service import ArchiveTicket, Scope
 from panaversity_fs.tools.hints import READ_ONLY
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
@@ -20,7 +20,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def get_book_archive(
         book_id: BookId,
-        ctx: Context,
         scope: Annotated[
             Scope,
             Field(description="`content` (lessons), `assets` (static/), or `all`."),
@@ -38,8 +37,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         hash as of this call. Resume a broken or partial download with `&after=<last path>`.
         An unknown or empty book gives an archive holding only the manifest.
         """
-        resources = state.require()
-        return await ArchiveService(resources).ticket(caller_from_context(ctx), book_id, scope, user_id)
+        return await state.require().archives.ticket(current_operation(), book_id, scope, user_id)
 
     mcp.tool(
         get_book_archive,

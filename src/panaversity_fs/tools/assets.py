@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastmcp import Context, FastMCP
+from fastmcp import FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.assets.results import AssetInfo, AssetListing, AssetUpload
-from panaversity_fs.assets.service import AssetService
-from panaversity_fs.assets.uploads import Uploads
-from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.files.results import DeleteOutcome
-from panaversity_fs.tools.content import BookId, Hash, IdempotencyKey
 from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
+from panaversity_fs.tools.params import AssetPath, BookId, Hash, IdempotencyKey
 
 AssetType = Annotated[str, Field(description="Asset folder: `img`, `images`, `slides`, `videos` or `audio`.")]
-AssetPath = Annotated[
-    str, Field(description="`static/{asset_type}/{filename}`, e.g. `static/images/diagram-1.png`.")
-]
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
@@ -35,7 +30,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
                 "Letters, digits, `-`, `_`, `.`; unsafe names are refused, never rewritten."
             ),
         ],
-        ctx: Context,
         binary_data: Annotated[
             str | None,
             Field(description="The bytes, standard base64 (small files; the limit is in the error)."),
@@ -58,22 +52,12 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         the current `file_hash` to replace (`HASH_REQUIRED` / `CONFLICT` / `NOT_FOUND`
         otherwise). The MIME type is sniffed from the bytes, not taken from the name.
         """
-        resources = state.require()
-        return await Uploads(resources).upload(
-            caller_from_context(ctx),
-            book_id,
-            asset_type,
-            filename,
-            binary_data,
-            expected_hash,
-            size,
-            sha256,
-            idempotency_key,
+        return await state.require().uploads.upload(
+            current_operation(), book_id, asset_type, filename, binary_data, expected_hash, size, sha256
         )
 
     async def complete_asset_upload(
         upload_id: Annotated[str, Field(description="The `upload_id` upload_asset returned.")],
-        ctx: Context,
         idempotency_key: IdempotencyKey = None,
     ) -> AssetUpload:
         """Commit a large upload after its bytes were PUT to the `upload_url`.
@@ -85,13 +69,11 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         repeats the `idempotency_key` of the first: then it returns the first result.
         `UNAVAILABLE` keeps the upload; call again.
         """
-        resources = state.require()
-        return await Uploads(resources).complete(caller_from_context(ctx), upload_id, idempotency_key)
+        return await state.require().uploads.complete(current_operation(), upload_id)
 
     async def get_asset(
         book_id: BookId,
         path: AssetPath,
-        ctx: Context,
         include_binary: Annotated[
             bool, Strict(), Field(description="Also return the bytes (base64) if the asset is small enough.")
         ] = False,
@@ -100,12 +82,10 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         short-lived `download_url`. With `include_binary`, small assets also come inline in
         `binary_data`; larger ones leave it null and say why in `binary_note`.
         """
-        resources = state.require()
-        return await AssetService(resources).get(caller_from_context(ctx), book_id, path, include_binary)
+        return await state.require().assets.get(current_operation(), book_id, path, include_binary)
 
     async def list_assets(
         book_id: BookId,
-        ctx: Context,
         asset_type: Annotated[str | None, Field(description="Only this asset folder.")] = None,
         cursor: Annotated[str | None, Field(description="`next_cursor` of the previous page.")] = None,
         limit: Annotated[
@@ -113,15 +93,11 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ] = None,
     ) -> AssetListing:
         """List a book's assets in path order, one bounded page at a time."""
-        resources = state.require()
-        return await AssetService(resources).list(
-            caller_from_context(ctx), book_id, asset_type, cursor, limit
-        )
+        return await state.require().assets.list(current_operation(), book_id, asset_type, cursor, limit)
 
     async def delete_asset(
         book_id: BookId,
         path: AssetPath,
-        ctx: Context,
         expected_hash: Hash = None,
         idempotency_key: IdempotencyKey = None,
     ) -> DeleteOutcome:
@@ -129,10 +105,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
         Pass `expected_hash` to delete only the version you know (`CONFLICT` otherwise).
         """
-        resources = state.require()
-        return await AssetService(resources).delete(
-            caller_from_context(ctx), book_id, path, expected_hash, idempotency_key
-        )
+        return await state.require().assets.delete(current_operation(), book_id, path, expected_hash)
 
     mcp.tool(
         upload_asset,

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.audit.query import AuditPage, AuditQueries, ChainVerification, Status
-from panaversity_fs.auth.identity import caller_from_context
+from panaversity_fs.audit.query import AuditPage, ChainVerification, Status
 from panaversity_fs.tools.hints import READ_ONLY
 
 Text = str | None
@@ -25,7 +25,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
     """Register the audit tools on `mcp`."""
 
     async def query_audit(
-        ctx: Context,
         book_id: Annotated[Text, Field(description="Only entries of this book.")] = None,
         path: Annotated[
             Text, Field(description="Only entries of this exact path, relative to the book.")
@@ -66,10 +65,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         `path_pattern` a page reads a bounded number of entries, so it can hold fewer than
         `limit` entries (even none) before the end: only a null `next_cursor` means the end.
         """
-        resources = state.require()
-        queries = AuditQueries(resources.db, resources.content, resources.checkpoints)
-        return await queries.query(
-            caller_from_context(ctx),
+        return await state.require().audit.query(
+            current_operation(),
             book_id=book_id,
             path=path,
             path_pattern=path_pattern,
@@ -105,13 +102,12 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         itself; truncating or re-hashing the tail together with the head row is detected
         against the signed checkpoints the server keeps in storage (`checkpoint_seq`).
         """
-        resources = state.require()
-        queries = AuditQueries(resources.db, resources.content, resources.checkpoints)
+        queries = state.require().audit
 
         async def progress(done: int, total: int) -> None:
             await ctx.report_progress(done, total)
 
-        return await queries.verify(caller_from_context(ctx), from_seq, max_entries, progress)
+        return await queries.verify(current_operation(), from_seq, max_entries, progress)
 
     mcp.tool(
         query_audit,

@@ -7,11 +7,9 @@ from typing import Annotated, Literal
 from fastmcp import Context, FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.auth.identity import caller_from_context
-from panaversity_fs.books.catalog import Catalog
 from panaversity_fs.books.results import BookList, ValidationReport
-from panaversity_fs.books.validate import Validator
 from panaversity_fs.tools.hints import READ_ONLY
 
 
@@ -19,7 +17,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
     """Register the books tools on `mcp`."""
 
     async def list_books(
-        ctx: Context,
         include_structure: Annotated[
             Literal["none", "content", "assets", "all"],
             Field(
@@ -41,9 +38,9 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         structure is given only while all books together hold at most
         5000 files; otherwise pass `book_id`.
         """
-        resources = state.require()
-        catalog = Catalog(resources.db, resources.content)
-        return await catalog.list_books(caller_from_context(ctx), include_structure, book_id, user_id)
+        return await state.require().catalog.list_books(
+            current_operation(), include_structure, book_id, user_id
+        )
 
     async def validate_book(
         book_id: Annotated[str, Field(description="Book id, e.g. `python-book`.")],
@@ -61,13 +58,12 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         issues are listed (`truncated` says when more exist; the summary counts them all).
         Reports progress while it scans.
         """
-        resources = state.require()
-        validator = Validator(resources.db, resources.store, resources.content)
+        validator = state.require().validator
 
         async def progress(done: int, total: int) -> None:
             await ctx.report_progress(done, total)
 
-        return await validator.validate(caller_from_context(ctx), book_id, strict, progress)
+        return await validator.validate(current_operation(), book_id, strict, progress)
 
     mcp.tool(list_books, annotations=READ_ONLY)
     mcp.tool(validate_book, annotations=READ_ONLY)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastmcp import Context, FastMCP
+from fastmcp import FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.builds.results import BuildPlan, ChangeFeed
-from panaversity_fs.builds.service import BuildService
 from panaversity_fs.tools.hints import READ_ONLY, RECORDS
 
 BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
@@ -21,7 +20,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def plan_build(
         book_id: BookId,
-        ctx: Context,
         target_manifest_hash: Annotated[
             str | None,
             Field(description="The `manifest_hash` of your last build (sha256, lowercase hex)."),
@@ -43,8 +41,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
         Fetch the changed files, then keep `manifest_hash` for the next build.
         """
-        resources = state.require()
-        return await BuildService(resources).plan(caller_from_context(ctx), book_id, target_manifest_hash)
+        return await state.require().builds.plan(current_operation(), book_id, target_manifest_hash)
 
     async def delta_build(
         book_id: BookId,
@@ -52,7 +49,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
             str,
             Field(description="ISO-8601 time with a timezone, e.g. `2026-01-31T12:00:00Z`."),
         ],
-        ctx: Context,
         user_id: Annotated[
             str | None,
             Field(description="Also report this user's overlay changes (never another user's)."),
@@ -74,9 +70,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         lags a little and a change may be reported twice, never missed. For an exact diff
         against your last build use `plan_build`.
         """
-        resources = state.require()
-        return await BuildService(resources).delta(
-            caller_from_context(ctx), book_id, since, user_id, include_content, cursor, limit
+        return await state.require().builds.delta(
+            current_operation(), book_id, since, user_id, include_content, cursor, limit
         )
 
     mcp.tool(

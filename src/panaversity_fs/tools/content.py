@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
-from fastmcp import Context, FastMCP
+from fastmcp import FastMCP
 from fastmcp.tools.base import ToolResult
 from pydantic import BaseModel, Field, Strict, TypeAdapter
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.auth.identity import caller_from_context
-from panaversity_fs.books.bulk import BulkReader
 from panaversity_fs.books.results import BulkPage
 from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.files.results import DeleteOutcome, FileContent, WriteOutcome
 from panaversity_fs.paths import CONTENT_EXAMPLE
 from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
+from panaversity_fs.tools.params import BookId, ContentPath, Hash, IdempotencyKey, UserId
 
-BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
-ContentPath = Annotated[
-    str,
-    Field(description="`content/{NN-Part}/{NN-Chapter}/{NN-lesson}(.summary)?.md`, relative to the book."),
-]
-UserId = Annotated[
-    str | None,
-    Field(description="Overlay owner: read/write/delete that user's personal copy instead of the base."),
-]
 ReadPath = Annotated[
     str | None,
     Field(
@@ -34,20 +24,6 @@ ReadPath = Annotated[
         "part: `content/{NN-Part}`. book: omit."
     ),
 ]
-Hash = Annotated[
-    str | None,
-    Field(description="The file's current `file_hash` (sha256, lowercase hex), from your last read."),
-]
-IdempotencyKey = Annotated[
-    str | None,
-    Field(
-        description="Optional key (1-128 of `[A-Za-z0-9._:-]`, unique per change you intend): repeating "
-        "a call that committed, with the same key and arguments, returns its result and changes "
-        "nothing; the same key with other arguments is refused. Use it to retry safely after "
-        "UNAVAILABLE or a lost connection."
-    ),
-]
-
 
 # One file (scope file) or one page of files (bulk scopes), both unwrapped objects.
 READ_OUTPUT_SCHEMA: dict[str, Any] = {"type": "object", **TypeAdapter(FileContent | BulkPage).json_schema()}
@@ -58,7 +34,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def read_content(
         book_id: BookId,
-        ctx: Context,
         path: ReadPath = None,
         user_id: UserId = None,
         scope: Annotated[
@@ -84,27 +59,23 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         Call again with `cursor: next_cursor` until `next_cursor` is null.
         """
         resources = state.require()
-        caller = caller_from_context(ctx)
+        op = current_operation()
+        result: BaseModel
         if scope == "file":
             if path is None:
-                error = InvalidArgument(
-                    "path is required for scope file", field="path", example=CONTENT_EXAMPLE
-                )
-                resources.content.note_read(
-                    caller, "read_content", book_id, None, user_id, time.perf_counter(), error
-                )
-                raise error
-            result: BaseModel = await resources.content.read(caller, book_id, path, user_id)
+                with resources.trail.read(op, book_id, None, user_id):
+                    raise InvalidArgument(
+                        "path is required for scope file", field="path", example=CONTENT_EXAMPLE
+                    )
+            result = await resources.lessons.read(op, book_id, path, user_id)
         else:
-            reader = BulkReader(resources.settings, resources.db, resources.content)
-            result = await reader.read_page(caller, book_id, scope, path, user_id, cursor, limit)
+            result = await resources.bulk.read_page(op, book_id, scope, path, user_id, cursor, limit)
         return ToolResult(structured_content=result.model_dump(mode="json"))
 
     async def write_content(
         book_id: BookId,
         path: ContentPath,
         content: Annotated[str, Field(description="Full new content, UTF-8 markdown, stored byte-exact.")],
-        ctx: Context,
         expected_hash: Hash = None,
         user_id: UserId = None,
         idempotency_key: IdempotencyKey = None,
@@ -118,15 +89,13 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         With `user_id` the write goes to that user's overlay and never touches the base; an
         overlay can be started from the base by passing the base's `file_hash`.
         """
-        resources = state.require()
-        return await resources.content.write(
-            caller_from_context(ctx), book_id, path, content, expected_hash, user_id, idempotency_key
+        return await state.require().lessons.write(
+            current_operation(), book_id, path, content, expected_hash, user_id
         )
 
     async def delete_content(
         book_id: BookId,
         path: ContentPath,
-        ctx: Context,
         user_id: UserId = None,
         expected_hash: Hash = None,
         idempotency_key: IdempotencyKey = None,
@@ -136,21 +105,10 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         With `user_id`, only that user's overlay is deleted and reads fall back to the base.
         Pass `expected_hash` to delete only the version you read (`CONFLICT` otherwise).
         """
-        resources = state.require()
-        return await resources.content.delete(
-            caller_from_context(ctx), book_id, path, user_id, expected_hash, idempotency_key
+        return await state.require().lessons.delete(
+            current_operation(), book_id, path, user_id, expected_hash
         )
 
-    mcp.tool(
-        read_content,
-        output_schema=READ_OUTPUT_SCHEMA,
-        annotations=READ_ONLY,
-    )
-    mcp.tool(
-        write_content,
-        annotations=WRITES,
-    )
-    mcp.tool(
-        delete_content,
-        annotations=DELETES,
-    )
+    mcp.tool(read_content, output_schema=READ_OUTPUT_SCHEMA, annotations=READ_ONLY)
+    mcp.tool(write_content, annotations=WRITES)
+    mcp.tool(delete_content, annotations=DELETES)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastmcp import Context, FastMCP
+from fastmcp import FastMCP
 from pydantic import Field, Strict
 
+from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.auth.identity import caller_from_context
 from panaversity_fs.books.results import GlobResult, GrepResult
-from panaversity_fs.books.search import Searcher
 from panaversity_fs.tools.hints import READ_ONLY
 
 BookId = Annotated[
@@ -36,7 +35,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
                 description="Glob over book paths: `**` spans folders, `*` and `?` stay in one, `[a-z]` classes. E.g. `content/01-*/**/*.md`, `static/images/*.png`."
             ),
         ],
-        ctx: Context,
         book_id: BookId = None,
         user_id: UserId = None,
         all_books: AllBooks = False,
@@ -49,10 +47,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
         Matches come in (book, path) order; `truncated` with `next_cursor` means more exist.
         """
-        resources = state.require()
-        searcher = Searcher(resources.settings, resources.db, resources.content, resources.search_threads)
-        return await searcher.glob(
-            caller_from_context(ctx), book_id, pattern, user_id, all_books, cursor, limit
+        return await state.require().searcher.glob(
+            current_operation(), book_id, pattern, user_id, all_books, cursor, limit
         )
 
     async def grep_search(
@@ -62,7 +58,6 @@ def register(mcp: FastMCP, state: ServerState) -> None:
                 description="Regular expression (RE2 syntax: no backreferences or lookaround), matched per line; `^`/`$` are line ends."
             ),
         ],
-        ctx: Context,
         book_id: BookId = None,
         user_id: UserId = None,
         all_books: AllBooks = False,
@@ -78,10 +73,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         Results come in (book, path, line) order. The search stops at `max_results` or at the
         server's time budget, then returns `truncated: true` and a `next_cursor` to continue.
         """
-        resources = state.require()
-        searcher = Searcher(resources.settings, resources.db, resources.content, resources.search_threads)
-        return await searcher.grep(
-            caller_from_context(ctx),
+        return await state.require().searcher.grep(
+            current_operation(),
             book_id,
             pattern,
             user_id,

@@ -6,14 +6,8 @@
 - `LoadShedder`: a bound on tool calls running at once. A call that finds every slot taken
   waits a short while; if no slot frees up in time, or too many calls are already waiting, it
   is refused with `UNAVAILABLE` and a retry hint instead of timing out later (L-6).
-- `AuthFailureLimiter`: an ASGI guard that counts refused credentials (401 and 403 answers: bad
-  bearer tokens, bad signed URLs) per client address and answers 429 before anything is verified
-  once an address is over its budget; requests carrying a bearer token the server verified
-  recently pass regardless (clients behind one NAT).
 - `StreamSlots`: a bound on archive downloads streaming at once, in all and per agent; each
   holds buffers and a thread for as long as its client reads.
-- A per-call deadline (`deadline_scope`, `deadline_passed`): read tools are cut off at it; a
-  mutation checks it before its commit and never after (a commit is never abandoned midway).
 
 All counters are per process: N replicas allow N times the rate (docs/operations.md).
 """
@@ -21,19 +15,13 @@ All counters are per process: N replicas allow N times the rate (docs/operations
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Generator
-from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
-
-from starlette.authentication import BaseUser
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from panaversity_fs.errors import RateLimited, Unavailable
 
@@ -94,9 +82,9 @@ class RateLimiter:
         refusals_per_minute: int = 0,
     ) -> None:
         self._buckets: dict[Kind, TokenBuckets | None] = {
-            "read": _buckets(reads_per_minute, burst, clock),
-            "write": _buckets(writes_per_minute, burst, clock),
-            "refusal": _buckets(refusals_per_minute, burst, clock),
+            "read": token_buckets(reads_per_minute, burst, clock),
+            "write": token_buckets(writes_per_minute, burst, clock),
+            "refusal": token_buckets(refusals_per_minute, burst, clock),
         }
 
     def check(self, agent_id: str, kind: Kind) -> None:
@@ -119,7 +107,9 @@ class RateLimiter:
             )
 
 
-def _buckets(per_minute: int, burst: float, clock: Callable[[], float]) -> TokenBuckets | None:
+def token_buckets(per_minute: int, burst: float, clock: Callable[[], float]) -> TokenBuckets | None:
+    """Buckets refilling `per_minute` tokens a minute and holding `burst` minutes of them (None: 0,
+    no limit)."""
     return TokenBuckets(per_minute / 60.0, per_minute * burst, clock) if per_minute > 0 else None
 
 
@@ -216,87 +206,3 @@ class StreamSlots:
                 del self._running[agent]
 
         return release
-
-
-_deadline: ContextVar[float | None] = ContextVar("pfs_deadline", default=None)
-
-
-@contextmanager
-def deadline_scope(seconds: float) -> Generator[None, None, None]:
-    """Set the current call's deadline `seconds` from now (monotonic clock)."""
-    token = _deadline.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def deadline_passed() -> bool:
-    """Whether the current call is past its deadline (False outside a call)."""
-    deadline = _deadline.get()
-    return deadline is not None and time.monotonic() > deadline
-
-
-class AuthFailureLimiter:
-    """ASGI guard: an address with too many refused credentials gets 429 before verification."""
-
-    OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
-    """Probes that never authenticate and must answer even an address that is locked out."""
-
-    def __init__(self, app: ASGIApp, per_minute: int, burst: float) -> None:
-        self.app = app
-        self._failures = _buckets(per_minute, burst, time.monotonic)
-        self._accepted: OrderedDict[str, None] = OrderedDict()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse or pass the request; count it as a failure if it is answered 401 or 403."""
-        if scope["type"] != "http" or self._failures is None or scope.get("path") in self.OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        address = str(client[0]) if client else "unknown"
-        credential = _credential(scope)
-        known = credential is not None and credential in self._accepted
-        wait = None if known else self._failures.empty(address)
-        if wait is not None:
-            retry = str(max(1, math.ceil(wait)))
-            response = PlainTextResponse(
-                "too many failed authentications from this address",
-                status_code=429,
-                headers={"Retry-After": retry},
-            )
-            await response(scope, receive, send)
-            return
-        answered: list[int] = []
-
-        async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                answered.append(int(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        status = answered[0] if answered else 0
-        if credential is not None and _verified(scope):
-            # Only a token the server verified counts as accepted: any other answer (a 404 on a
-            # route that checks no token, say) says nothing about the credential.
-            self._accepted[credential] = None
-            self._accepted.move_to_end(credential)
-            if len(self._accepted) > MAX_TRACKED:
-                self._accepted.popitem(last=False)
-        elif status in (401, 403):
-            self._failures.take(address)
-            if credential is not None:
-                self._accepted.pop(credential, None)
-
-
-def _verified(scope: Scope) -> bool:
-    """Whether the authentication middleware verified the request's bearer token."""
-    user: object = scope.get("user")
-    return isinstance(user, BaseUser) and user.is_authenticated
-
-
-def _credential(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            return hashlib.sha256(value).hexdigest()
-    return None

@@ -1,0 +1,333 @@
+"""`FileEngine`: writes and deletes of journaled files, the protocol every service shares.
+
+Write protocol (every failure point has a defined outcome):
+
+1. The caller validates everything; a refusal is audited and nothing else happens.
+2. `stage`: upload the bytes to a fresh staging key. Failure: nothing committed; the orphan is
+   removed by recovery after a grace period.
+3. `commit`, one database transaction: compare-and-swap the journal row (`UPDATE ... WHERE
+   sha256 = :expected`, or an insert for a create), record the staging key as pending, append
+   the audit entry. The commit is the single point where the write happens. A refusal found
+   here (lost race) is audited in the same transaction with the row locked.
+4. Publish: move the staged bytes to the path-addressed key under the row lock. Failure here
+   does not undo the write: readers follow the pending staging key, and recovery publishes it.
+
+A commit whose outcome is unknown (connection lost during COMMIT) is settled by asking the
+database about the transaction, or by looking for the unique staging key in the journal; it is
+never blindly replayed. A delete is the same with a tombstone and no bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from panaversity_fs.audit.trail import AuditTrail, Subject
+from panaversity_fs.config import Settings
+from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
+from panaversity_fs.deadlines import deadline_passed
+from panaversity_fs.errors import Conflict, HashRequired, PanaversityFSError, Unavailable
+from panaversity_fs.files.cas import apply_write, resolve_unknown_commit, write_outcome
+from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replayed, settle
+from panaversity_fs.files.publisher import Publisher
+from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
+from panaversity_fs.files.target import Target
+from panaversity_fs.metrics import Metrics
+from panaversity_fs.operation import Operation
+from panaversity_fs.storage.blobs import BlobStore, StorageError, new_staging_key, storage_failure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedWrite:
+    """Bytes waiting at `staging_key` (their sha256 already checked) to become `target`'s
+    content, under the `expected_hash` contract with `expected`."""
+
+    target: Target
+    staging_key: str
+    sha256: str
+    size: int
+    expected: str | None
+    content_type: str | None
+    staged_at: datetime
+
+
+class _StagedTooLong(Exception):
+    """Raised inside a write transaction to roll it back: its staged bytes are too old to use."""
+
+
+class FileEngine:
+    """Stages, commits and deletes journaled files (content and assets alike)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: BlobStore,
+        publisher: Publisher,
+        trail: AuditTrail,
+        metrics: Metrics,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._publisher = publisher
+        self._trail = trail
+        self._metrics = metrics
+        self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
+
+    async def replayed(self, idem: Idempotency | None) -> Replay | None:
+        """The outcome an earlier call committed under `idem`'s key, if any (a cheap early look).
+
+        Raises:
+            InvalidArgument: the key was used for another request.
+            Unavailable: the database failed.
+        """
+        return await replayed(self._db, idem)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def write(
+        self,
+        op: Operation,
+        target: Target,
+        data: bytes,
+        sha256: str,
+        expected: str | None,
+        content_type: str | None = None,
+        idem: Idempotency | None = None,
+    ) -> WriteOutcome:
+        """Stage validated bytes whose sha256 is `sha256`, then commit and publish them.
+
+        Raises:
+            HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
+            Unavailable: the database or storage failed; nothing was written.
+        """
+        staged = await self.stage(op, target, data, sha256, expected, content_type)
+        return await self.commit(op, staged, idem)
+
+    async def stage(
+        self,
+        op: Operation,
+        target: Target,
+        data: bytes,
+        sha256: str,
+        expected: str | None,
+        content_type: str | None = None,
+    ) -> StagedWrite:
+        """Upload `data` to a fresh staging key (step 2 of the protocol).
+
+        Raises:
+            Unavailable: storage failed (audited); nothing was written.
+        """
+        key = new_staging_key()
+        staged_at = datetime.now(UTC)
+        try:
+            await self._store.write(key, data)
+        except StorageError as exc:
+            failure = storage_failure(exc)
+            self._metrics.count_write(target.book_id, failure.code)
+            await self._trail.refused(op, _subject(target), failure)
+            raise failure from None
+        self._metrics.write_duration.labels("storage").observe(time.perf_counter() - op.started)
+        return StagedWrite(target, key, sha256, len(data), expected, content_type, staged_at)
+
+    async def commit(
+        self, op: Operation, staged: StagedWrite, idem: Idempotency | None = None
+    ) -> WriteOutcome:
+        """Commit bytes already staged (steps 3-4), then publish them.
+
+        The staged object is removed if the commit refuses or fails, or if `idem`'s key turns
+        out to be held by a call that committed first (its outcome is returned).
+
+        Raises:
+            HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
+            Unavailable: the database failed; nothing was written.
+        """
+        commit_started = time.perf_counter()
+        outcome = await self._commit(op, staged, idem)
+        self._metrics.write_duration.labels("journal").observe(time.perf_counter() - commit_started)
+        target = staged.target
+        if isinstance(outcome, Replay):
+            await self._discard(staged.staging_key)
+            self._metrics.replays.labels(op.name).inc()
+            return outcome.written()[0]
+        if isinstance(outcome, PanaversityFSError):
+            if not outcome.details.get("outcome_unknown"):
+                # A commit that may have happened may point at these bytes: recovery removes
+                # them later only if no journal row does.
+                await self._discard(staged.staging_key)
+            self._metrics.count_write(target.book_id, outcome.code)
+            raise outcome
+        await self._publisher.publish_or_defer(target.key, staged.staging_key)
+        if target.user_id is None:
+            self._metrics.know_books((target.book_id,))
+        self._metrics.count_write(
+            target.book_id, "success", "create" if outcome.mode == "created" else "update"
+        )
+        self._metrics.write_duration.labels("total").observe(time.perf_counter() - op.started)
+        return outcome
+
+    async def _commit(
+        self, op: Operation, staged: StagedWrite, idem: Idempotency | None
+    ) -> WriteOutcome | Replay | PanaversityFSError:
+        late = self._too_late(staged.staged_at)
+        if late is not None:
+            await self._trail.refused(op, _subject(staged.target), late)
+            return late
+        decided: WriteOutcome | Replay | PanaversityFSError | None = None
+        transaction: tuple[int, int] | None = None
+        try:
+            async with self._db.write() as tx:
+                decided = await self._decide_write(tx, op, staged, idem)
+                transaction = tx.transaction_id
+                if (
+                    isinstance(decided, WriteOutcome)
+                    and datetime.now(UTC) - staged.staged_at > self._stage_deadline
+                ):
+                    # Lock waits made the commit late: recovery may already treat the staged
+                    # bytes as abandoned, so this transaction must not point at them.
+                    raise _StagedTooLong
+        except _StagedTooLong:
+            late = Unavailable("the write waited too long for its commit; nothing was written, retry")
+            await self._trail.refused(op, _subject(staged.target), late)
+            return late
+        except DB_ERRORS as exc:
+            if decided is None:  # failed before COMMIT: nothing happened
+                return database_failure(exc)
+            return await resolve_unknown_commit(
+                self._db, staged.target, staged.staging_key, decided, exc, transaction
+            )
+        return decided
+
+    def _too_late(self, staged_at: datetime) -> Unavailable | None:
+        if datetime.now(UTC) - staged_at > self._stage_deadline:
+            return Unavailable("the upload took too long to commit; retry")
+        if deadline_passed():
+            return Unavailable("the call ran out of time before its commit; nothing was written, retry")
+        return None
+
+    async def _decide_write(
+        self, tx: WriteTransaction, op: Operation, staged: StagedWrite, idem: Idempotency | None
+    ) -> WriteOutcome | Replay | PanaversityFSError:
+        """The write's statements in one transaction: claim the key, compare-and-swap, audit."""
+        target = staged.target
+        now = datetime.now(UTC)
+        decided: WriteOutcome | PanaversityFSError
+        try:
+            replay = await claim(tx, idem, now) if idem is not None else None
+        except PanaversityFSError as reused:
+            idem, decided = None, reused  # the key is another request's: neither record nor release it
+        else:
+            if replay is not None:
+                return replay
+            applied = await apply_write(
+                tx.conn,
+                target,
+                staged.expected,
+                staged.sha256,
+                staged.size,
+                staged.staging_key,
+                now,
+                staged.content_type,
+                self._store.backend,
+            )
+            decided = (
+                applied
+                if isinstance(applied, PanaversityFSError)
+                else write_outcome(target, applied, staged.sha256, staged.size)
+            )
+        await settle(tx, idem, decided, staged.content_type)
+        if isinstance(decided, PanaversityFSError):
+            current = (
+                decided.details.get("current_hash") if isinstance(decided, Conflict | HashRequired) else None
+            )
+            own = current if decided.details.get("current_source") != "base" else None
+            await self._trail.append(tx, op, _subject(target), own, own, decided)
+            decided.details.pop("current_source", None)
+            return decided
+        await self._trail.append(tx, op, _subject(target), decided.previous_hash, staged.sha256)
+        return decided
+
+    async def _discard(self, staging_key: str) -> None:
+        try:
+            await self._store.delete(staging_key)
+            self._metrics.storage_rollback_total.inc()
+        except StorageError:
+            logger.warning("could not remove a discarded staged object; recovery will", exc_info=True)
+
+    # -- deletes -------------------------------------------------------------------------
+
+    async def delete(
+        self, op: Operation, target: Target, expected: str | None, idem: Idempotency | None = None
+    ) -> DeleteOutcome:
+        """Tombstone a validated file and remove its object (a missing file: `existed: false`).
+
+        Raises:
+            InvalidArgument: `idem`'s key was used for another request.
+            Conflict: `expected` is given and is not the current hash.
+            Unavailable: the database failed; nothing was deleted.
+        """
+        try:
+            async with self._db.write() as tx:
+                decided = await self._decide_delete(tx, op, target, expected, idem)
+        except DB_ERRORS as exc:
+            self._metrics.delete_total.labels("error").inc()
+            raise database_failure(exc) from None
+        if isinstance(decided, Replay):
+            self._metrics.replays.labels(op.name).inc()
+            return decided.deleted()
+        if isinstance(decided, PanaversityFSError):
+            self._metrics.delete_total.labels("refused").inc()
+            raise decided
+        if decided.existed:
+            await self._publisher.publish_or_defer(target.key, None)
+        self._metrics.delete_total.labels("success").inc()
+        return decided
+
+    async def _decide_delete(
+        self,
+        tx: WriteTransaction,
+        op: Operation,
+        target: Target,
+        expected: str | None,
+        idem: Idempotency | None,
+    ) -> DeleteOutcome | Replay | PanaversityFSError:
+        """The delete's statements in one transaction: claim the key, tombstone, audit."""
+        try:
+            replay = await claim(tx, idem, datetime.now(UTC)) if idem is not None else None
+        except PanaversityFSError as reused:  # another request's key: neither record nor release it
+            await self._trail.append(tx, op, _subject(target), None, None, reused)
+            return reused
+        if replay is not None:
+            return replay
+        row = await journal.lock(tx.conn, target.key)
+        previous = row.sha256 if row is not None else None
+        if row is not None and row.exists and expected not in (None, row.sha256):
+            refused = Conflict(
+                "expected_hash is not the file's current hash: read it again before deleting",
+                current_hash=row.sha256,
+            )
+            await settle(tx, idem, refused)
+            await self._trail.append(tx, op, _subject(target), previous, previous, refused)
+            return refused
+        if previous is not None:
+            await journal.tombstone(tx.conn, target.key, datetime.now(UTC))
+        decided = DeleteOutcome(
+            book_id=target.book_id,
+            path=target.path,
+            existed=previous is not None,
+            previous_hash=previous,
+            user_id=target.user_id,
+            source=target.source,
+        )
+        await settle(tx, idem, decided)
+        await self._trail.append(tx, op, _subject(target), previous, None)
+        return decided
+
+
+def _subject(target: Target) -> Subject:
+    return Subject(target.book_id, target.path, target.user_id)
