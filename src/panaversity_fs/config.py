@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     """Every setting of a PanaversityFS process.
 
     Environment variables use the `PANAVERSITY_` prefix, except the database settings, which
-    also answer to the names the seed operations guide promised (`DATABASE_URL`,
+    also answer to the names deployments already use (`DATABASE_URL`,
     `DATABASE_POOL_SIZE`, ...).
     """
 
@@ -185,7 +185,9 @@ class Settings(BaseSettings):
         description="Seconds to open a new PostgreSQL connection (TCP and authentication); a "
         "database that does not answer fails the calls that need one after this.",
     )
-    auto_migrate: bool = Field(True, description="Upgrade the schema to head at start-up (FR-031).")
+    auto_migrate: bool = Field(
+        True, description="Upgrade an older schema to head at start-up (an empty database always is)."
+    )
 
     max_content_bytes: int = Field(
         2 * 1024 * 1024, ge=1, description="Largest markdown file `write_content` accepts."

@@ -1,6 +1,6 @@
 """Limits that keep one agent, or too many callers, from taking the server down.
 
-- `RateLimiter`: per-agent token buckets for reads and for writes (reliability.md S-9). A bucket
+- `RateLimiter`: per-agent token buckets for reads, writes and refused calls. A bucket
   refills at the configured rate per minute and holds `burst` minutes of it; an empty bucket
   refuses the call with `RATE_LIMITED` and the seconds until one call is allowed again.
 - `LoadShedder`: a bound on tool calls running at once. A call that finds every slot taken

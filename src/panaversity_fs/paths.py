@@ -1,7 +1,7 @@
 """Path rules: the one place that decides what a book path, a book id and a user id may be.
 
 Pure functions, no I/O. Every tool canonicalises its path here before anything touches the
-database, storage, or a retrying layer (PRODUCT.md §2).
+database, storage, or a retrying layer (specs/contract.md, "Paths").
 """
 
 from __future__ import annotations

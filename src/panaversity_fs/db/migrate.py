@@ -73,7 +73,7 @@ async def upgrade(db: Database, revision: str = "head") -> None:
 async def ensure_schema(db: Database, auto_migrate: bool) -> str:
     """Make sure the schema is usable by this code and return its revision.
 
-    An empty database is always brought to head (FR-031); an older one only when
+    An empty database is always brought to head; an older one only when
     `auto_migrate` is set.
 
     Raises:

@@ -426,7 +426,7 @@ def _retry_layer(retries: int) -> opendal.layers.RetryLayer:
     Repeating them is safe: a PUT writes the same bytes to the same fresh staging or upload key,
     a copy the same source to the same key, deleting a gone object succeeds, and a read or stat
     changes nothing (a body cut short resumes where it ended; reads are hash-checked anyway).
-    Bad input never gets this far (paths are validated first, E3). Backoff 0.1 s doubling to at
+    Bad input never gets this far (paths are validated first, so a retry never repeats a refusal). Backoff 0.1 s doubling to at
     most 1 s, jittered: three retries add a second or two, inside `storage_timeout`.
     """
     return opendal.layers.RetryLayer(max_times=retries, factor=2.0, jitter=True, min_delay=0.1, max_delay=1.0)
