@@ -119,6 +119,3 @@ audit_chain_head = Table(
 
 GLOBAL_CHAIN = "global"
 """The one audit chain (a single chain sustains several hundred appends a second here)."""
-
-GENESIS_HASH = "0" * 64
-"""`chain_prev_hash` of the first entry."""
