@@ -3,11 +3,13 @@
 #
 #   docker build -t panaversity-fs .
 #   docker run -p 8080:8080 -v pfs-data:/data \
-#       -e PANAVERSITY_ALLOWED_HOSTS='["localhost"]' panaversity-fs
+#       -e PANAVERSITY_ALLOWED_HOSTS='["localhost"]' \
+#       -e PANAVERSITY_JWT_SECRET="$(openssl rand -hex 32)" panaversity-fs
 #
 # The server binds 0.0.0.0 here, and a public bind refuses to start (exit status 2) unless
 # PANAVERSITY_ALLOWED_HOSTS lists, as JSON, the host names clients use (DNS-rebinding
-# protection; loopback names and the container's own address are always accepted).
+# protection; loopback names and the container's own address are always accepted), and
+# authentication is on (a JWT secret of at least 32 bytes, or a JWKS URL).
 # With no other settings it keeps a SQLite file and the bytes in the /data volume. Production
 # sets DATABASE_URL (PostgreSQL) and PANAVERSITY_STORAGE_BACKEND=s3 plus the S3 settings; see
 # docs/configuration.md. An empty database is migrated at start (PANAVERSITY_AUTO_MIGRATE);
