@@ -219,9 +219,10 @@ class RssSampler:
 
 
 @asynccontextmanager
-async def http_server(settings: Settings) -> AsyncIterator[str]:
-    """`create_app(settings)` served by uvicorn in this process on a free port; yields its URL."""
-    port = free_port()
+async def http_server(settings: Settings, port: int | None = None) -> AsyncIterator[str]:
+    """`create_app(settings)` served by uvicorn in this process on `port` (default: a free one);
+    yields its URL."""
+    port = port or free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )

@@ -17,8 +17,9 @@ from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.storage.blobs import BlobStore
 
 
-def png(seed: int = 0) -> bytes:
-    """A valid 1x1 PNG; `seed` changes its bytes (a text chunk) but not its type."""
+def png(seed: int = 0, size: int = 0) -> bytes:
+    """A valid 1x1 PNG; `seed` changes its bytes (a text chunk) but not its type; `size` pads
+    that chunk so the image is at least that many bytes."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -27,7 +28,7 @@ def png(seed: int = 0) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"tEXt", b"seed\x00" + str(seed).encode())
+        + chunk(b"tEXt", b"seed\x00" + str(seed).encode() + b"." * max(0, size - 80))
         + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
         + chunk(b"IEND", b"")
     )

@@ -642,7 +642,11 @@ class McpHttp:
                     return ToolAnswer(False, json.loads(result["content"][0]["text"]))
                 except (KeyError, IndexError, TypeError, json.JSONDecodeError):
                     raise Ambiguous(f"unreadable tool error: {result}") from None
-            return ToolAnswer(True, dict(result.get("structuredContent") or {}))
+            data = dict(result.get("structuredContent") or {})
+            blocks = result.get("content") or []
+            if len(blocks) >= 2 and blocks[0].get("type") == "text" and "file_hash" in data:
+                data["content"] = blocks[0]["text"]  # a read: the markdown is the first block
+            return ToolAnswer(True, data)
         raise Refused("the server kept forgetting the session")
 
     async def _open(self) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -55,8 +56,81 @@ class ToolFailure(Exception):
         self.code = str(payload.get("error"))
 
 
+class Described(dict[str, Any]):
+    """A structured result as tests read it: a field the server left out (it sends no nulls)
+    reads as None, as it does for a client."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def described(value: Any) -> Any:
+    """`value` with every JSON object in it made `Described`."""
+    if isinstance(value, dict):
+        return Described({key: described(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [described(item) for item in value]
+    return value
+
+
+def with_content(result: Any) -> dict[str, Any]:
+    """The structured result of a tool call, given the content the model reads where the tests
+        look for it: a read's markdown (its first text block) as `content`, and each file's embedded
+        resource as that file's `content` (pages, changes), an asset's inline bytes as `inline_bytes`
+    and `inline_type`, a grep page's lines as `hits`. tests/test_agent_contract.py and tests/test_official_clients.py check the blocks themselves."""
+    structured = described(dict(result.structured_content))
+    blocks = list(result.content)
+    texts = {
+        block.resource.uri.split("/", 3)[3].split("?", 1)[0]: block.resource.text
+        for block in blocks
+        if block.type == "resource" and hasattr(block.resource, "text")
+    }
+    for key in ("files", "changed_files"):
+        for item in structured.get(key) or []:
+            if isinstance(item, dict) and item.get("path") in texts:
+                item["content"] = texts[item["path"]]
+    if len(blocks) >= 2 and blocks[0].type == "text" and "file_hash" in structured:
+        structured["content"] = blocks[0].text
+    for block in blocks:
+        if block.type in ("image", "audio"):
+            structured["inline_bytes"] = base64.b64decode(block.data)
+            structured["inline_type"] = block.mime_type
+        elif block.type == "resource" and hasattr(block.resource, "blob"):
+            structured["inline_bytes"] = base64.b64decode(block.resource.blob)
+            structured["inline_type"] = block.resource.mime_type
+    if isinstance(structured.get("matches"), int):
+        structured["hits"] = grep_hits(structured, blocks[0].text if len(blocks) >= 2 else "")
+    return structured
+
+
+def grep_hits(structured: dict[str, Any], text: str) -> list[Described]:
+    """A grep page as one entry per matching line, its text taken from the text block (each
+    file's URI line, then `number: text` lines)."""
+    lines = iter(text.split("\n")) if text else iter(())
+    hits: list[Described] = []
+    for file in structured["files"]:
+        header = next(lines)
+        assert header.startswith(f"book://{file['book_id']}/{file['path']}"), (header, file)
+        for number in file["lines"]:
+            shown, _, line = next(lines).partition(": ")
+            assert int(shown) == number
+            hits.append(
+                Described(
+                    book_id=file["book_id"],
+                    path=file["path"],
+                    line_number=number,
+                    line=line,
+                    file_hash=file["file_hash"],
+                    source=file["source"] or "base",
+                )
+            )
+    assert next(lines, None) is None
+    return hits
+
+
 async def call(c: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
-    """Call `tool`; return its structured result or raise `ToolFailure` with the parsed error."""
+    """Call `tool`; return its structured result (see `with_content`) or raise `ToolFailure`
+    with the parsed error."""
     result = await c.call_tool(tool, arguments, raise_on_error=False)
     if result.is_error:
         text = result.content[0].text  # type: ignore[union-attr]
@@ -67,7 +141,7 @@ async def call(c: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
         assert isinstance(payload, dict) and "error" in payload and "message" in payload, payload
         raise ToolFailure(payload)
     assert result.structured_content is not None
-    return dict(result.structured_content)
+    return with_content(result)
 
 
 async def all_pages(c: Client[Any], tool: str, **arguments: Any) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ async def test_url_upload_end_to_end_over_http(backends: Backends, tmp_path: Pat
     assert stored["content_type"] == "application/octet-stream"
     assert again["error"] == "NOT_FOUND"
     assert info["uploaded_by"] == AGENT and info["file_hash"] == sha(BIG)
-    assert info["binary_data"] is None and info["binary_note"]
+    assert info["inline_bytes"] is None and info["binary_note"]
     assert download.status_code == 200 and download.content == BIG
     headers = download.headers
     assert headers["content-type"] == "application/octet-stream"

@@ -3,8 +3,6 @@ path refusals, listing, deletes, and who uploaded what."""
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from panaversity_fs.app.server import create_server
@@ -41,7 +39,7 @@ async def test_inline_upload_sniffs_the_type_from_the_bytes(matrix_settings: Set
         info = infos[path]
         assert info["content_type"] == content_type
         assert info["file_hash"] == sha(data) and info["size"] == len(data) and info["version"] == 1
-        assert base64.b64decode(info["binary_data"]) == data and info["binary_note"] is None
+        assert info["inline_bytes"] == data and info["binary_note"] is None
         assert info["uploaded_by"] == "illustrator-1"
         assert await stored_bytes(matrix_settings, f"books/{BOOK}/{path}") == data
     rows = {row.path: row for row in await journal_rows(matrix_settings)}
@@ -173,7 +171,7 @@ async def test_inline_limits_and_strict_base64(backends: Backends, combo: str) -
     assert too_large["limit"] == 1024 and "sha256" in too_large["message"]
     assert invalid == ["INVALID_ARGUMENT"] * 6
     assert mismatch["error"] == "INVALID_ARGUMENT"
-    assert fits["size"] == 1024 and base64.b64decode(info["binary_data"]) == noise(1024)
+    assert fits["size"] == 1024 and info["inline_bytes"] == noise(1024)
     assert [row.path for row in await journal_rows(settings)] == ["static/images/x.png"]
     await assert_invariants(settings)
 
@@ -216,7 +214,9 @@ async def test_list_assets_pages_in_path_order_and_is_bounded(settings: Settings
             c, "delete_asset", book_id=BOOK, path="static/images/p03.png", expected_hash=doomed["file_hash"]
         )
         listed = await all_pages(c, "list_assets", book_id=BOOK, limit=3)
-        assert all(page["truncated"] == (page["next_cursor"] is not None) for page in listed)
+        assert (
+            all(page["next_cursor"] is not None for page in listed[:-1]) and listed[-1]["next_cursor"] is None
+        )
         pages = [[item["path"] for item in page["items"]] for page in listed]
         images = await call(c, "list_assets", book_id=BOOK, asset_type="images", limit=2)
         everything = await call(c, "list_assets", book_id=BOOK)
@@ -238,12 +238,12 @@ async def test_list_assets_pages_in_path_order_and_is_bounded(settings: Settings
     assert [path for page in pages for path in page] == expected
     assert [len(page) for page in pages] == [3, 3, 2]
     assert [item["path"] for item in images["items"]] == ["static/images/p00.png", "static/images/p01.png"]
-    assert images["truncated"] and images["asset_type"] == "images"
+    assert images["next_cursor"] and images["asset_type"] == "images"
     item = everything["items"][0]
     assert set(item) == {"path", "file_hash", "size", "content_type", "last_modified"}
-    assert item["content_type"] == "image/png" and not everything["truncated"]
+    assert item["content_type"] == "image/png" and everything["next_cursor"] is None
     assert refusals == ["INVALID_ARGUMENT"] * 4 + ["SCHEMA_VIOLATION"]
-    assert empty["items"] == [] and not empty["truncated"]
+    assert empty["items"] == [] and empty["next_cursor"] is None
     assert (foreign["error"], foreign["field"]) == ("INVALID_ARGUMENT", "cursor")  # bound to its book
     await assert_invariants(settings)
 

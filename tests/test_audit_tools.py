@@ -65,9 +65,9 @@ async def settled(settings: Settings, done: Callable[[list[Row]], bool]) -> list
 
 
 def wire(row: Row) -> Row:
-    """What `query_audit` must return for a database row."""
+    """What `query_audit` must return for a database row (null fields are left out)."""
     user = row["user_id"]
-    return {
+    entry = {
         "seq": row["seq"],
         "created_at": to_utc(row["created_at"]).isoformat().replace("+00:00", "Z"),
         "agent_id": row["agent_id"],
@@ -84,6 +84,7 @@ def wire(row: Row) -> Row:
         "request_id": row["request_id"],
         "entry_hash": row["entry_hash"],
     }
+    return {key: value for key, value in entry.items() if value is not None}
 
 
 def glob_model(pattern: str, path: str) -> bool:
@@ -107,7 +108,7 @@ def model(filters: dict[str, Any], entry: Row) -> bool:
         "book_id": lambda v: entry["book_id"] == v,
         "path": lambda v: entry["path"] == v,
         "path_pattern": lambda v: glob_model(v, entry["path"]),
-        "user_id": lambda v: (entry["user_id"] or "__base__") == v,
+        "user_id": lambda v: (entry.get("user_id") or "__base__") == v,
         "agent_id": lambda v: entry["agent_id"] == v,
         "operation": lambda v: entry["operation"] == v,
         "status": lambda v: entry["status"] == v,

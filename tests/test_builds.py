@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -144,8 +145,8 @@ async def test_us6_diff_reports_exactly_the_added_modified_and_deleted_files(set
             "target_hash": hashes[lesson(2)],
             "change_type": "modified",
         },
-        {"path": lesson(4), "current_hash": None, "target_hash": hashes[lesson(4)], "change_type": "deleted"},
-        {"path": lesson(7), "current_hash": added_hash, "target_hash": None, "change_type": "added"},
+        {"path": lesson(4), "target_hash": hashes[lesson(4)], "change_type": "deleted"},
+        {"path": lesson(7), "current_hash": added_hash, "change_type": "added"},
     ]
     assert plan["changed_count"] == 3 and plan["total_files"] == 6
     assert again["status"] == "unchanged" and again["files"] == [] and again["changed_count"] == 0
@@ -381,7 +382,7 @@ async def test_build_tools_are_annotated_and_audited(settings: Settings) -> None
     assert plan is not None and plan.read_only_hint is False and plan.idempotent_hint is True
     assert plan.destructive_hint is False
     assert delta is not None and delta.read_only_hint is True
-    assert "{path}:{sha256}" in (tools["plan_build"].description or "")
+    assert "{path}:{sha256}" in json.dumps(tools["plan_build"].output_schema)
     db = Database.from_settings(settings)
     try:
         async with db.read() as conn:

@@ -220,7 +220,7 @@ async def test_reads_never_see_a_pending_write_torn(backends: Backends) -> None:
         row = await rig.row(path)
         assert row is not None and row.publish_pending, "the publish should have been left pending"
         read = await rig.service.read(op("read_content", AGENT), BOOK, path)
-        assert read.content == "new content" and read.file_hash == outcome.file_hash
+        assert read.text == "new content" and read.info.file_hash == outcome.file_hash
         await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=10))
         assert (await check(rig.db, rig.store)).ok
     finally:

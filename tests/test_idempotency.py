@@ -237,7 +237,7 @@ async def test_c8_an_unknown_commit_retried_under_its_key_lands_exactly_once(
         assert [e["status"] for e in entries] == ["success"]
         # The bytes of the commit that was in doubt were kept, not discarded with the error.
         read = await rig.service.read(Operation(Caller(AGENT), "read_content"), BOOK, LESSON)
-        assert read.content == "# once\n"
+        assert read.text == "# once\n"
         await rig.publisher.recover(timedelta(0), now=datetime.now(UTC) + timedelta(minutes=1))
         assert (await check(rig.db, rig.store)).ok
     finally:

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("journaled files", ("files",)),
     ("services", ("content", "assets", "books", "builds", "archive", "history", "audit.query")),
     ("wiring and access rules", ("app.resources", "app.jobs", "app.context", "auth")),
-    ("request pipeline", ("app.middleware", "app.http", "app.transport")),
+    ("request pipeline", ("app.middleware", "app.http", "app.transport", "app.json_replies", "app.challenge")),
     ("surface: tools and routes", ("tools", "routes")),
     ("the server", ("app.server",)),
     ("command line", ("ops", "__main__")),

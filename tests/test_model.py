@@ -321,11 +321,14 @@ def outcome_label(op: Op, expected: str | None, outcome: Outcome) -> str:
 
 
 def predict(model: Model, op: Op, expected: str | None) -> Outcome:
+    """The model's outcome, as the wire carries it: null fields left out."""
     if isinstance(op, Write):
-        return model.write(op, expected)
-    if isinstance(op, Delete):
-        return model.delete(op, expected)
-    return model.read(op)
+        status, fields = model.write(op, expected)
+    elif isinstance(op, Delete):
+        status, fields = model.delete(op, expected)
+    else:
+        status, fields = model.read(op)
+    return status, {key: value for key, value in fields.items() if value is not None}
 
 
 async def check_audit(settings_: Settings, model: Model) -> None:

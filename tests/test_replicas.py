@@ -225,7 +225,7 @@ async def test_overlay_isolation_across_replicas(cluster: Cluster) -> None:
                     glob = await call(reader, "glob_search", book_id=book, pattern="content/**", user_id=user)
                     assert [(m["path"], m["file_hash"]) for m in glob["matches"]] == [(LESSON, base_hash)]
                     grep = await call(reader, "grep_search", book_id=book, pattern=secret, user_id=user)
-                    assert grep["matches"] == []
+                    assert grep["hits"] == []
                     with pytest.raises(ToolFailure) as missing:
                         await call(reader, "read_content", book_id=book, path=OTHER, user_id=user)
                     assert missing.value.code == "NOT_FOUND"
@@ -233,7 +233,7 @@ async def test_overlay_isolation_across_replicas(cluster: Cluster) -> None:
                 expected = {LESSON: alice_hash or base_hash, OTHER: only["file_hash"]}
                 assert {m["path"]: m["file_hash"] for m in glob["matches"]} == expected
                 grep = await call(reader, "grep_search", book_id=book, pattern=secret, user_id="alice")
-                assert {m["path"] for m in grep["matches"]} == ({LESSON, OTHER} if alice_hash else {OTHER})
+                assert {m["path"] for m in grep["hits"]} == ({LESSON, OTHER} if alice_hash else {OTHER})
 
         await views(base["file_hash"], mine["file_hash"])
         changed = await call(

@@ -88,7 +88,7 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
     async with client(create_server(settings), agent="restore-auditor") as c:
         for who in (None, USER):
             found = await call(c, "glob_search", book_id=BOOK, pattern="**", user_id=who, limit=1000)
-            assert found["truncated"] is False
+            assert found["next_cursor"] is None
             listed = {m["path"]: m["file_hash"] for m in found["matches"]}
             read = {
                 path: (await call(c, "read_content", book_id=BOOK, path=path, user_id=who))["file_hash"]

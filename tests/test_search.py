@@ -60,8 +60,8 @@ def grep_model(pattern: str, files: dict[str, str], flags: int = 0) -> list[tupl
 async def grep_all(c: Client[Any], **arguments: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Follow grep cursors to the end; return all matches and every page."""
     pages = await all_pages(c, "grep_search", **arguments)
-    assert all(page["truncated"] == (page["next_cursor"] is not None) for page in pages)
-    return [match for page in pages for match in page["matches"]], pages
+    assert all((page["reason"] is not None) == (page["next_cursor"] is not None) for page in pages)
+    return [match for page in pages for match in page["hits"]], pages
 
 
 async def test_glob_semantics_match_the_model(settings: Settings) -> None:
@@ -99,7 +99,7 @@ async def test_glob_semantics_match_the_model(settings: Settings) -> None:
             result = await call(c, "glob_search", book_id=BOOK, pattern=pattern, limit=1000)
             expected = [p for p in every if glob_model(pattern, p)]
             assert [m["path"] for m in result["matches"]] == expected, pattern
-            assert result["truncated"] is False and result["next_cursor"] is None
+            assert result["next_cursor"] is None
         one = (await call(c, "glob_search", book_id=BOOK, pattern="static/images/logo.png"))["matches"]
     assert one == [
         {
@@ -161,13 +161,13 @@ async def test_another_users_overlays_are_never_searched(settings: Settings) -> 
             for scope in ({"book_id": BOOK}, {"all_books": True}):
                 grep = await call(c, "grep_search", pattern="SECRET", **who, **scope)
                 glob = await call(c, "glob_search", pattern="**", **who, **scope)
-                assert grep["matches"] == [], (who, scope)
+                assert grep["hits"] == [] and grep["matches"] == 0, (who, scope)
                 assert secret_path not in [m["path"] for m in glob["matches"]]
                 assert {m["source"] for m in glob["matches"]} == {"base"}
                 assert "alice-only-book" not in {m["book_id"] for m in glob["matches"]}
         alice = await call(c, "grep_search", pattern="SECRET", all_books=True, user_id="alice")
         alice_glob = await call(c, "glob_search", book_id=BOOK, pattern=secret_path, user_id="alice")
-    assert [(m["book_id"], m["path"], m["source"]) for m in alice["matches"]] == [
+    assert [(m["book_id"], m["path"], m["source"]) for m in alice["hits"]] == [
         ("alice-only-book", lesson(1, 1, 1), "overlay"),
         (BOOK, lesson(1, 1, 2), "overlay"),
         (BOOK, secret_path, "overlay"),
@@ -184,22 +184,22 @@ async def test_grep_line_numbers_case_and_path_glob(settings: Settings) -> None:
             c, "grep_search", book_id=BOOK, pattern="variable", path_glob="content/01-Part1/02-*/*"
         )
         anchored = await call(c, "grep_search", book_id=BOOK, pattern="four$")
-    got = [(m["path"], m["line_number"]) for m in sensitive["matches"]]
+    got = [(m["path"], m["line_number"]) for m in sensitive["hits"]]
     assert got == grep_model("variable", TEXT)
-    assert [(m["path"], m["line_number"]) for m in insensitive["matches"]] == grep_model(
+    assert [(m["path"], m["line_number"]) for m in insensitive["hits"]] == grep_model(
         "^variable", TEXT, re.IGNORECASE
     )
-    assert [(m["path"], m["line_number"]) for m in scoped["matches"]] == [(lesson(1, 2, 1), 4)]
-    assert [(m["path"], m["line_number"], m["line"]) for m in anchored["matches"]] == [
+    assert [(m["path"], m["line_number"]) for m in scoped["hits"]] == [(lesson(1, 2, 1), 4)]
+    assert [(m["path"], m["line_number"], m["line"]) for m in anchored["hits"]] == [
         (lesson(1, 2, 1), 4, "variable four")
     ]
-    first = sensitive["matches"][0]
+    first = sensitive["hits"][0]
     assert (
         first["line"] == "A variable names a value."
         and first["source"] == "base"
         and len(first["file_hash"]) == 64
     )
-    assert sensitive["files_searched"] == len(TEXT) and sensitive["truncated"] is False
+    assert sensitive["files_searched"] == len(TEXT) and sensitive["next_cursor"] is None
 
 
 async def test_grep_continuation_equals_one_shot(settings: Settings) -> None:
@@ -212,13 +212,13 @@ async def test_grep_continuation_equals_one_shot(settings: Settings) -> None:
         one_shot = await call(c, "grep_search", book_id=BOOK, pattern="hit", max_results=1000)
         for size in (1, 3, 8):
             matches, pages = await grep_all(c, book_id=BOOK, pattern="hit", max_results=size)
-            assert matches == one_shot["matches"], size
-            assert all(len(p["matches"]) <= size for p in pages)
+            assert matches == one_shot["hits"], size
+            assert all(p["matches"] == len(p["hits"]) <= size for p in pages)
             assert {p["reason"] for p in pages[:-1]} <= {"max_results"}
         other = await error_of(
             c, "grep_search", book_id=BOOK, pattern="miss", cursor=pages[0]["next_cursor"], max_results=8
         )
-    assert len(one_shot["matches"]) == 5 * 8 and one_shot["truncated"] is False
+    assert len(one_shot["hits"]) == one_shot["matches"] == 5 * 8 and one_shot["next_cursor"] is None
     assert other["error"] == "INVALID_ARGUMENT"
 
 
@@ -227,7 +227,7 @@ async def test_long_lines_are_cut_around_the_match(settings: Settings) -> None:
     async with client(create_server(settings)) as c:
         await write_all(c, BOOK, {lesson(1, 1, 1): text})
         result = await call(c, "grep_search", book_id=BOOK, pattern="NEEDLE")
-    line = result["matches"][0]["line"]
+    line = result["hits"][0]["line"]
     assert "NEEDLE" in line and len(line) <= 500
 
 
@@ -243,7 +243,7 @@ async def test_catastrophic_patterns_finish_quickly(settings: Settings) -> None:
             assert result["files_searched"] == 3, pattern
             if pattern == "(a+)+$":
                 # Python's re would backtrack forever here; `a$` matches the same lines.
-                assert [(m["path"], m["line_number"]) for m in result["matches"]] == grep_model(
+                assert [(m["path"], m["line_number"]) for m in result["hits"]] == grep_model(
                     "a$", adversarial
                 )
 
@@ -269,11 +269,11 @@ async def test_time_budget_truncates_with_a_cursor_that_finishes_the_search(back
         first = await call(c, "grep_search", book_id=BOOK, pattern="needle")
         matches, pages = await grep_all(c, book_id=BOOK, pattern="needle")
         glob_first = await call(c, "glob_search", all_books=True, pattern="**")
-    assert first["truncated"] is True and first["reason"] == "time_budget" and first["next_cursor"]
+    assert first["reason"] == "time_budget" and first["next_cursor"]
     assert first["files_searched"] >= 1
     assert [(m["path"], m["line_number"]) for m in matches] == grep_model("needle", files)
     assert len(pages) > 1 and sum(p["files_searched"] for p in pages) == len(files)
-    assert glob_first["truncated"] is False  # one book: a glob always examines at least one book
+    assert glob_first["next_cursor"] is None  # one book: a glob always examines at least one book
 
 
 @settings(max_examples=300, deadline=None)

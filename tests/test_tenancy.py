@@ -27,6 +27,7 @@ from mcp_types import Implementation
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess
+from tests.support import with_content
 
 BOOKS = ("tenant-one", "tenant-two")
 LESSON = "content/01-Part/01-Chapter/01-lesson.md"
@@ -136,12 +137,18 @@ async def sweep(
                             text = result.content[0].text  # type: ignore[union-attr]
                             parsed = json.loads(text)
                         else:
-                            parsed = dict(result.structured_content or {})
-                            text = json.dumps(parsed)
+                            parsed, text = answer_of(result)
                             if tool == "get_book_archive":
                                 text += await archive_text(http, parsed["url"])
                         answers.append((tool, book, user if "user_id" in args else None, text, parsed))
     return answers
+
+
+def answer_of(result: Any) -> tuple[dict[str, Any], str]:
+    """A successful call's structured result (with its content, see `with_content`) and all
+    the text it sent: the structured JSON and every content block."""
+    blocks = [block.model_dump_json() for block in result.content]
+    return with_content(result), json.dumps(result.structured_content) + "".join(blocks)
 
 
 async def archive_text(http: httpx.AsyncClient, url: str) -> str:
@@ -224,8 +231,7 @@ async def test_s4_with_auth_off_user_id_alone_keeps_overlays_apart(
                     for args in MATRIX[tool](book, "bob", hashes):
                         result = await bob.call_tool(tool, args, raise_on_error=False)
                         assert not result.is_error, (tool, args, result.content)
-                        parsed = dict(result.structured_content or {})
-                        text = json.dumps(parsed)
+                        parsed, text = answer_of(result)
                         if tool == "get_book_archive":
                             text += await archive_text(http, parsed["url"])
                         answers.append((tool, book, "bob", text, parsed))

@@ -36,9 +36,9 @@ async def _race(backends: Backends, combo: str) -> None:
                     retried += 1
                     continue
                 reads += 1
-                observed.add(got.file_hash)
-                assert hashlib.sha256(got.content.encode()).hexdigest() == got.file_hash
-                assert len(got.content) == SIZE
+                observed.add(got.info.file_hash)
+                assert hashlib.sha256(got.text.encode()).hexdigest() == got.info.file_hash
+                assert len(got.text) == SIZE
 
         tasks = [asyncio.create_task(reader()) for _ in range(READERS)]
         try:
@@ -57,7 +57,7 @@ async def _race(backends: Backends, combo: str) -> None:
             done.set()
             await asyncio.gather(*tasks)
         final = await content.read(op("read_content", "torn-read-test"), BOOK, LESSON)
-    assert final.file_hash == current
+    assert final.info.file_hash == current
     assert observed <= committed, "a read returned a version that was never committed"
     assert reads >= REWRITES, f"readers only completed {reads} reads"
     assert retried <= reads, f"{retried} retries for {reads} reads"

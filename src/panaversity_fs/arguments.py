@@ -10,8 +10,9 @@ from panaversity_fs.errors import InvalidArgument
 TIME_EXAMPLE = "2026-03-01T12:00:00Z"
 
 
-def check_limit(limit: object, default: int, maximum: int) -> int:
-    """Return `limit` (or `default` when None) if it is an integer in 1..`maximum`.
+def check_limit(limit: object, default: int, maximum: int, name: str = "limit") -> int:
+    """Return `limit` (or `default` when None) if it is an integer in 1..`maximum`; `name` is
+    the argument's name, for the message.
 
     Raises:
         InvalidArgument: it is not.
@@ -19,7 +20,7 @@ def check_limit(limit: object, default: int, maximum: int) -> int:
     if limit is None:
         return default
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
-        raise InvalidArgument(f"limit must be an integer from 1 to {maximum}", field="limit", maximum=maximum)
+        raise InvalidArgument(f"{name} must be an integer from 1 to {maximum}", field=name, maximum=maximum)
     return limit
 
 

@@ -240,7 +240,8 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None,
         description="Base URL clients reach this server at (e.g. https://fs.example.com), used in "
-        "download and upload URLs. Unset: the URL of the MCP request that asked for one.",
+        "download and upload URLs (unset: the URL of the MCP request that asked for one) and as the "
+        "resource URL of the OAuth discovery metadata (unset: the bind address).",
     )
     url_signing_secret: SecretStr | None = Field(
         None,
@@ -261,7 +262,9 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Content bytes one page of a bulk read carries at most."
     )
     search_time_budget: float = Field(
-        10.0, gt=0, description="Seconds one glob or grep search may run before it ends truncated."
+        10.0,
+        gt=0,
+        description="Seconds one glob or grep search may run before it ends with a cursor to continue.",
     )
     search_threads: int = Field(
         2,

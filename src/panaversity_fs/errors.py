@@ -34,7 +34,7 @@ class PanaversityFSError(FastMCPError):
     """Base of every error a caller can see.
 
     It derives from FastMCP's base error only so that FastMCP hands it, unmasked, to the one
-    translation point (`panaversity_fs.app.middleware.ToolCallMiddleware`).
+    translation point (`panaversity_fs.app.middleware.errors.TranslateErrors`).
     """
 
     code: ClassVar[str] = "INTERNAL"
@@ -88,6 +88,13 @@ class NotFound(PanaversityFSError):
 
     code = "NOT_FOUND"
     http_status = 404
+
+
+def unknown_book(book: str) -> NotFound:
+    """The refusal of a call naming a book that has no files (none was ever written)."""
+    return NotFound(
+        f"book {book} has no files; list_books shows them (writing a lesson starts a book)", book_id=book
+    )
 
 
 class Conflict(PanaversityFSError):

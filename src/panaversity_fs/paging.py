@@ -21,6 +21,15 @@ MAX_POSITION = 2**63 - 1
 """Largest integer a cursor may carry (the databases' BIGINT)."""
 
 
+FILE_OVERHEAD = 400
+"""Bytes a page spends on one file besides its text: its description and its resource block."""
+
+
+def wire_bytes(text: str) -> int:
+    """Bytes `text` takes inside a JSON answer (escapes included)."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", errors="surrogatepass"))
+
+
 def query_digest(*parts: object) -> str:
     """A short digest of the arguments a cursor belongs to."""
     text = json.dumps(parts, separators=(",", ":"), ensure_ascii=True)

@@ -10,6 +10,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from panaversity_fs.errors import InvalidArgument, InvalidPath, SchemaViolation
 
@@ -254,8 +255,20 @@ def _content_hint(path: str) -> str:
                 return "the lesson file must end in .md"
             name = segment.removesuffix(".md").removesuffix(".summary")
         if not re.fullmatch(rf"[0-9]{{2}}-{_NAME}", name):
-            return f"the {label} '{segment}' must look like NN-Name (two digits, '-', a name)"
+            return f"the {label} '{segment}' must look like NN-Name{_name_fault(name)}"
     return "unrecognised form"
+
+
+def _name_fault(name: str) -> str:
+    """What breaks NN-Name in `name`: the digits, the dash, or the first character not allowed."""
+    if not re.match(r"[0-9]{2}", name):
+        return ": it must start with two digits"
+    if name[2:3] != "-":
+        return ": the two digits must be followed by '-'"
+    bad = next((char for char in name[3:] if not (char.isascii() and (char.isalnum() or char == "-"))), None)
+    if bad is not None:
+        return f": {bad!r} is not allowed (letters, digits and '-' only)"
+    return ": a letter or digit must follow the '-'"
 
 
 def asset_path(raw: object) -> BookPath:
@@ -280,6 +293,25 @@ def asset_path(raw: object) -> BookPath:
         rule=f"static/({'|'.join(ASSET_TYPES)})/<segments>",
         example=ASSET_EXAMPLE,
     )
+
+
+def book_uri(book_id: str, path: str, user_id: str | None = None) -> str:
+    """The `book://` resource URI of a book file, in `user_id`'s view (percent-encoded)."""
+    uri = f"book://{quote(book_id, safe='')}/{quote(path, safe='/')}"
+    return f"{uri}?user_id={quote(user_id, safe='')}" if user_id else uri
+
+
+def parse_book_uri(uri: str) -> dict[str, str]:
+    """The book id, path and user id a `book://` URI names (those present, decoded, unchecked);
+    empty when `uri` is not a `book://` URI."""
+    parts = urlsplit(uri)
+    if parts.scheme != "book" or not parts.netloc:
+        return {}
+    named = {"book_id": unquote(parts.netloc), "path": unquote(parts.path.removeprefix("/"))}
+    users = parse_qs(parts.query).get("user_id")
+    if users:
+        named["user_id"] = users[0]
+    return named
 
 
 def storage_key(book_id: str, path: str, user_id: str | None) -> str:

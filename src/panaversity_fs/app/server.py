@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware as ASGIMiddleware
 
 from panaversity_fs import __version__
+from panaversity_fs.app import challenge, json_replies
 from panaversity_fs.app.middleware import pipeline
 from panaversity_fs.app.resources import ServerState, open_resources
 from panaversity_fs.app.transport import (
@@ -21,21 +22,29 @@ from panaversity_fs.app.transport import (
     OriginGuard,
     lift_transport_body_limit,
 )
-from panaversity_fs.auth.tokens import auth_enabled, build_verifier
+from panaversity_fs.auth.discovery import build_auth
+from panaversity_fs.auth.tokens import auth_enabled
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
-from panaversity_fs.routes import archive, assets, probes
+from panaversity_fs.routes import archive, assets, discovery, probes
 from panaversity_fs.tools import register_tools
 
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-PanaversityFS stores AI-written books. Lessons live at
-content/{NN-Part}/{NN-Chapter}/{NN-lesson}(.summary)?.md inside a book.
-Read a file to get its file_hash; create files without expected_hash; replace them only with
-expected_hash set to the file_hash you read. On CONFLICT re-read, merge and retry.
-Pass user_id to work on that user's personal overlay instead of the shared book.
-Errors are JSON objects {"error": CODE, "message": ...}; UNAVAILABLE is safe to retry.
+PanaversityFS stores books. A lesson is content/{NN-Part}/{NN-Chapter}/{NN-name}.md (a summary:
+{NN-name}.summary.md); NN is two digits, names use letters, digits and '-'. Assets live under
+static/{img,images,slides,videos,audio}/. A book starts with its first write.
+Write contract: read a file to get its file_hash; create without expected_hash; replace or
+delete with expected_hash = the file_hash you read. CONFLICT: someone changed it; re-read,
+merge, retry. HASH_REQUIRED: it exists; read it first. Never send a hash you have not read.
+user_id works on that user's overlay: reads show their copy over the shared book, writes touch
+only their copy.
+Paged results end with next_cursor: pass it as cursor, with the same arguments, until null.
+idempotency_key: repeating a committed call with the same key returns its first result.
+Errors are JSON {"error": CODE, "message": ...}; the message names the next step. UNAVAILABLE
+and RATE_LIMITED are safe to retry (after retry_after seconds). Unknown arguments are refused.
+Lessons are also resources: book://{book_id}/{path}, with ?user_id= for an overlay.
 """
 
 
@@ -67,17 +76,26 @@ def create_server(settings: Settings, *, background: bool = True) -> FastMCP:
         instructions=INSTRUCTIONS,
         version=__version__,
         lifespan=lifespan,
-        auth=build_verifier(settings),
+        auth=build_auth(settings),
         middleware=middleware,
-        dereference_schemas=False,  # done once per tool by DereferencedTools
+        dereference_schemas=False,  # done once per tool by PublishedTools
         mask_error_details=True,
         on_duplicate="error",
     )
     register_tools(mcp, state)
+    _serve_no_logging(mcp)
+    discovery.register_routes(mcp)
     probes.register_routes(mcp, state, lambda: limits.load)
     archive.register_routes(mcp, state)
     assets.register_routes(mcp, state)
     return mcp
+
+
+def _serve_no_logging(mcp: FastMCP) -> None:
+    """Stop advertising `logging`: the server sends no log messages to clients (its logs go to
+    the operators' stream), so `logging/setLevel` would set a level nothing uses."""
+    low_level: Any = getattr(mcp, "_mcp_server")  # noqa: B009 - FastMCP offers no switch for this
+    low_level._request_handlers.pop("logging/setLevel", None)
 
 
 async def _index_input_schemas(mcp: FastMCP) -> None:
@@ -120,6 +138,8 @@ def allowed_hosts(settings: Settings) -> list[str]:
 def create_app(settings: Settings, mcp: FastMCP | None = None) -> Starlette:
     """Return the ASGI app: `/mcp` (streamable HTTP), `/health`, `/ready`, `/metrics`."""
     server = mcp or create_server(settings)
+    json_replies.install()
+    challenge.install()
     app = server.http_app(
         path="/mcp",
         # Sessions live in one process's memory: several processes behind one address must not

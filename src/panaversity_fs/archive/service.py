@@ -11,13 +11,13 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from panaversity_fs.archive.builder import MANIFEST_NAME, ArchiveBuilder, ArchiveReport
+from panaversity_fs.archive.builder import ArchiveBuilder, ArchiveReport
 from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
-from panaversity_fs.errors import Forbidden, InvalidArgument, NotFound
+from panaversity_fs.errors import Forbidden, InvalidArgument, unknown_book
 from panaversity_fs.files.manifest import manifest_hash, manifest_text
 from panaversity_fs.limits import StreamSlots
 from panaversity_fs.metrics import Metrics
@@ -41,13 +41,6 @@ TOKEN_PURPOSE = "archive"  # noqa: S105 (a signing purpose, not a secret)
 ANONYMOUS_URL = "(signed url)"
 """The stream-slot holder of a signed URL that names no agent."""
 
-RESUME_HINT = (
-    "GET the url for a ZIP whose last member, .panaversity/manifest.json, lists every member "
-    "(path, size, sha256) and the errors. If it says complete:false, or the download broke "
-    "off, GET the url again with &after=<resume_after, or the path of the last member you "
-    "received whole> to continue."
-)
-
 
 class ArchiveTicket(BaseModel):
     """A signed, short-lived download URL for a book archive, and what it will contain."""
@@ -63,8 +56,6 @@ class ArchiveTicket(BaseModel):
         description="sha256 of the members' `path:sha256` lines in path order, joined by newlines "
         "(as plan_build's manifest hash)."
     )
-    manifest_member: str = MANIFEST_NAME
-    resume: str = RESUME_HINT
 
 
 def check_scope(scope: object) -> Scope:
@@ -253,11 +244,7 @@ class ArchiveService:
         try:
             async with self._db.read() as conn:
                 if must_exist and not await journal.book_exists(conn, book, user):
-                    raise NotFound(
-                        f"book {book} has no files; list_books shows the books (a book starts with its "
-                        "first write)",
-                        book_id=book,
-                    )
+                    raise unknown_book(book)
                 return await journal.view(conn, book, user, prefix=PREFIXES[scope], after=after)
         except DB_ERRORS as exc:
             raise database_failure(exc) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -35,7 +36,7 @@ class AssetUpload(BaseModel):
 
 
 class AssetInfo(BaseModel):
-    """`get_asset`: an asset's metadata, a download URL, and small assets' bytes on request."""
+    """`get_asset`: an asset's metadata and a download URL (the bytes travel apart)."""
 
     book_id: str
     path: str
@@ -47,10 +48,15 @@ class AssetInfo(BaseModel):
     uploaded_by: str | None = Field(description="Agent id of the write that stored these bytes.")
     download_url: str
     expires_at: str = Field(description="ISO-8601 time the download_url stops working.")
-    binary_data: str | None = Field(default=None, description="Base64 bytes (include_binary, small assets).")
-    binary_note: str | None = Field(
-        default=None, description="Why binary_data is absent when it was asked for."
-    )
+    binary_note: str | None = Field(default=None, description="Why the bytes asked for are not inline.")
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRead:
+    """An asset's description and, when asked for and small enough, its bytes."""
+
+    info: AssetInfo
+    data: bytes | None
 
 
 class AssetEntry(BaseModel):
@@ -67,7 +73,6 @@ class AssetListing(BaseModel):
     """`list_assets`: one page of a book's assets in path order."""
 
     book_id: str
-    asset_type: str | None
+    asset_type: str | None = None
     items: list[AssetEntry]
-    truncated: bool = Field(description="More assets follow; pass next_cursor to get them.")
     next_cursor: str | None = None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 
 from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit
 from panaversity_fs.assets.common import AssetLinks, check_asset_type
-from panaversity_fs.assets.results import AssetEntry, AssetInfo, AssetListing
+from panaversity_fs.assets.results import AssetEntry, AssetInfo, AssetListing, AssetRead
 from panaversity_fs.audit.trail import AuditTrail, Subject
 from panaversity_fs.config import Settings
 from panaversity_fs.db import audit_sql
@@ -51,7 +50,7 @@ class AssetService:
         self._trail = trail
         self._links = links
 
-    async def get(self, op: Operation, book_id: object, path: object, include_binary: bool) -> AssetInfo:
+    async def get(self, op: Operation, book_id: object, path: object, include_binary: bool) -> AssetRead:
         """Describe an asset; with `include_binary`, add its bytes if they fit inline.
 
         Raises:
@@ -79,10 +78,10 @@ class AssetService:
                 )
             return await self._info(row, writer, include_binary)
 
-    async def _info(self, row: JournalRow, writer: str | None, include_binary: bool) -> AssetInfo:
+    async def _info(self, row: JournalRow, writer: str | None, include_binary: bool) -> AssetRead:
         assert row.sha256 is not None
         url, expires = self._links.download_url(row.book_id, row.path, row.sha256)
-        binary: str | None = None
+        data: bytes | None = None
         note: str | None = None
         if include_binary:
             if row.size > self._inline_limit:
@@ -91,8 +90,7 @@ class AssetService:
                 data = await self._reader.verified_bytes(row)
                 if data is None:
                     raise Unavailable("the asset changed during the read; retry", path=row.path)
-                binary = base64.b64encode(data).decode("ascii")
-        return AssetInfo(
+        info = AssetInfo(
             book_id=row.book_id,
             path=row.path,
             file_hash=row.sha256,
@@ -103,9 +101,9 @@ class AssetService:
             uploaded_by=writer,
             download_url=url,
             expires_at=from_unix(expires),
-            binary_data=binary,
             binary_note=note,
         )
+        return AssetRead(info, data)
 
     async def list(
         self, op: Operation, book_id: object, asset_type: object, cursor: object, limit: object
@@ -128,7 +126,7 @@ class AssetService:
                     rows = await journal.view(conn, book, None, prefix=prefix, after=after, limit=page + 1)
             except DB_ERRORS as exc:
                 raise database_failure(exc) from None
-        truncated = len(rows) > page
+        more = len(rows) > page
         rows = rows[:page]
         return AssetListing(
             book_id=book,
@@ -143,8 +141,7 @@ class AssetService:
                 )
                 for row in rows
             ],
-            truncated=truncated,
-            next_cursor=cursors.encode(query, {"p": rows[-1].path}) if truncated else None,
+            next_cursor=cursors.encode(query, {"p": rows[-1].path}) if more else None,
         )
 
     async def delete(

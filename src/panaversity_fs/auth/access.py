@@ -1,6 +1,7 @@
 """Access control: which scope each tool needs, and what a token's user and book limits allow.
 
-One table, `TOOL_RULES`, names every tool. With auth on, a tool missing from it is refused
+One table, `TOOL_RULES`, names every tool, and the two operations that are not tools:
+`read_resource` (a `book://` lesson read) and `complete` (completions). With auth on, a tool missing from it is refused
 (fail closed), so a new tool cannot ship unprotected; a test checks the table against
 `tools/list`.
 
@@ -50,6 +51,8 @@ class Rule:
 
 TOOL_RULES: dict[str, Rule] = {
     "read_content": Rule(READ),
+    "read_resource": Rule(READ),
+    "complete": Rule(READ),
     "list_books": Rule(READ),
     "validate_book": Rule(READ, every_user=True),
     "glob_search": Rule(READ),
@@ -75,6 +78,21 @@ def granted(scopes: frozenset[str]) -> frozenset[str]:
     for scope in scopes:
         result |= IMPLIED.get(scope, frozenset())
     return frozenset(result)
+
+
+def offered(caller: Caller, tool: str) -> bool:
+    """Whether `tools/list` shows `tool` to `caller`: false when every call would be refused.
+
+    Arguments can still refuse a call that is offered (another user's overlay, another book).
+    """
+    if caller.scopes is None:
+        return True
+    rule = TOOL_RULES.get(tool)
+    if rule is None or rule.scope not in granted(caller.scopes):
+        return False
+    if caller.user_id is not None and rule.every_user:
+        return False
+    return not (caller.books is not None and rule.every_book)
 
 
 def authorize(caller: Caller, tool: str, arguments: Mapping[str, object]) -> None:
@@ -107,11 +125,11 @@ def _check_user(bound: str, tool: str, rule: Rule, arguments: Mapping[str, objec
     if rule.every_user:
         raise Forbidden(f"{tool} spans every user's files; this token is bound to one user", limit="user_id")
     if user_id is not None and user_id != bound:
-        raise Forbidden("this token may only use its own user's overlay (user_id claim)", limit="user_id")
+        raise Forbidden(f"this token may only use user_id {bound!r}, its own overlay", limit="user_id")
     if rule.base_mutation and user_id is None:
         raise Forbidden(
-            f"this token is bound to one user: {tool} may only change that user's overlay; "
-            "pass its user_id (shared book files and assets cannot be changed)",
+            f"this token is bound to user {bound!r}: pass user_id {bound!r} to change its overlay "
+            "(shared book files and assets cannot be changed)",
             limit="user_id",
         )
 

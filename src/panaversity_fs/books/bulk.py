@@ -2,7 +2,9 @@
 
 One page = one journal query (`journal.view`, overlay-resolved, byte-wise path order) plus
 parallel, hash-verified storage reads. A page holds at most `limit` files and, beyond its first
-file, at most `settings.page_bytes` bytes, so one huge file still makes progress alone.
+file, at most `settings.page_bytes` bytes of answer: the texts as JSON will carry them (escapes
+included) plus each file's description, so one huge file still makes progress alone and no page
+of many files outgrows what clients read in one message.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit
 from panaversity_fs.audit.trail import AuditTrail
-from panaversity_fs.books.results import BulkFile, BulkPage, BulkScope
+from panaversity_fs.books.results import BulkPage, BulkScope, PageFile, PageRead
 from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
@@ -22,6 +24,7 @@ from panaversity_fs.files.fetch import fetch_in_order
 from panaversity_fs.files.reader import FileReader
 from panaversity_fs.operation import Operation
 from panaversity_fs.paths import canonicalize, check_book_id, check_user_id
+from panaversity_fs.times import iso
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -82,7 +85,7 @@ class BulkReader:
         user_id: object = None,
         cursor: object = None,
         limit: object = None,
-    ) -> BulkPage:
+    ) -> PageRead:
         """Return one page of the files under a chapter, part or book, as `user_id` sees them.
 
         Only markdown under `content/` is returned; overlays of `user_id` replace base files
@@ -114,7 +117,7 @@ class BulkReader:
         query: str,
         after: str | None,
         limit: int,
-    ) -> BulkPage:
+    ) -> PageRead:
         try:
             async with self._db.read() as conn:
                 rows = await journal.view(conn, book, user, prefix, after=after, limit=limit + 1)
@@ -123,33 +126,40 @@ class BulkReader:
         more = len(rows) > limit
         chosen = self._within_budget(rows[:limit])
         more = more or len(chosen) < min(len(rows), limit)
-        files: list[BulkFile] = []
-        readable = [row for row in chosen if row.path.endswith(".md")]
-        async for _, fetched in fetch_in_order(self._reader, readable, user):
-            if fetched is None:
-                continue  # deleted since the listing: the page shows the later state
-            row = fetched.row
+        files: list[PageFile] = []
+        texts: list[str] = []
+        sent = 0
+        last = chosen[-1].path if chosen else None
+        async for row, fetched in fetch_in_order(self._reader, chosen, user):
+            if fetched is None or not row.path.endswith(".md"):
+                continue  # deleted since the listing (the page shows the later state), or an asset
+            text = fetched.data.decode("utf-8", errors="surrogateescape")
+            cost = cursors.wire_bytes(text) + cursors.FILE_OVERHEAD
+            if files and sent + cost > self._settings.page_bytes:
+                more, last = True, files[-1].path
+                break
+            sent += cost
             files.append(
-                BulkFile(
-                    path=row.path,
-                    content=fetched.data.decode("utf-8", errors="surrogateescape"),
-                    file_hash=row.sha256 or "",
+                PageFile(
+                    path=fetched.row.path,
+                    file_hash=fetched.row.sha256 or "",
                     size=len(fetched.data),
+                    version=fetched.row.version,
+                    last_modified=iso(fetched.row.last_written_at),
                     source=fetched.source,
-                    last_modified=row.last_written_at.isoformat(),
-                    version=row.version,
                 )
             )
-        next_cursor = cursors.encode(query, {"p": chosen[-1].path}) if more and chosen else None
-        return BulkPage(
+            texts.append(text)
+        next_cursor = cursors.encode(query, {"p": last}) if more and last is not None else None
+        page = BulkPage(
             book_id=book,
             scope=scope,
             path=prefix.rstrip("/") if scope != "book" else "content",
             user_id=user,
             files=files,
             next_cursor=next_cursor,
-            truncated=next_cursor is not None,
         )
+        return PageRead(page, texts)
 
     def _within_budget(self, rows: list[JournalRow]) -> list[JournalRow]:
         budget = self._settings.page_bytes

@@ -17,7 +17,7 @@ from panaversity_fs.books.results import BookInfo, BookList, Chapter, ContentTre
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import BookSummary, JournalRow
-from panaversity_fs.errors import InvalidArgument, NotFound
+from panaversity_fs.errors import InvalidArgument, unknown_book
 from panaversity_fs.operation import Operation
 from panaversity_fs.paths import CONTENT_PATH, check_book_id, check_user_id
 
@@ -109,7 +109,7 @@ class Catalog:
             async with self._db.read() as conn:
                 summaries = await journal.book_summaries(conn, book, user)
                 if book is not None and not summaries:
-                    raise NotFound(f"book {book} has no files", book_id=book)
+                    raise unknown_book(book)
                 if structure != "none" and book is None:
                     total = sum(s.base_files for s in summaries)
                     if total > STRUCTURE_MAX_FILES:

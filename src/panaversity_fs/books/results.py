@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -12,16 +13,15 @@ BulkScope = Literal["chapter", "part", "book"]
 Severity = Literal["error", "warning"]
 
 
-class BulkFile(BaseModel):
-    """One file of a bulk read page."""
+class PageFile(BaseModel):
+    """One file of a page (its text travels apart, in the same order)."""
 
     path: str
-    content: str
-    file_hash: str = Field(description="Lowercase hex sha256 of exactly these bytes.")
+    file_hash: str
     size: int
-    source: Source = "base"
-    last_modified: str = Field(description="ISO-8601 time of the last committed change.")
     version: int
+    last_modified: str
+    source: Source = "base"
 
 
 class BulkPage(BaseModel):
@@ -29,11 +29,18 @@ class BulkPage(BaseModel):
 
     book_id: str
     scope: BulkScope
-    path: str = Field(description="The folder read (`content/` for the whole book).")
+    path: str = Field(description="The folder read (`content` for the whole book).")
     user_id: str | None = None
-    files: list[BulkFile]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
-    truncated: bool = Field(description="True when more files follow (`next_cursor` is set).")
+    files: list[PageFile]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last.")
+
+
+@dataclass(frozen=True, slots=True)
+class PageRead:
+    """A page and the texts of its files, in the order of `page.files`."""
+
+    page: BulkPage
+    texts: list[str]
 
 
 class GlobMatch(BaseModel):
@@ -47,34 +54,40 @@ class GlobMatch(BaseModel):
 
 
 class GlobResult(BaseModel):
-    """Bounded glob matches, in (book, path) order."""
+    """Glob matches in (book, path) order."""
 
-    pattern: str
     matches: list[GlobMatch]
-    truncated: bool
     next_cursor: str | None = None
 
 
-class GrepMatch(BaseModel):
-    """A line holding a regex match (one entry per matching line)."""
+class GrepFile(BaseModel):
+    """A file with matching lines (their text travels apart, in the same order)."""
 
     book_id: str
     path: str
-    line_number: int = Field(description="1-based line of the match start.")
-    line: str = Field(description="The line, cut to 500 characters around the match.")
     file_hash: str
     source: Source = "base"
+    lines: list[int] = Field(description="1-based numbers of the matching lines.")
 
 
 class GrepResult(BaseModel):
-    """Bounded regex matches in (book, path, line) order."""
+    """Matching lines by file, in (book, path, line) order."""
 
-    pattern: str
-    matches: list[GrepMatch]
+    files: list[GrepFile]
+    matches: int = Field(description="Matching lines on this page.")
     files_searched: int
-    truncated: bool = Field(description="True when the result cap or the time budget stopped the search.")
-    next_cursor: str | None = Field(None, description="Pass as `cursor` (same arguments) to continue.")
-    reason: Literal["max_results", "time_budget"] | None = None
+    next_cursor: str | None = None
+    reason: Literal["max_results", "time_budget"] | None = Field(
+        None, description="Why the page ended early."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GrepFound:
+    """A grep page and the text of each matching line, by file, in the order of `result.files`."""
+
+    result: GrepResult
+    texts: list[list[str]]
 
 
 class Lesson(BaseModel):

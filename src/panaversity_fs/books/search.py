@@ -10,7 +10,7 @@ match never spans lines (grep semantics). RE2's worst case is still linear in th
 the size of the compiled program (`(a|b){1000}c` over 1 MiB is billions of steps), so the
 text is searched in slices whose worst-case cost (bytes x program size) is at most
 `STEPS_PER_SLICE`, on the search threads (RE2 releases the GIL), never on the event loop. The
-wall-clock budget is checked between slices: a search past it ends `truncated` with a cursor
+wall-clock budget is checked between slices: a search past it ends with a cursor
 that resumes at the exact byte where it stopped.
 """
 
@@ -26,11 +26,12 @@ from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit
 from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.books.regex import FileScan, compile_regex, display_line
-from panaversity_fs.books.results import GlobMatch, GlobResult, GrepMatch, GrepResult
+from panaversity_fs.books.results import GlobMatch, GlobResult, GrepFile, GrepFound, GrepResult
 from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
+from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.files.fetch import fetch_in_order
 from panaversity_fs.files.reader import FileReader
 from panaversity_fs.globs import compile_glob, literal_prefix
@@ -96,7 +97,7 @@ class Searcher:
         """
         with self._trail.read(op, _book_of(book_id, all_books), pattern, user_id):
             user = check_user_id(user_id)
-            book = None if all_books else check_book_id(book_id)
+            book = _searched_book(book_id, all_books)
             matcher = compile_glob(pattern)
             assert isinstance(pattern, str)
             bound = check_limit(limit, GLOB_DEFAULT_LIMIT, GLOB_MAX_LIMIT)
@@ -126,7 +127,7 @@ class Searcher:
                         continue
                     if examined and time.monotonic() > deadline:
                         # Resume at the start of this book: after the empty path.
-                        return _glob_page(pattern, matches, query, Position(name, ""))
+                        return _glob_page(matches, query, Position(name, ""))
                     examined = True
                     after = position.path if position is not None and name == position.book else None
                     for row in await journal.view(conn, name, user, prefix, after=after):
@@ -134,11 +135,11 @@ class Searcher:
                             continue
                         if len(matches) == limit:
                             last = matches[-1]
-                            return _glob_page(pattern, matches, query, Position(last.book_id, last.path))
+                            return _glob_page(matches, query, Position(last.book_id, last.path))
                         matches.append(_glob_match(row))
         except DB_ERRORS as exc:
             raise database_failure(exc) from None
-        return _glob_page(pattern, matches, query, None)
+        return _glob_page(matches, query, None)
 
     async def grep(
         self,
@@ -151,8 +152,8 @@ class Searcher:
         max_results: object = None,
         case_sensitive: bool = True,
         cursor: object = None,
-    ) -> GrepResult:
-        """Return the lines of the resolved view's markdown files that match `pattern`.
+    ) -> GrepFound:
+        """Return the lines of the resolved view's markdown files that match `pattern`, by file.
 
         Raises:
             InvalidArgument: bad book id (when not `all_books`), user id, pattern, path_glob,
@@ -162,29 +163,27 @@ class Searcher:
         """
         with self._trail.read(op, _book_of(book_id, all_books), pattern, user_id):
             user = check_user_id(user_id)
-            book = None if all_books else check_book_id(book_id)
+            book = _searched_book(book_id, all_books)
             regex = compile_regex(pattern, bool(case_sensitive))
             assert isinstance(pattern, str)
             matcher = None if path_glob is None else compile_glob(path_glob, "path_glob")
-            bound = check_limit(max_results, 100, GREP_MAX_RESULTS)
+            bound = check_limit(max_results, 100, GREP_MAX_RESULTS, "max_results")
             query = cursors.query_digest("grep_search", book, user, pattern, path_glob, bool(case_sensitive))
             position = _position(cursor, query)
-            return await self._grep(book, user, pattern, regex, matcher, bound, query, position)
+            return await self._grep(book, user, regex, matcher, bound, query, position)
 
     async def _grep(
         self,
         book: str | None,
         user: str | None,
-        pattern: str,
         regex: Any,
         matcher: Any,
         limit: int,
         query: str,
         position: Position | None,
-    ) -> GrepResult:
+    ) -> GrepFound:
         deadline = time.monotonic() + self._settings.search_time_budget
-        matches: list[GrepMatch] = []
-        searched = 0
+        found = _Found(limit, query)
         slices = 0
         try:
             async with self._db.read() as conn:
@@ -206,29 +205,20 @@ class Searcher:
                 while not scan.done:
                     if slices and time.monotonic() > deadline:
                         resume = Position(name, row.path, scan.line, scan.offset, digest[:16])
-                        return _grep_page(pattern, matches, searched, query, resume, "time_budget")
-                    wanted = limit - len(matches) + 1
+                        return found.page(resume, "time_budget")
+                    wanted = limit - found.count + 1
                     if scan.inline:
-                        found = scan.step(wanted)
+                        hits = scan.step(wanted)
                     else:
-                        found = await loop.run_in_executor(self._threads, scan.step, wanted)
+                        hits = await loop.run_in_executor(self._threads, scan.step, wanted)
                     slices += 1
-                    for hit in found:
-                        if len(matches) == limit:
+                    for hit in hits:
+                        if found.count == limit:
                             resume = Position(name, row.path, hit.number, hit.start, digest[:16])
-                            return _grep_page(pattern, matches, searched, query, resume, "max_results")
-                        matches.append(
-                            GrepMatch(
-                                book_id=name,
-                                path=row.path,
-                                line_number=hit.number,
-                                line=display_line(hit.text, hit.offset),
-                                file_hash=digest,
-                                source=fetched.row.source,
-                            )
-                        )
-                searched += 1
-        return _grep_page(pattern, matches, searched, query, None, None)
+                            return found.page(resume, "max_results")
+                        found.add(fetched.row, hit.number, display_line(hit.text, hit.offset))
+                found.searched += 1
+        return found.page(None, None)
 
     async def _markdown(
         self, book: str, user: str | None, matcher: Any, position: Position | None
@@ -278,32 +268,51 @@ def _glob_match(row: JournalRow) -> GlobMatch:
     )
 
 
-def _glob_page(pattern: str, matches: list[GlobMatch], query: str, last: Position | None) -> GlobResult:
+def _glob_page(matches: list[GlobMatch], query: str, last: Position | None) -> GlobResult:
     # A glob cursor resumes strictly after the last returned path.
-    return GlobResult(
-        pattern=pattern,
-        matches=matches,
-        truncated=last is not None,
-        next_cursor=None if last is None else _encode(query, last),
-    )
+    return GlobResult(matches=matches, next_cursor=None if last is None else _encode(query, last))
 
 
-def _grep_page(
-    pattern: str,
-    matches: list[GrepMatch],
-    searched: int,
-    query: str,
-    resume: Position | None,
-    reason: Any,
-) -> GrepResult:
-    return GrepResult(
-        pattern=pattern,
-        matches=matches,
-        files_searched=searched,
-        truncated=resume is not None,
-        next_cursor=None if resume is None else _encode(query, resume),
-        reason=reason,
-    )
+class _Found:
+    """The matches of one grep page, grouped by file in the order found."""
+
+    def __init__(self, limit: int, query: str) -> None:
+        self.limit = limit
+        self.query = query
+        self.count = 0
+        self.searched = 0
+        self.files: list[GrepFile] = []
+        self.texts: list[list[str]] = []
+
+    def add(self, row: JournalRow, line: int, text: str) -> None:
+        last = self.files[-1] if self.files else None
+        if last is None or (last.book_id, last.path) != (row.book_id, row.path):
+            last = GrepFile(
+                book_id=row.book_id, path=row.path, file_hash=row.sha256 or "", source=row.source, lines=[]
+            )
+            self.files.append(last)
+            self.texts.append([])
+        last.lines.append(line)
+        self.texts[-1].append(text)
+        self.count += 1
+
+    def page(self, resume: Position | None, reason: Any) -> GrepFound:
+        result = GrepResult(
+            files=self.files,
+            matches=self.count,
+            files_searched=self.searched,
+            next_cursor=None if resume is None else _encode(self.query, resume),
+            reason=reason,
+        )
+        return GrepFound(result, self.texts)
+
+
+def _searched_book(book_id: object, all_books: bool) -> str | None:
+    if all_books:
+        return None
+    if book_id is None:
+        raise InvalidArgument("book_id is required: pass book_id, or all_books: true", field="book_id")
+    return check_book_id(book_id)
 
 
 def _book_of(book_id: object, all_books: bool) -> object:

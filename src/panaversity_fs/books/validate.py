@@ -23,7 +23,13 @@ from panaversity_fs.books.suggest import free_number, numbered_name, suggest_pat
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
-from panaversity_fs.errors import InvalidPath, NotFound, PanaversityFSError, SchemaViolation, Unavailable
+from panaversity_fs.errors import (
+    InvalidPath,
+    PanaversityFSError,
+    SchemaViolation,
+    Unavailable,
+    unknown_book,
+)
 from panaversity_fs.operation import Operation
 from panaversity_fs.paths import BASE_USER, check_book_id, check_user_id, classify
 from panaversity_fs.storage.blobs import BlobStore, StorageError
@@ -85,7 +91,7 @@ class Validator:
         except StorageError:
             raise Unavailable("storage is unavailable; retry later") from None
         if not rows and not objects:
-            raise NotFound(f"book {book} has no files", book_id=book)
+            raise unknown_book(book)
         total = len(rows) + len(objects)
         found = _Findings()
         base = {row.path: row for row in rows if row.user_id == BASE_USER}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -23,7 +24,10 @@ class BuildPlan(BaseModel):
 
     book_id: str
     status: Literal["unchanged", "changed"]
-    manifest_hash: str = Field(description="Hash of the current manifest; store it for the next build.")
+    manifest_hash: str = Field(
+        description="sha256 of the manifest: one `{path}:{sha256}` line per shared file, sorted "
+        "byte-wise by path, joined by \\n (no trailing newline). Keep it for the next build."
+    )
     target_manifest_hash: str | None = None
     target_found: bool | None = Field(
         default=None, description="Whether the target manifest is known (None when no target was given)."
@@ -31,7 +35,9 @@ class BuildPlan(BaseModel):
     files: list[PlannedFile]
     changed_count: int
     total_files: int = Field(description="Files in the current manifest.")
-    warning: str | None = None
+    warning: str | None = Field(
+        None, description="Target unknown (never stored, or pruned): do a full build."
+    )
 
 
 class ChangedFile(BaseModel):
@@ -45,10 +51,18 @@ class ChangedFile(BaseModel):
     last_modified: str = Field(description="ISO-8601 time of the change.")
     source: Literal["base", "overlay"]
     user_id: str | None = None
-    content: str | None = Field(default=None, description="Markdown content (include_content, live files).")
     content_error: str | None = Field(
-        default=None, description="Why `content` is missing for a live markdown file (it changed again)."
+        default=None, description="Why the content asked for is missing (the file changed again)."
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesRead:
+    """A page of changes and, with include_content, each live lesson's text (else None), in the
+    order of `feed.changed_files`."""
+
+    feed: ChangeFeed
+    texts: list[str | None]
 
 
 class ChangeFeed(BaseModel):

@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 from panaversity_fs import paging as cursors
 from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.audit.trail import AuditTrail
-from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, PlannedFile
+from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, ChangesRead, PlannedFile
 from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db import manifest_sql as manifests
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.db.manifest_sql import ChangeKey
-from panaversity_fs.errors import InvalidArgument, NotFound
+from panaversity_fs.errors import InvalidArgument, unknown_book
 from panaversity_fs.files import manifest
 from panaversity_fs.files.reader import FileReader
 from panaversity_fs.metrics import Metrics
@@ -34,14 +34,6 @@ UNKNOWN_TARGET_WARNING = (
     "target_manifest_hash is not a stored manifest of this book (never seen, or pruned): "
     "every current file is listed as added; do a full build and store manifest_hash"
 )
-
-
-def unknown_book(book: str) -> NotFound:
-    """The refusal of a call naming a book that has no files (none was ever written)."""
-    return NotFound(
-        f"book {book} has no files; list_books shows the books (a book starts with its first write)",
-        book_id=book,
-    )
 
 
 class BuildService:
@@ -126,8 +118,9 @@ class BuildService:
         include_content: bool = False,
         cursor: object = None,
         limit: object = None,
-    ) -> ChangeFeed:
-        """Return one page of the changes (deletions included) written after `since`.
+    ) -> ChangesRead:
+        """Return one page of the changes (deletions included) written after `since`; with
+        `include_content`, the texts of the live lessons among them.
 
         Raises:
             InvalidArgument: a malformed argument (naive `since`, bad cursor or limit, ...).
@@ -135,9 +128,10 @@ class BuildService:
             Unavailable: the database or storage failed.
         """
         with self._trail.read(op, book_id, "*", user_id):
-            feed = await self._delta(book_id, since, user_id, include_content, cursor, limit)
-        self._metrics.delta_files.labels(self._metrics.book(feed.book_id)).observe(feed.changed_count)
-        return feed
+            changes = await self._delta(book_id, since, user_id, include_content, cursor, limit)
+        book = self._metrics.book(changes.feed.book_id)
+        self._metrics.delta_files.labels(book).observe(changes.feed.changed_count)
+        return changes
 
     async def _delta(
         self,
@@ -147,7 +141,7 @@ class BuildService:
         include_content: bool,
         cursor: object,
         limit: object,
-    ) -> ChangeFeed:
+    ) -> ChangesRead:
         book = check_book_id(book_id)
         user = check_user_id(user_id)
         moment = check_time("since", since)
@@ -165,13 +159,16 @@ class BuildService:
             raise database_failure(exc) from None
         more = len(rows) > size
         rows = rows[:size]
+        items = [_changed_file(row) for row in rows]
+        texts: list[str | None] = [None] * len(rows)
         if include_content:
-            rows, cut = self._within_budget(rows)
-            more = more or cut
+            texts = await self._texts(rows, items)
+            kept = self._within_budget(texts)
+            more = more or kept < len(rows)
+            rows, items, texts = rows[:kept], items[:kept], texts[:kept]
         until = self._until(moment, asked_at, pending, carried_until)
-        items = await self._items(rows, include_content)
         next_cursor = _encode_cursor(query, rows[-1], until) if more and rows else None
-        return ChangeFeed(
+        feed = ChangeFeed(
             book_id=book,
             since=moment.isoformat(),
             user_id=user,
@@ -180,6 +177,7 @@ class BuildService:
             next_cursor=next_cursor,
             until=until.isoformat(),
         )
+        return ChangesRead(feed, texts)
 
     def _until(
         self, since: datetime, asked_at: datetime, pending: datetime | None, carried: datetime | None
@@ -194,33 +192,35 @@ class BuildService:
             until = min(until, carried)
         return max(until, since)
 
-    def _within_budget(self, rows: list[JournalRow]) -> tuple[list[JournalRow], bool]:
-        budget = self._settings.page_bytes
+    def _within_budget(self, texts: list[str | None]) -> int:
+        """How many of the changes fit one page: their texts as JSON plus each file's description
+        within `page_bytes`, and always the first."""
         used = 0
-        for index, row in enumerate(rows):
-            if _wants_content(row):
-                used += row.size
-                if used > budget and index > 0:
-                    return rows[:index], True
-        return rows, False
+        for index, text in enumerate(texts):
+            used += cursors.FILE_OVERHEAD + (cursors.wire_bytes(text) if text is not None else 0)
+            if used > self._settings.page_bytes and index > 0:
+                return index
+        return len(texts)
 
-    async def _items(self, rows: list[JournalRow], include_content: bool) -> list[ChangedFile]:
+    async def _texts(self, rows: list[JournalRow], items: list[ChangedFile]) -> list[str | None]:
+        """The text of each live lesson among `rows` (None for the others); a lesson that changed
+        again or is unreadable gets its `content_error` set instead."""
         gate = asyncio.Semaphore(FETCH_CONCURRENCY)
 
-        async def one(row: JournalRow) -> ChangedFile:
-            item = _changed_file(row)
-            if include_content and _wants_content(row):
-                async with gate:
-                    data = await self._reader.verified_bytes(row)
-                try:
-                    item.content = data.decode("utf-8") if data is not None else None
-                except UnicodeDecodeError:
-                    item.content = None
-                if item.content is None:
-                    item.content_error = "the file changed or is unreadable; read it with read_content"
-            return item
+        async def one(row: JournalRow, item: ChangedFile) -> str | None:
+            if not _wants_content(row):
+                return None
+            async with gate:
+                data = await self._reader.verified_bytes(row)
+            try:
+                text = data.decode("utf-8") if data is not None else None
+            except UnicodeDecodeError:
+                text = None
+            if text is None:
+                item.content_error = "the file changed or is unreadable; read it with read_content"
+            return text
 
-        return list(await asyncio.gather(*(one(row) for row in rows)))
+        return list(await asyncio.gather(*(one(row, item) for row, item in zip(rows, items, strict=True))))
 
 
 def _wants_content(row: JournalRow) -> bool:

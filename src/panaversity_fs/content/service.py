@@ -14,7 +14,7 @@ from panaversity_fs.errors import InvalidArgument, PanaversityFSError, TooLarge
 from panaversity_fs.files.engine import FileEngine
 from panaversity_fs.files.idempotency import Idempotency
 from panaversity_fs.files.reader import FileReader
-from panaversity_fs.files.results import DeleteOutcome, FileContent, WriteOutcome
+from panaversity_fs.files.results import DeleteOutcome, FileRead, WriteOutcome
 from panaversity_fs.files.target import Target, sha256_hex
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.operation import Operation
@@ -33,7 +33,7 @@ class Lessons:
         self._trail = trail
         self._metrics = metrics
 
-    async def read(self, op: Operation, book_id: object, path: object, user_id: object = None) -> FileContent:
+    async def read(self, op: Operation, book_id: object, path: object, user_id: object = None) -> FileRead:
         """Return a file's content and hash; with `user_id`, the overlay if there is one.
 
         Raises:
@@ -50,10 +50,10 @@ class Lessons:
             self._metrics.read_total.labels(outcome_status(error), "none").inc()
             self._trail.note(op, subject, error)
             raise
-        self._metrics.read_total.labels("success", result.source).inc()
+        self._metrics.read_total.labels("success", result.info.source).inc()
         if target.user_id:
             self._metrics.overlay_latency.observe(time.perf_counter() - op.started)
-        self._trail.note_read(op, Subject(target.book_id, target.path, target.user_id), result.file_hash)
+        self._trail.note_read(op, Subject(target.book_id, target.path, target.user_id), result.info.file_hash)
         return result
 
     async def write(

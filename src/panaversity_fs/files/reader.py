@@ -8,11 +8,12 @@ from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import Internal, NotFound, Unavailable
-from panaversity_fs.files.results import FileContent
+from panaversity_fs.files.results import FileInfo, FileRead
 from panaversity_fs.files.target import Target, sha256_hex
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError, storage_failure
+from panaversity_fs.times import iso
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class FileReader:
         self._store = store
         self._metrics = metrics
 
-    async def read(self, target: Target) -> FileContent:
+    async def read(self, target: Target) -> FileRead:
         """Return the file `target` names: the user's live overlay, else the live base file.
 
         Raises:
@@ -38,7 +39,7 @@ class FileReader:
         """
         found = await self.follow(target.book_id, target.path, target.user_id)
         if found is None:
-            raise NotFound(f"{target.path} does not exist", path=target.path)
+            raise NotFound(f"{target.path} does not exist: glob_search finds files", path=target.path)
         row, data = found
         return _file_content(target, row, data)
 
@@ -97,15 +98,15 @@ class FileReader:
         return None
 
 
-def _file_content(target: Target, row: JournalRow, data: bytes) -> FileContent:
-    return FileContent(
+def _file_content(target: Target, row: JournalRow, data: bytes) -> FileRead:
+    info = FileInfo(
         book_id=target.book_id,
         path=target.path,
-        content=data.decode("utf-8", errors="surrogateescape"),
         file_hash=row.sha256 or "",
         size=len(data),
-        last_modified=row.last_written_at.isoformat(),
         version=row.version,
-        user_id=target.user_id,
+        last_modified=iso(row.last_written_at),
         source=row.source,
+        user_id=target.user_id,
     )
+    return FileRead(info, data.decode("utf-8", errors="surrogateescape"))

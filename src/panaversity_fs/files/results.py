@@ -1,7 +1,12 @@
-"""What operations on journaled files return (also the tools' structured outputs)."""
+"""What operations on journaled files return (also the tools' structured outputs).
+
+A read's text travels apart from what describes it: the tools send the markdown as it is in a
+text block, and the description (`FileInfo`) as the structured result.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -9,18 +14,27 @@ from pydantic import BaseModel, Field
 Source = Literal["base", "overlay"]
 
 
-class FileContent(BaseModel):
-    """A file read: its bytes as text plus the hash of exactly those bytes."""
+class FileInfo(BaseModel):
+    """What a read returned: the file's address, the sha256 of exactly its bytes, and its version."""
 
     book_id: str
     path: str
-    content: str
-    file_hash: str = Field(description="Lowercase hex sha256 of the stored bytes.")
+    file_hash: str = Field(
+        description="sha256 of the exact bytes; pass it as expected_hash to change the file."
+    )
     size: int
-    last_modified: str = Field(description="ISO-8601 time of the last committed change.")
-    version: int = Field(description="Number of committed changes to this file.")
-    user_id: str | None = None
+    version: int = Field(description="Committed changes so far (a delete counts too).")
+    last_modified: str
     source: Source = "base"
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """A read file: its description and its text."""
+
+    info: FileInfo
+    text: str
 
 
 class WriteOutcome(BaseModel):

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import httpx
 from fastmcp import Client
+from mcp_types import TextContent
 
 from panaversity_fs.errors import PanaversityFSError
 from panaversity_fs.ops.importer import read_regular
@@ -255,8 +256,14 @@ class Hydrator:
         return True
 
     async def _fetch_content(self, path: str, digest: str, target: Path) -> None:
-        read = await self._call("read_content", book_id=self._book, path=path)
-        data = str(read["content"]).encode("utf-8")
+        result = await self._client.call_tool(
+            "read_content", {"book_id": self._book, "path": path}, raise_on_error=False
+        )
+        first = result.content[0] if result.content else None
+        if result.is_error or not isinstance(first, TextContent):
+            text = first.text if isinstance(first, TextContent) else ""
+            raise HydrateError(f"read_content failed: {text[:500]}")
+        data = first.text.encode("utf-8")  # the markdown as it is: the first block of a read
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
             raise HydrateError(f"sha256 mismatch: expected {digest}, received {actual}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastmcp import FastMCP
 
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.tools import archive, assets, audit, books, builds, content, search
+from panaversity_fs.tools import archive, assets, audit, books, builds, content, resources, search
 
 
 def register_tools(mcp: FastMCP, state: ServerState) -> None:
-    """Register every tool on `mcp` (explicitly; importing a module registers nothing)."""
+    """Register every tool, the lesson resource, completions and the prompt on `mcp` (explicitly; importing a module registers nothing)."""
     content.register(mcp, state)
     books.register(mcp, state)
     search.register(mcp, state)
@@ -17,3 +17,4 @@ def register_tools(mcp: FastMCP, state: ServerState) -> None:
     archive.register(mcp, state)
     assets.register(mcp, state)
     audit.register(mcp, state)
+    resources.register(mcp, state)

@@ -1,43 +1,53 @@
-"""The tool parameters several tools share, declared once."""
+"""The tool parameters several tools share, declared once, with the rules their schemas state.
+
+Patterns travel in the schema only (`json_schema_extra`): the services check every argument
+themselves, with errors that name the rule broken and the next step, which a schema
+validator's generic message would not.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, Strict
 
-BookId = Annotated[str, Field(description="Book id, e.g. `python-book` (^[a-z0-9][a-z0-9-]{1,62}$).")]
-OptionalBookId = Annotated[str | None, Field(description="Book id, e.g. `python-book`.")]
-ContentPath = Annotated[
-    str,
-    Field(description="`content/{NN-Part}/{NN-Chapter}/{NN-lesson}(.summary)?.md`, relative to the book."),
-]
-AssetPath = Annotated[
-    str, Field(description="`static/{asset_type}/{filename}`, e.g. `static/images/diagram-1.png`.")
-]
-UserId = Annotated[
-    str | None,
-    Field(description="Overlay owner: work on that user's personal copy instead of the shared book."),
-]
-Hash = Annotated[
-    str | None,
-    Field(description="The file's current `file_hash` (sha256, lowercase hex), from your last read."),
-]
-IdempotencyKey = Annotated[
-    str | None,
-    Field(
-        description="Optional key (1-128 of `[A-Za-z0-9._:-]`, unique per change you intend): repeating "
-        "a call that committed, with the same key and arguments, returns its result and changes "
-        "nothing; the same key with other arguments is refused. Use it to retry safely after "
-        "UNAVAILABLE or a lost connection."
-    ),
-]
-Cursor = Annotated[
-    str | None, Field(description="`next_cursor` of the previous page, with the same other arguments.")
-]
-Moment = Annotated[
-    str | None,
-    Field(
-        description="ISO-8601 time with a timezone, e.g. `2026-03-01T12:00:00Z` (no zone: INVALID_ARGUMENT)."
-    ),
-]
+from panaversity_fs.paths import ASSET_TYPES
+
+BOOK_ID = "^[a-z0-9][a-z0-9-]{1,62}$"
+USER_ID = r"^[\w-]{1,100}$"
+SHA256 = "^[0-9a-f]{64}$"
+KEY = r"^[\w.:-]{1,128}$"
+LESSON = r"^content/\d\d-[^/]+/\d\d-[^/]+/\d\d-[^/]+\.md$"
+"""Patterns state the shape of an argument for clients and models; the services check the exact
+rules (an id cannot start with `-` or `_`, ...) and name the rule a value breaks."""
+
+
+def text(pattern: str | None = None, description: str | None = None, **schema: object) -> object:
+    """A string parameter's `Field`: its pattern, description and other schema keywords."""
+    extra: dict[str, object] = dict(schema)
+    if pattern is not None:
+        extra["pattern"] = pattern
+    return Field(description=description, json_schema_extra=extra or None)  # pyright: ignore[reportArgumentType]
+
+
+BookId = Annotated[str, text(BOOK_ID)]
+OptionalBookId = Annotated[str | None, text(BOOK_ID)]
+LessonPath = Annotated[str, text(LESSON)]
+AssetPath = Annotated[str, text("^static/(img|images|slides|videos|audio)/")]
+UserId = Annotated[str | None, text(USER_ID)]
+Hash = Annotated[str | None, text(SHA256, "The file_hash you read.")]
+IdempotencyKey = Annotated[str | None, text(KEY)]
+Cursor = str | None
+Moment = Annotated[str | None, text(format="date-time")]
+AssetType = Annotated[str, Field(json_schema_extra={"enum": list(ASSET_TYPES)})]
+OptionalAssetType = Annotated[str | None, Field(json_schema_extra={"enum": list(ASSET_TYPES)})]
+
+
+def page_size(maximum: int) -> object:
+    """The range of a page-size parameter: 1 to `maximum` (stated; the services check it)."""
+    return Field(json_schema_extra={"minimum": 1, "maximum": maximum})
+
+
+Limit = Annotated[int | None, Strict()]
+Count = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict()]

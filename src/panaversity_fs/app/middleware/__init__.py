@@ -7,7 +7,7 @@
 5. `AuthorizeCalls`  the token's scope, user and book limits (denials audited, within a budget);
 6. `ApplyDeadlines`  the call's deadline.
 
-`DereferencedTools` serves `tools/list`. The HTTP routes use the same pieces through
+`PublishedTools` serves `tools/list`. The HTTP routes use the same pieces through
 `app.http` (identity, access rules, error statuses, the log line and metrics).
 """
 
@@ -21,17 +21,17 @@ from panaversity_fs.app.middleware.errors import TranslateErrors
 from panaversity_fs.app.middleware.identity import IdentifyCallers
 from panaversity_fs.app.middleware.limits import LimitCalls
 from panaversity_fs.app.middleware.observe import ObserveCalls
-from panaversity_fs.app.middleware.schemas import DereferencedTools
+from panaversity_fs.app.middleware.schemas import PublishedTools
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.config import Settings
 
 __all__ = [
     "ApplyDeadlines",
     "AuthorizeCalls",
-    "DereferencedTools",
     "IdentifyCallers",
     "LimitCalls",
     "ObserveCalls",
+    "PublishedTools",
     "TranslateErrors",
     "pipeline",
 ]
@@ -47,6 +47,6 @@ def pipeline(state: ServerState, settings: Settings) -> tuple[list[Middleware], 
         limits,
         AuthorizeCalls(state, limits),
         ApplyDeadlines(settings),
-        DereferencedTools(),
+        PublishedTools(),
     ]
     return chain, limits

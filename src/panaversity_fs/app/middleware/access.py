@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastmcp.resources.base import ResourceResult
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams
+from mcp_types import CallToolRequestParams, ReadResourceRequestParams
 
 from panaversity_fs.app.context import current_operation
+from panaversity_fs.app.middleware.calls import call_of
 from panaversity_fs.app.middleware.limits import LimitCalls
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.audit.trail import Subject
@@ -39,8 +41,19 @@ class AuthorizeCalls(Middleware):
             Forbidden: the token lacks the tool's scope or its user/book limits exclude the call.
             RateLimited: the agent was refused too often lately.
         """
+        return await self._run(context, call_next)
+
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[ReadResourceRequestParams],
+        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        """Check the caller may make this read, then make it (errors as `on_call_tool`)."""
+        return await self._run(context, call_next)
+
+    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         op = current_operation()
-        arguments: dict[str, Any] = dict(context.message.arguments or {})
+        arguments = call_of(context.message).arguments
         try:
             authorize(op.caller, op.name, arguments)
         except Forbidden as error:

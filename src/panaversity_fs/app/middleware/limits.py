@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastmcp.resources.base import ResourceResult
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams
+from mcp_types import CallToolRequestParams, ReadResourceRequestParams
 
 from panaversity_fs.app.context import current_operation
+from panaversity_fs.app.middleware.calls import call_of
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.audit.trail import Subject
 from panaversity_fs.auth.access import TOOL_RULES, WRITE
@@ -54,9 +56,21 @@ class LimitCalls(Middleware):
             RateLimited: the agent is over its budget (audited, batched).
             Unavailable: no slot freed up in time (`overloaded`; audited, batched).
         """
+        return await self._run(context, call_next)
+
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[ReadResourceRequestParams],
+        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        """Spend one read of the agent's budget, hold a slot, run the read (errors as
+        `on_call_tool`)."""
+        return await self._run(context, call_next)
+
+    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         op = current_operation()
         rule = TOOL_RULES.get(op.name)
-        arguments: dict[str, Any] = dict(context.message.arguments or {})
+        arguments = call_of(context.message).arguments
         try:
             self.rates.check(op.agent_id, "write" if rule is not None and rule.scope == WRITE else "read")
             async with self._shedder.slot():

@@ -8,11 +8,14 @@ import uuid
 from typing import Any
 
 from fastmcp.exceptions import ToolError
+from fastmcp.resources.base import ResourceResult
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolRequestParams, ReadResourceRequestParams
 
+from panaversity_fs.app.middleware.calls import call_of
 from panaversity_fs.app.middleware.errors import code_of
 from panaversity_fs.app.middleware.identity import client_name
 from panaversity_fs.app.resources import ServerState
@@ -36,15 +39,26 @@ class ObserveCalls(Middleware):
         call_next: CallNext[CallToolRequestParams, ToolResult],
     ) -> ToolResult:
         """Run the call inside its log context; log and measure it however it ends."""
+        return await self._run(context, call_next)
+
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[ReadResourceRequestParams],
+        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        """Run the read inside its log context; log and measure it however it ends."""
+        return await self._run(context, call_next)
+
+    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         started = time.perf_counter()
-        tool = str(context.message.name)
-        arguments: dict[str, Any] = dict(context.message.arguments or {})
+        call = call_of(context.message)
+        arguments = call.arguments
         fields = {
             # JSON-RPC ids repeat across sessions; this one names the call in logs and audit alike.
             "request_id": uuid.uuid4().hex,
             "rpc_id": _rpc_id(context),
             "agent_id": client_name_for_logs(context),
-            "tool": tool,
+            "tool": call.name,
             "book_id": describe_rejected_path(arguments["book_id"], 64) if "book_id" in arguments else None,
             "path": describe_rejected_path(arguments["path"], 300) if "path" in arguments else None,
         }
@@ -52,14 +66,14 @@ class ObserveCalls(Middleware):
         status = "ok"
         try:
             return await call_next(context)
-        except ToolError as error:
+        except (ToolError, MCPError) as error:
             status = code_of(error)
             raise
         finally:
             elapsed = time.perf_counter() - started
             resources = self._state.resources
             if resources is not None:
-                label = tool if tool in TOOL_RULES else "unknown"  # never a name a client made up
+                label = call.name if call.name in TOOL_RULES else "unknown"  # never a name a client made up
                 resources.metrics.tool_duration.labels(label).observe(elapsed)
                 if status != "ok":
                     resources.metrics.errors_total.labels(label, status).inc()

@@ -1,0 +1,31 @@
+"""What a request asks, for the pipeline: a tool call, or a `book://` resource read taken as a
+call of `read_resource` with the book id, path and user id its URI names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mcp_types import CallToolRequestParams, ReadResourceRequestParams
+
+from panaversity_fs.paths import parse_book_uri
+
+READ_RESOURCE = "read_resource"
+"""The operation name of a `resources/read` (in logs, metrics, access rules and the audit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The operation a request makes and its arguments."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+def call_of(message: object) -> Call:
+    """The call `message` (a tool call's or a resource read's parameters) makes."""
+    if isinstance(message, ReadResourceRequestParams):
+        return Call(READ_RESOURCE, dict(parse_book_uri(str(message.uri))))
+    if isinstance(message, CallToolRequestParams):
+        return Call(str(message.name), dict(message.arguments or {}))
+    raise TypeError(f"not a call: {type(message).__name__}")
