@@ -27,7 +27,7 @@ from panaversity_fs.auth.tokens import auth_enabled
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.routes import archive, assets, discovery, probes
-from panaversity_fs.tools import register_tools
+from panaversity_fs.tools.registry import register_tools
 
 logger = logging.getLogger(__name__)
 
