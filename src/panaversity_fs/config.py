@@ -208,6 +208,17 @@ class Settings(BaseSettings):
         description="Seconds between the server's read-only journal/storage consistency checks, "
         "exported as `panaversityfs_fsck_problems` (0: never).",
     )
+    history_days: float = Field(
+        30.0,
+        ge=0,
+        description="Days every committed version of a file stays readable (list_versions, "
+        "read_content version=, restore, revert, as_of); older ones are collected by fsck.",
+    )
+    history_min_versions: int = Field(
+        20,
+        ge=1,
+        description="Versions of each file kept whatever their age (the newest ones).",
+    )
     idempotency_ttl: float = Field(
         86400.0, gt=0, description="Seconds an idempotency key (and the result it replays) is kept."
     )

@@ -16,6 +16,7 @@ from panaversity_fs.db import idempotency_sql
 from panaversity_fs.db.engine import Database
 from panaversity_fs.files.fsck import check
 from panaversity_fs.files.publisher import Publisher
+from panaversity_fs.files.versions import VersionStore, retention_of
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.storage.blobs import BlobStore
 
@@ -30,10 +31,14 @@ def start_jobs(
     recorder: AuditRecorder,
     publisher: Publisher,
     checkpoints: CheckpointStore,
+    versions: VersionStore,
 ) -> list[asyncio.Task[None]]:
     """Start every background job of one server process; the caller cancels the tasks."""
     grace = timedelta(seconds=settings.recovery_grace)
-    tasks = [asyncio.create_task(recorder.run(), name="pfs-audit-batcher")]
+    tasks = [
+        asyncio.create_task(recorder.run(), name="pfs-audit-batcher"),
+        asyncio.create_task(_capture(versions), name="pfs-history-capture"),
+    ]
 
     def every(
         name: str, interval: float, job: Callable[[], Awaitable[object]], first: float | None = None
@@ -44,7 +49,9 @@ def start_jobs(
     every("idempotency-prune", settings.recovery_interval, lambda: _prune_keys(db, settings.idempotency_ttl))
     if settings.fsck_interval > 0:
         every(
-            "consistency-check", settings.fsck_interval, lambda: _check_consistency(db, store, metrics, grace)
+            "consistency-check",
+            settings.fsck_interval,
+            lambda: _check_consistency(settings, db, store, metrics, versions, grace),
         )
     if settings.audit_checkpoint_interval > 0:
         monitor = ChainMonitor(db, checkpoints, metrics)
@@ -60,10 +67,31 @@ async def _prune_keys(db: Database, ttl: float) -> None:
         await idempotency_sql.prune(tx.conn, cutoff)
 
 
-async def _check_consistency(db: Database, store: BlobStore, metrics: Metrics, grace: timedelta) -> None:
-    """The periodic, read-only fsck; its problem counts become metrics."""
+async def _capture(versions: VersionStore) -> None:
+    """Copy in the bytes of the versions the history upgrade recorded (once, after start-up)."""
+    try:
+        captured = await versions.capture_all()
+    except Exception:
+        logger.exception("capturing the upgrade's versions failed; writes capture what they replace")
+        return
+    if captured:
+        logger.info("captured the versions recorded by the history upgrade", extra={"count": captured})
+
+
+async def _check_consistency(
+    settings: Settings,
+    db: Database,
+    store: BlobStore,
+    metrics: Metrics,
+    versions: VersionStore,
+    grace: timedelta,
+) -> None:
+    """The periodic fsck: its problem counts become metrics; expired versions are collected (the
+    only thing it changes)."""
     started = time.monotonic()
-    report = await check(db, store, grace=grace)
+    kept = retention_of(settings)
+    await versions.collect(kept, grace)
+    report = await check(db, store, grace=grace, retention=kept)
     for kind, count in report.counts().items():
         metrics.fsck_problems.labels(kind).set(count)
     metrics.fsck_last_run.set_to_current_time()

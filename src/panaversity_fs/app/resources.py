@@ -42,6 +42,7 @@ from panaversity_fs.errors import Unavailable
 from panaversity_fs.files.engine import FileEngine
 from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.files.reader import FileReader
+from panaversity_fs.files.versions import VersionStore
 from panaversity_fs.limits import StreamSlots
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.signing import UrlSigner
@@ -65,6 +66,7 @@ class Resources:
     trail: AuditTrail
     reader: FileReader
     files: FileEngine
+    versions: VersionStore
     publisher: Publisher
     signer: UrlSigner
     checkpoints: CheckpointStore
@@ -109,7 +111,8 @@ def build(
     trail = AuditTrail(db, recorder)
     reader = FileReader(db, store, metrics)
     publisher = Publisher(db, store, metrics)
-    files = FileEngine(settings, db, store, publisher, trail, metrics)
+    versions = VersionStore(db, store)
+    files = FileEngine(settings, db, store, publisher, trail, metrics, versions)
     signer = UrlSigner.from_settings(settings)
     checkpoints = CheckpointStore(
         store, CheckpointSigner.from_settings(settings), settings.audit_checkpoints_kept
@@ -125,6 +128,7 @@ def build(
         trail=trail,
         reader=reader,
         files=files,
+        versions=versions,
         publisher=publisher,
         signer=signer,
         checkpoints=checkpoints,
@@ -177,7 +181,14 @@ async def open_resources(
             await _recover(resources)
         if background:
             tasks = start_jobs(
-                settings, db, store, metrics, recorder, resources.publisher, resources.checkpoints
+                settings,
+                db,
+                store,
+                metrics,
+                recorder,
+                resources.publisher,
+                resources.checkpoints,
+                resources.versions,
             )
         yield resources
     finally:

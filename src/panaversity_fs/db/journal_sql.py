@@ -47,6 +47,8 @@ class JournalRow:
     staging_key: str | None
     pending_since: datetime | None
     content_type: str | None = None
+    base_sha256: str | None = None
+    """An overlay's: the base's hash when the overlay was last written."""
 
     @property
     def key(self) -> FileKey:
@@ -83,6 +85,7 @@ _COLUMNS = (
     J.staging_key,
     J.pending_since,
     J.content_type,
+    J.base_sha256,
 )
 
 
@@ -100,6 +103,7 @@ def _row(row: Any) -> JournalRow:
         staging_key=row.staging_key,
         pending_since=to_utc(pending_since) if pending_since is not None else None,
         content_type=row.content_type,
+        base_sha256=row.base_sha256,
     )
 
 
@@ -137,7 +141,20 @@ def insert_if_absent(conn: AsyncConnection, table: Table) -> Insert:
     return dialect_insert(table).on_conflict_do_nothing()
 
 
+def _base_hash(key: FileKey) -> Any:
+    """The current hash of the base file under an overlay key (NULL for a base key)."""
+    if key.user_id == BASE_USER:
+        return None
+    base = file_journal.alias("base")
+    return (
+        select(base.c.sha256)
+        .where(base.c.book_id == key.book_id, base.c.path == key.path, base.c.user_id == BASE_USER)
+        .scalar_subquery()
+    )
+
+
 def _next_version(
+    key: FileKey,
     sha256: str | None,
     size: int,
     staging_key: str | None,
@@ -146,6 +163,7 @@ def _next_version(
 ) -> dict[str, Any]:
     """Column values of a committed change that still waits for its publish."""
     return {
+        "base_sha256": _base_hash(key),
         "content_type": content_type,
         "sha256": sha256,
         "size": size,
@@ -174,7 +192,7 @@ async def compare_and_swap(
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256 == expected)
-        .values(_next_version(new_hash, size, staging_key, now, content_type))
+        .values(_next_version(key, new_hash, size, staging_key, now, content_type))
         .returning(J.version)
     )
     return result.scalar_one_or_none()
@@ -207,6 +225,7 @@ async def create(
         "staging_key": staging_key,
         "pending_since": now,
         "content_type": content_type,
+        "base_sha256": _base_hash(key),
     }
     inserted = await conn.execute(insert_if_absent(conn, file_journal).values(values).returning(J.version))
     version = inserted.scalar_one_or_none()
@@ -215,20 +234,26 @@ async def create(
     revived = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256.is_(None))
-        .values(_next_version(new_hash, size, staging_key, now, content_type) | {"storage_backend": backend})
+        .values(
+            _next_version(key, new_hash, size, staging_key, now, content_type) | {"storage_backend": backend}
+        )
         .returning(J.version)
     )
     return revived.scalar_one_or_none()
 
 
-async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime) -> bool:
-    """Mark a live file deleted (its object is removed at publish); False if it is not live."""
+async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime) -> int | None:
+    """Mark a live file deleted (its object is removed at publish).
+
+    Returns the row's new version, or None if the file is not live.
+    """
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256.is_not(None))
-        .values(_next_version(None, 0, None, now))
+        .values(_next_version(key, None, 0, None, now))
+        .returning(J.version)
     )
-    return result.rowcount == 1
+    return result.scalar_one_or_none()
 
 
 async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str | None) -> bool:

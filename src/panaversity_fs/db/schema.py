@@ -48,9 +48,33 @@ file_journal = Table(
     Column("pending_since", DateTime(timezone=True), nullable=True),
     # MIME type sniffed from the bytes at write time (assets; NULL for markdown).
     Column("content_type", String(100), nullable=True),
+    # An overlay's base hash when the overlay was last written (tells readers the base moved).
+    Column("base_sha256", String(64), nullable=True),
     Index("ix_file_journal_book_user_path", "book_id", "user_id", "path"),
     Index("ix_file_journal_pending", "publish_pending"),
     Index("ix_file_journal_book_written", "book_id", "last_written_at"),
+)
+
+file_version = Table(
+    "file_version",
+    metadata,
+    # One row per committed change of a file; `version` is the journal row's version after it.
+    Column("book_id", String(64), primary_key=True),
+    Column("user_id", String(100), primary_key=True),
+    Column("path", String(512), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    # NULL: the change was a delete. Bytes live once per hash under `.pfs/versions/`.
+    Column("sha256", String(64), nullable=True),
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("operation", String(16), nullable=False),
+    Column("agent_id", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("content_type", String(100), nullable=True),
+    # False for a version recorded by the upgrade whose bytes are not copied yet.
+    Column("captured", Boolean, nullable=False, server_default="1"),
+    Index("ix_file_version_agent_created", "agent_id", "created_at"),
+    Index("ix_file_version_book_created", "book_id", "created_at"),
+    Index("ix_file_version_sha256", "sha256"),
 )
 
 manifest_snapshot = Table(

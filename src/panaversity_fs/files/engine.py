@@ -19,13 +19,15 @@ never blindly replayed. A delete is the same with a tombstone and no bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from panaversity_fs.audit.trail import AuditTrail, Subject
 from panaversity_fs.config import Settings
+from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
 from panaversity_fs.deadlines import deadline_passed
@@ -35,6 +37,7 @@ from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replaye
 from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
 from panaversity_fs.files.target import Target
+from panaversity_fs.files.versions import VersionStore
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.operation import Operation
 from panaversity_fs.storage.blobs import BlobStore, StorageError, new_staging_key, storage_failure
@@ -54,6 +57,22 @@ class StagedWrite:
     expected: str | None
     content_type: str | None
     staged_at: datetime
+    kept: bool = False
+    """Whether the bytes are in the version store already (else the commit copies them there)."""
+
+
+VERSION_OPERATIONS = {
+    "restore_version": "restore",
+    "revert_changes": "revert",
+    "revert": "revert",
+    "import": "import",
+}
+"""The history's name for changes made by these calls (others are create, update or delete)."""
+
+
+def version_operation(op: Operation, change: str) -> str:
+    """What a file's history calls a `change` (create, update, delete) made by `op`."""
+    return VERSION_OPERATIONS.get(op.name, change)
 
 
 class _StagedTooLong(Exception):
@@ -71,9 +90,11 @@ class FileEngine:
         publisher: Publisher,
         trail: AuditTrail,
         metrics: Metrics,
+        versions: VersionStore,
     ) -> None:
         self._db = db
         self._store = store
+        self._versions = versions
         self._publisher = publisher
         self._trail = trail
         self._metrics = metrics
@@ -118,7 +139,7 @@ class FileEngine:
         expected: str | None,
         content_type: str | None = None,
     ) -> StagedWrite:
-        """Upload `data` to a fresh staging key (step 2 of the protocol).
+        """Upload `data` to a fresh staging key and to the version store (step 2 of the protocol).
 
         Raises:
             Unavailable: storage failed (audited); nothing was written.
@@ -126,14 +147,15 @@ class FileEngine:
         key = new_staging_key()
         staged_at = datetime.now(UTC)
         try:
-            await self._store.write(key, data)
+            await self._versions.capture_before_change(target.key)
+            await asyncio.gather(self._store.write(key, data), self._versions.keep(sha256, data))
         except StorageError as exc:
             failure = storage_failure(exc)
             self._metrics.count_write(target.book_id, failure.code)
             await self._trail.refused(op, _subject(target), failure)
             raise failure from None
         self._metrics.write_duration.labels("storage").observe(time.perf_counter() - op.started)
-        return StagedWrite(target, key, sha256, len(data), expected, content_type, staged_at)
+        return StagedWrite(target, key, sha256, len(data), expected, content_type, staged_at, kept=True)
 
     async def commit(
         self, op: Operation, staged: StagedWrite, idem: Idempotency | None = None
@@ -147,6 +169,8 @@ class FileEngine:
             HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
             Unavailable: the database failed; nothing was written.
         """
+        if not staged.kept:
+            staged = await self._keep(op, staged)
         commit_started = time.perf_counter()
         outcome = await self._commit(op, staged, idem)
         self._metrics.write_duration.labels("journal").observe(time.perf_counter() - commit_started)
@@ -170,6 +194,23 @@ class FileEngine:
         )
         self._metrics.write_duration.labels("total").observe(time.perf_counter() - op.started)
         return outcome
+
+    async def _keep(self, op: Operation, staged: StagedWrite) -> StagedWrite:
+        """Copy bytes staged elsewhere (an upload) into the version store before their commit.
+
+        Raises:
+            Unavailable: storage failed (audited); the staged object is removed.
+        """
+        try:
+            await self._versions.capture_before_change(staged.target.key)
+            await self._versions.keep_object(staged.sha256, staged.staging_key)
+        except StorageError as exc:
+            failure = storage_failure(exc)
+            await self._discard(staged.staging_key)
+            self._metrics.count_write(staged.target.book_id, failure.code)
+            await self._trail.refused(op, _subject(staged.target), failure)
+            raise failure from None
+        return replace(staged, kept=True)
 
     async def _commit(
         self, op: Operation, staged: StagedWrite, idem: Idempotency | None
@@ -235,11 +276,22 @@ class FileEngine:
                 staged.content_type,
                 self._store.backend,
             )
-            decided = (
-                applied
-                if isinstance(applied, PanaversityFSError)
-                else write_outcome(target, applied, staged.sha256, staged.size)
-            )
+            if isinstance(applied, PanaversityFSError):
+                decided = applied
+            else:
+                decided = write_outcome(target, applied, staged.sha256, staged.size)
+                change = "create" if decided.mode == "created" else "update"
+                await history.record(
+                    tx.conn,
+                    target.key,
+                    decided.version,
+                    staged.sha256,
+                    staged.size,
+                    version_operation(op, change),
+                    op.agent_id,
+                    now,
+                    staged.content_type,
+                )
         await settle(tx, idem, decided, staged.content_type)
         if isinstance(decided, PanaversityFSError):
             current = (
@@ -315,7 +367,11 @@ class FileEngine:
             await self._trail.append(tx, op, _subject(target), previous, previous, refused)
             return refused
         if previous is not None:
-            await journal.tombstone(tx.conn, target.key, datetime.now(UTC))
+            now = datetime.now(UTC)
+            version = await journal.tombstone(tx.conn, target.key, now)
+            if version is not None:
+                operation = version_operation(op, "delete")
+                await history.record(tx.conn, target.key, version, None, 0, operation, op.agent_id, now)
         decided = DeleteOutcome(
             book_id=target.book_id,
             path=target.path,

@@ -6,7 +6,9 @@ Invariants checked (specs/test-catalogue.md, F1-F4):
 - no resurrected file: a published tombstone has no object (`resurrected`);
 - no orphan: every object under `books/` has a live journal row (`orphans`);
 - no leftover: no committed change still waits for its publish (`pending`), and no staged
-  object is left that no journal row references (`stale_staging`).
+  object is left that no journal row references (`stale_staging`);
+- no lost version: every retained version has its bytes in the version store
+  (`missing_versions`, `book/user/path@version`).
 
 Storage is listed before the journal is read: a write commits its row before its object
 appears, so an object listed first cannot be mistaken for an orphan because its row came
@@ -16,7 +18,7 @@ again against a fresh row, so a file rewritten during the check is not called co
 
 Repair never deletes a journal row and never removes or moves anything younger than the grace
 period: it finishes pending publishes (safe at any age, under the row's lock) and removes stale
-staging (the recovery sweep), and moves orphaned and resurrected objects to `.pfs/quarantine/`
+staging (the recovery sweep), collects the bytes of expired versions, and moves orphaned and resurrected objects to `.pfs/quarantine/`
 (each under its row lock where it has a row). Missing and corrupt files cannot be repaired from storage; they are reported for restore.
 """
 
@@ -29,10 +31,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import Database
+from panaversity_fs.db.history_sql import Retention
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.files.publisher import Publisher
+from panaversity_fs.files.versions import VersionStore
 from panaversity_fs.paths import BASE_USER, storage_key
 from panaversity_fs.storage.blobs import INTERNAL_PREFIX, STAGING_PREFIX, BlobNotFound, BlobStore
 
@@ -42,7 +47,17 @@ QUARANTINE_PREFIX = f"{INTERNAL_PREFIX}quarantine/"
 ROWS_PER_PAGE = 1000
 PARALLEL_READS = 8
 
-PROBLEM_KINDS = ("missing", "corrupt", "resurrected", "orphans", "pending", "stale_staging")
+PROBLEM_KINDS = (
+    "missing",
+    "corrupt",
+    "resurrected",
+    "orphans",
+    "pending",
+    "stale_staging",
+    "missing_versions",
+)
+KEEP_ALL = Retention(datetime.min.replace(tzinfo=UTC), 1)
+"""Every version counts as retained (a check without the server's retention settings)."""
 
 
 def _keys() -> list[str]:
@@ -61,6 +76,7 @@ class FsckReport:
     orphans: list[str] = field(default_factory=_keys)
     pending: list[str] = field(default_factory=_keys)
     stale_staging: list[str] = field(default_factory=_keys)
+    missing_versions: list[str] = field(default_factory=_keys)
     young_skipped: int = 0
 
     @property
@@ -92,12 +108,14 @@ class RepairReport:
     quarantined: list[str]
     skipped: list[str]
     unrepairable: list[str]
+    versions_collected: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-ready dict."""
         return {
             "published": self.published,
             "staging_removed": self.staging_removed,
+            "versions_collected": self.versions_collected,
             "quarantined": self.quarantined,
             "skipped": self.skipped,
             "unrepairable": self.unrepairable,
@@ -110,8 +128,10 @@ async def check(
     book_id: str | None = None,
     grace: timedelta = timedelta(0),
     now: datetime | None = None,
+    retention: Retention = KEEP_ALL,
 ) -> FsckReport:
-    """Check journal against storage (one book, or all) and return what disagrees.
+    """Check journal against storage (one book, or all) and return what disagrees; versions
+    `retention` keeps must have their bytes.
 
     Raises:
         StorageError: storage failed.
@@ -164,19 +184,42 @@ async def check(
                 report.young_skipped += 1
             else:
                 report.stale_staging.append(blob.key)
+    await _check_versions(db, store, book_id, retention, report)
     return report
 
 
+async def _check_versions(
+    db: Database, store: BlobStore, book_id: str | None, retention: Retention, report: FsckReport
+) -> None:
+    """Report retained versions whose bytes are gone (listing first: a version's bytes are stored
+    before it commits, so a version committed after the listing has them too)."""
+    present = await VersionStore(db, store).present()
+    async with db.read() as conn:
+        rows = await history.retained(conn, retention)
+    for row in rows:
+        if book_id is not None and row.book_id != book_id:
+            continue
+        if row.captured and row.sha256 not in present:
+            report.missing_versions.append(f"{row.book_id}/{row.user_id}/{row.path}@{row.version}")
+
+
 async def repair(
-    db: Database, store: BlobStore, publisher: Publisher, report: FsckReport, grace: timedelta
+    db: Database,
+    store: BlobStore,
+    publisher: Publisher,
+    report: FsckReport,
+    grace: timedelta,
+    retention: Retention = KEEP_ALL,
 ) -> RepairReport:
-    """Repair what `report` found, except anything younger than `grace` or unrepairable.
+    """Repair what `report` found, except anything younger than `grace` or unrepairable, and
+    collect the bytes of versions `retention` no longer keeps.
 
     Raises:
         StorageError: storage failed.
         sqlalchemy errors: the database failed.
     """
     swept = await publisher.recover(grace)
+    collected = await VersionStore(db, store).collect(retention, grace)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     quarantined: list[str] = []
     skipped: list[str] = []
@@ -192,7 +235,8 @@ async def repair(
         staging_removed=swept.orphans_removed,
         quarantined=quarantined,
         skipped=skipped,
-        unrepairable=[*report.missing, *report.corrupt],
+        unrepairable=[*report.missing, *report.corrupt, *report.missing_versions],
+        versions_collected=collected.removed,
     )
 
 

@@ -37,17 +37,24 @@ class FileReader:
             Unavailable: the database or storage failed, or the file kept changing; retry.
             Internal: the stored bytes do not match an unchanging journal row (run fsck).
         """
-        found = await self.follow(target.book_id, target.path, target.user_id)
+        bases: dict[str, str | None] = {}
+        found = await self.follow(target.book_id, target.path, target.user_id, bases=bases)
         if found is None:
             raise NotFound(f"{target.path} does not exist: glob_search finds files", path=target.path)
         row, data = found
-        return _file_content(target, row, data)
+        return _file_content(target, row, data, bases.get("hash"))
 
     async def follow(
-        self, book_id: str, path: str, user_id: str | None, row: JournalRow | None = None
+        self,
+        book_id: str,
+        path: str,
+        user_id: str | None,
+        row: JournalRow | None = None,
+        bases: dict[str, str | None] | None = None,
     ) -> tuple[JournalRow, bytes] | None:
         """Return the visible row of a file (for `user_id`) with its verified bytes, starting from
-        `row` when the caller already listed it; None if no live row is visible.
+        `row` when the caller already listed it; None if no live row is visible. `bases`, when
+        given, receives the base file's current hash under `hash` (from the last lookup).
 
         Bytes that do not match their row mean the file changed under the read: its row is
         looked up again, up to `READ_ATTEMPTS` reads in all.
@@ -66,6 +73,9 @@ class FileReader:
                 except DB_ERRORS as exc:
                     raise database_failure(exc) from None
                 row = journal.visible(rows, user_id)
+                if bases is not None:
+                    base = rows.get(BASE_USER)
+                    bases["hash"] = base.sha256 if base is not None else None
                 if row is None:
                     return None
             data = await self.verified_bytes(row)
@@ -98,7 +108,8 @@ class FileReader:
         return None
 
 
-def _file_content(target: Target, row: JournalRow, data: bytes) -> FileRead:
+def _file_content(target: Target, row: JournalRow, data: bytes, base_hash: str | None) -> FileRead:
+    overlay = row.source == "overlay"
     info = FileInfo(
         book_id=target.book_id,
         path=target.path,
@@ -108,5 +119,7 @@ def _file_content(target: Target, row: JournalRow, data: bytes) -> FileRead:
         last_modified=iso(row.last_written_at),
         source=row.source,
         user_id=target.user_id,
+        base_hash=base_hash if overlay else None,
+        base_changed=(base_hash != row.base_sha256) if overlay else None,
     )
     return FileRead(info, data.decode("utf-8", errors="surrogateescape"))

@@ -187,16 +187,18 @@ def fsck(args: argparse.Namespace) -> int:
 async def _fsck(args: argparse.Namespace) -> int:
     from panaversity_fs.app.resources import open_resources
     from panaversity_fs.files.fsck import check, repair
+    from panaversity_fs.files.versions import retention_of
 
     settings = _settings(args)
     grace = timedelta(seconds=settings.recovery_grace if args.grace is None else args.grace)
     async with open_resources(settings, background=False, recover=False) as resources:
-        report = await check(resources.db, resources.store, args.book, grace)
+        kept = retention_of(settings)
+        report = await check(resources.db, resources.store, args.book, grace, retention=kept)
         if not args.repair:
             print(json.dumps(report.as_dict()))
             return 0 if report.ok else 1
-        repaired = await repair(resources.db, resources.store, resources.publisher, report, grace)
-        after = await check(resources.db, resources.store, args.book, grace)
+        repaired = await repair(resources.db, resources.store, resources.publisher, report, grace, kept)
+        after = await check(resources.db, resources.store, args.book, grace, retention=kept)
     print(json.dumps({"found": report.as_dict(), "repair": repaired.as_dict(), "after": after.as_dict()}))
     return 0 if after.ok else 1
 
