@@ -43,6 +43,8 @@ from panaversity_fs.files.engine import FileEngine
 from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.files.reader import FileReader
 from panaversity_fs.files.versions import VersionStore
+from panaversity_fs.history.revert import Reverter
+from panaversity_fs.history.service import History
 from panaversity_fs.limits import StreamSlots
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.signing import UrlSigner
@@ -85,6 +87,8 @@ class Resources:
     uploads: Uploads
     downloads: Downloads
     audit: AuditQueries
+    history: History
+    reverter: Reverter
 
 
 @dataclass
@@ -120,6 +124,7 @@ def build(
     threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="pfs-search")
     slots = StreamSlots(settings.archive_streams, settings.archive_streams_per_agent)
     links = AssetLinks(settings, signer)
+    history = History(settings, db, versions, files, reader, trail)
     return Resources(
         settings=settings,
         db=db,
@@ -145,6 +150,8 @@ def build(
         uploads=Uploads(settings, db, store, files, trail, signer, links, metrics),
         downloads=Downloads(db, store, signer, metrics),
         audit=AuditQueries(db, trail, checkpoints),
+        history=history,
+        reverter=Reverter(db, files, history),
     )
 
 

@@ -67,6 +67,10 @@ TOOL_RULES: dict[str, Rule] = {
     "upload_asset": Rule(WRITE, base_mutation=True),
     "complete_asset_upload": Rule(WRITE, base_mutation=True, bookless=True),
     "delete_asset": Rule(WRITE, base_mutation=True),
+    "list_versions": Rule(READ),
+    "diff_content": Rule(READ),
+    "restore_version": Rule(WRITE, base_mutation=True),
+    "revert_changes": Rule(ADMIN, every_user=True),
     "query_audit": Rule(ADMIN, every_user=True, every_book=True),
     "verify_audit": Rule(ADMIN, every_user=True, every_book=True),
 }

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from panaversity_fs.db import idempotency_sql as idem_sql
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
@@ -145,3 +145,22 @@ async def claim(tx: WriteTransaction, idem: Idempotency, now: datetime) -> Repla
     if result is None:
         raise Unavailable("the idempotency key is busy; retry")
     return Replay(result)
+
+
+async def keep_result(db: Database, idem: Idempotency, result: str) -> str:
+    """Store the result of a call that is not one journal change (a revert page) under its key,
+    in a transaction of its own; return what the key holds (an earlier holder's result wins).
+
+    Raises:
+        InvalidArgument: the key was used for another request.
+        Unavailable: the database failed, or the key is busy.
+    """
+    try:
+        async with db.write() as tx:
+            replay = await claim(tx, idem, datetime.now(UTC))
+            if replay is not None:
+                return replay.payload
+            await idem_sql.record(tx.conn, idem.agent_id, idem.key, result)
+    except DB_ERRORS as exc:
+        raise database_failure(exc) from None
+    return result

@@ -27,7 +27,7 @@ class FileInfo(BaseModel):
     last_modified: str
     source: Source = "base"
     user_id: str | None = None
-    base_hash: str | None = Field(None, description="Overlay reads: the base's current hash.")
+    base_hash: str | None = Field(default=None, description="Overlay reads: the base's current hash.")
     base_changed: bool | None = Field(
         None, description="Overlay reads: the base changed since the overlay was written."
     )

@@ -6,8 +6,9 @@ import hashlib
 from dataclasses import dataclass
 
 from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.files.results import Source
-from panaversity_fs.paths import BASE_USER, asset_path, check_book_id, check_user_id, content_path
+from panaversity_fs.paths import BASE_USER, asset_path, check_book_id, check_user_id, classify, content_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,19 @@ class Target:
             InvalidPath, SchemaViolation, InvalidArgument: an argument is malformed.
         """
         return cls(check_book_id(book_id), asset_path(path).path, None)
+
+    @classmethod
+    def file(cls, book_id: object, path: object, user_id: object = None) -> Target:
+        """Any journaled file: a lesson or summary (base or overlay) or a shared asset.
+
+        Raises:
+            InvalidPath, SchemaViolation, InvalidArgument: an argument is malformed (assets
+                have no overlays).
+        """
+        book, user, where = check_book_id(book_id), check_user_id(user_id), classify(path).path
+        if user is not None and where.startswith("static/"):
+            raise InvalidArgument("assets have no overlays: omit user_id", field="user_id")
+        return cls(book, where, user)
 
     @property
     def key(self) -> FileKey:

@@ -12,7 +12,9 @@ from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.books.results import BulkPage
 from panaversity_fs.errors import InvalidArgument
+from panaversity_fs.files.mime import sniff_content_type
 from panaversity_fs.files.results import DeleteOutcome, FileInfo, WriteOutcome
+from panaversity_fs.history.results import VersionRead
 from panaversity_fs.paths import CONTENT_EXAMPLE
 from panaversity_fs.tools import results
 from panaversity_fs.tools.hints import DELETES, READ_ONLY, WRITES
@@ -27,7 +29,7 @@ from panaversity_fs.tools.params import (
     page_size,
 )
 
-READ_OUTPUT = results.output_schema(FileInfo | BulkPage)
+READ_OUTPUT = results.output_schema(FileInfo | BulkPage | VersionRead)
 """One file's description (scope file) or a page's (the other scopes)."""
 
 
@@ -41,10 +43,21 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         scope: Literal["file", "chapter", "part", "book"] = "file",
         cursor: Cursor = None,
         limit: Annotated[Count, page_size(500)] = 100,
+        version: Annotated[int | None, Field(json_schema_extra={"minimum": 1})] = None,
     ) -> ToolResult:
-        """Read a lesson (markdown, then file_hash) or a page of a chapter, part or book."""
+        """Read a lesson (markdown, then file_hash) or a page of a chapter, part or book;
+        version (list_versions) reads an old version of one file."""
         resources = state.require()
         op = current_operation()
+        if version is not None:
+            if scope != "file":
+                with resources.trail.read(op, book_id, path, user_id):
+                    raise InvalidArgument("version reads one file: use scope file", field="scope")
+            old, data = await resources.history.read(op, book_id, path, version, user_id)
+            if old.path.startswith("static/"):
+                mime = sniff_content_type(data, old.path)
+                return results.plain(old, results.binary(data, mime, old.book_id, old.path))
+            return results.markdown(data.decode("utf-8", errors="surrogateescape"), old)
         if scope == "file":
             if path is None:
                 with resources.trail.read(op, book_id, None, user_id):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastmcp import FastMCP
 
 from panaversity_fs.app.resources import ServerState
-from panaversity_fs.tools import archive, assets, audit, books, builds, content, resources, search
+from panaversity_fs.tools import archive, assets, audit, books, builds, content, history, resources, search
 
 
 def register_tools(mcp: FastMCP, state: ServerState) -> None:
@@ -17,4 +17,5 @@ def register_tools(mcp: FastMCP, state: ServerState) -> None:
     archive.register(mcp, state)
     assets.register(mcp, state)
     audit.register(mcp, state)
+    history.register(mcp, state)
     resources.register(mcp, state)
