@@ -41,6 +41,8 @@ READ_TOOLS = {
     "list_assets",
     "delta_build",
     "plan_build",
+    "list_versions",
+    "diff_content",
 }
 
 
@@ -79,7 +81,8 @@ async def test_the_catalogue_is_lean_and_states_its_rules(backends: Backends) ->
         "audio",
     ]
     grep = tools["grep_search"].inputSchema["properties"]["max_results"]
-    assert (grep["minimum"], grep["maximum"], grep["default"]) == (1, 1000, 100)
+    assert (grep["minimum"], grep["maximum"]) == (1, 1000) and "default" not in grep
+    assert tools["revert_changes"].inputSchema["properties"]["since"]["format"] == "date-time"
     assert tools["delta_build"].inputSchema["properties"]["since"]["format"] == "date-time"
     assert all(tool.title and tool.title != tool.name for tool in tools.values())
     assert all(tool.annotations is not None for tool in tools.values())
@@ -125,8 +128,9 @@ async def test_tools_list_follows_the_tokens_scopes_and_the_server_still_refuses
     assert offered == READ_TOOLS
     assert refused["error"] == "FORBIDDEN" and "fs:write" in refused["message"]
     assert "validate_book" not in bound_offered and "query_audit" not in bound_offered
+    assert "revert_changes" not in bound_offered and "restore_version" in bound_offered
     assert "write_content" in bound_offered
-    assert len(every) == 17 and catalogue_bytes(every) <= CATALOGUE_LIMIT
+    assert len(every) == 21 and catalogue_bytes(every) <= CATALOGUE_LIMIT
     denied = await audit_of(settings, agent_id="reader-agent", operation="write_content")
     assert [(row["status"], row["error_code"]) for row in denied] == [("refused", "FORBIDDEN")]
 

@@ -307,7 +307,8 @@ async def test_completion_rechecks_the_contract_and_discards_a_hopeless_upload(b
         info = await call(c, "get_asset", book_id=BOOK, path="static/videos/lecture.bin")
     assert refused["error"] == "HASH_REQUIRED" and refused["current_hash"] == sha(b"first")
     assert info["file_hash"] == sha(b"first")
-    assert await stored_keys(settings, ".pfs/") == []
+    assert await stored_keys(settings, ".pfs/staging/") == []
+    assert await stored_keys(settings, ".pfs/uploads/") == []
     await assert_invariants(settings)
 
 

@@ -265,6 +265,10 @@ async def test_every_tool_carries_the_hints_of_its_kind(settings: Settings) -> N
         "delete_content": deletes,
         "delete_asset": deletes,
         "plan_build": (False, False, True),
+        "list_versions": read_only,
+        "diff_content": read_only,
+        "restore_version": writes,
+        "revert_changes": writes,
     }
     hints = {
         name: (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)

@@ -148,6 +148,8 @@ class Slot:
     content: str | None = None
     file_hash: str | None = None
     version: int = 0
+    base_at_write: str | None = None
+    """An overlay's: the base hash when the overlay was last written (overlay reads report a move)."""
 
     @property
     def live(self) -> bool:
@@ -161,6 +163,8 @@ class Model:
         self.slots = {(user, path): Slot() for user in USERS for path in range(len(PATHS))}
         self.history: dict[int, list[str]] = {path: [] for path in range(len(PATHS))}
         self.audit: list[dict[str, Any]] = []
+        self.naming: str | None = None
+        """The tool a write or delete is made by, when not write_content / delete_content."""
 
     def resolved(self, user: str | None, path: int) -> Slot | None:
         if user is not None and self.slots[(user, path)].live:
@@ -186,7 +190,7 @@ class Model:
     def _audit(self, op: Write | Delete, prev: str | None, new: str | None, code: str | None) -> None:
         self.audit.append(
             {
-                "operation": "write_content" if isinstance(op, Write) else "delete_content",
+                "operation": self.naming or ("write_content" if isinstance(op, Write) else "delete_content"),
                 "book_id": BOOK,
                 "path": PATHS[op.path],
                 "user_id": op.user or BASE_USER,
@@ -224,6 +228,8 @@ class Model:
         slot = self.slots[(op.user, op.path)]
         new = sha(op.content)
         slot.content, slot.file_hash, slot.version = op.content, new, slot.version + 1
+        if op.user is not None:
+            slot.base_at_write = self.slots[(None, op.path)].file_hash
         self.history[op.path].append(new)
         self._audit(op, previous, new, None)
         source = "overlay" if op.user else "base"
@@ -262,7 +268,9 @@ class Model:
         if current is None:
             return "error", {"error": "NOT_FOUND", "path": PATHS[op.path]}
         assert current.content is not None and current.file_hash is not None
-        source = "overlay" if current is not self.slots[(None, op.path)] else "base"
+        base = self.slots[(None, op.path)]
+        source = "overlay" if current is not base else "base"
+        overlay = {"base_hash": base.file_hash, "base_changed": base.file_hash != current.base_at_write}
         return "ok", {
             "book_id": BOOK,
             "path": PATHS[op.path],
@@ -272,6 +280,7 @@ class Model:
             "version": current.version,
             "user_id": op.user,
             "source": source,
+            **(overlay if source == "overlay" else {}),
         }
 
 
@@ -331,12 +340,12 @@ def predict(model: Model, op: Op, expected: str | None) -> Outcome:
     return status, {key: value for key, value in fields.items() if value is not None}
 
 
-async def check_audit(settings_: Settings, model: Model) -> None:
+async def check_audit(settings_: Settings, model: Model, mutations: tuple[str, ...] = MUTATIONS) -> None:
     """One audit entry per mutation call, in order, by the real agent; per-file chains link."""
     db = Database.from_settings(settings_)
     try:
         async with db.read() as conn:
-            entries = [e async for e in audit_sql.stream_entries(conn) if e["operation"] in MUTATIONS]
+            entries = [e async for e in audit_sql.stream_entries(conn) if e["operation"] in mutations]
     finally:
         await db.dispose()
     assert {e["agent_id"] for e in entries} <= {AGENT}, {e["agent_id"] for e in entries}
@@ -345,6 +354,8 @@ async def check_audit(settings_: Settings, model: Model) -> None:
     last: dict[tuple[str, str], str | None] = {}
     for entry in entries:
         key = (entry["path"], entry["user_id"])
+        if entry["status"] != "success" and entry["prev_hash"] is None and entry["new_hash"] is None:
+            continue  # refused before the file was read (e.g. no such version): it records no hash
         assert last.get(key) == entry["prev_hash"], (key, entry)
         last[key] = entry["new_hash"]
 

@@ -84,6 +84,14 @@ MATRIX: dict[str, Args] = {
     "delete_asset": lambda b, u, k: [{"book_id": b, "path": "static/img/shared.png"}],
     "query_audit": lambda b, u, k: [_with_user({"book_id": b}, u), {}],
     "verify_audit": lambda b, u, k: [{}],
+    "list_versions": lambda b, u, k: [_with_user({"book_id": b, "path": LESSON}, u)],
+    "diff_content": lambda b, u, k: [
+        _with_user({"book_id": b, "path": LESSON, "against_base": u is not None}, u),
+    ],
+    "restore_version": lambda b, u, k: [_with_user({"book_id": b, "path": LESSON, "version": 1}, u)],
+    "revert_changes": lambda b, u, k: [
+        {"agent_id": "seed-admin", "since": "2020-01-01T00:00:00Z", "book_id": b}
+    ],
 }
 
 

@@ -325,6 +325,15 @@ def storage_key(book_id: str, path: str, user_id: str | None) -> str:
     return f"books/{book_id}/users/{user_id}/{path}"
 
 
+VERSIONS_PREFIX = ".pfs/versions/"
+"""Where the bytes of every retained version are kept, once per sha256."""
+
+
+def version_key(sha256: str) -> str:
+    """Return the storage key of the version bytes whose hash is `sha256`."""
+    return f"{VERSIONS_PREFIX}{sha256[:2]}/{sha256}"
+
+
 def invisible_character(text: str) -> str | None:
     """The first character of `text` a reader cannot see as itself (control, bidi, zero-width,
     format, variation selector, filler, unassigned), or None."""

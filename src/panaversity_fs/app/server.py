@@ -40,8 +40,10 @@ delete with expected_hash = the file_hash you read. CONFLICT: someone changed it
 merge, retry. HASH_REQUIRED: it exists; read it first. Never send a hash you have not read.
 user_id works on that user's overlay: reads show their copy over the shared book, writes touch
 only their copy.
-Paged results end with next_cursor: pass it as cursor, with the same arguments, until null.
-idempotency_key: repeating a committed call with the same key returns its first result.
+An enum argument left out takes its first value. Paged results end with next_cursor: pass it as cursor, with the same arguments, until null.
+idempotency_key (1-128 of A-Za-z0-9._:-): repeating a committed call with the same key returns
+its first result.
+History: list_versions, read_content version=, diff_content, restore_version undo mistakes.
 Errors are JSON {"error": CODE, "message": ...}; the message names the next step. UNAVAILABLE
 and RATE_LIMITED are safe to retry (after retry_after seconds). Unknown arguments are refused.
 Lessons are also resources: book://{book_id}/{path}, with ?user_id= for an overlay.

@@ -203,9 +203,12 @@ class ArchiveBuilder:
         report: ArchiveReport,
         timeout: float,
         on_buffered: Callable[[int], None] = lambda _n: None,
+        follow_changes: bool = True,
     ) -> None:
         self._db = db
         self._store = store
+        self._follow_changes = follow_changes
+        """Re-read a file that changed during the download (not for a book as of a past time)."""
         self._rows = rows
         self.report = report
         self._timeout = timeout
@@ -375,7 +378,7 @@ class ArchiveBuilder:
         self, row: JournalRow, failure: _Failed
     ) -> tuple[JournalRow, _Verified] | _Failed:
         """Re-read a failed file once if its journal row changed since the listing."""
-        if failure.reason == "storage_error":
+        if failure.reason == "storage_error" or not self._follow_changes:
             return failure
         user = self.report.user_id
         users = [user, BASE_USER] if user else [BASE_USER]

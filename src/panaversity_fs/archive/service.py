@@ -6,26 +6,30 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
 from panaversity_fs.archive.builder import ArchiveBuilder, ArchiveReport
+from panaversity_fs.arguments import check_time
 from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.config import Settings
+from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.journal_sql import JournalRow
 from panaversity_fs.errors import Forbidden, InvalidArgument, unknown_book
 from panaversity_fs.files.manifest import manifest_hash, manifest_text
+from panaversity_fs.files.versions import check_as_of
 from panaversity_fs.limits import StreamSlots
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.operation import Operation
 from panaversity_fs.paths import check_book_id, check_user_id, classify
 from panaversity_fs.signing import UrlSigner, public_base_url
 from panaversity_fs.storage.blobs import BlobStore
-from panaversity_fs.times import from_unix
+from panaversity_fs.times import from_unix, iso
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class ArchiveTicket(BaseModel):
     book_id: str
     scope: Scope
     user_id: str | None = None
+    as_of: str | None = None
     url: str = Field(description="Absolute URL of the ZIP; valid until expires_at, no other credentials.")
     expires_at: str = Field(description="ISO-8601 UTC time the URL stops working.")
     file_count: int = Field(description="Members at the time of the call (the manifest excluded).")
@@ -93,6 +98,8 @@ class ArchiveRequest:
     scope: Scope
     user_id: str | None
     agent_id: str | None
+    as_of: datetime | None = None
+    """The book as it was then (from retained versions), or as it is now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,24 +176,31 @@ class ArchiveService:
         self._metrics = metrics
         self._slots = slots
 
-    async def ticket(self, op: Operation, book_id: object, scope: object, user_id: object) -> ArchiveTicket:
-        """Describe the archive of a book as `user_id` sees it and sign a URL to download it.
+    async def ticket(
+        self, op: Operation, book_id: object, scope: object, user_id: object, as_of: object = None
+    ) -> ArchiveTicket:
+        """Describe the archive of a book as `user_id` sees it (now, or at `as_of`) and sign a URL
+        to download it.
 
         Raises:
-            InvalidArgument: book_id, scope or user_id is malformed.
+            InvalidArgument: book_id, scope, user_id or as_of is malformed (as_of: or too old).
             NotFound: the book has no files (for `user_id`: neither shared ones nor that user's).
             Unavailable: the database failed.
         """
         with self._trail.read(op, book_id, f"archive:{scope}", user_id):
             book, chosen, user = check_book_id(book_id), check_scope(scope), check_user_id(user_id)
-            rows = await self._rows(book, chosen, user, None, must_exist=True)
+            moment = check_as_of(as_of, self._settings)
+            rows = await self._rows(book, chosen, user, None, moment, must_exist=True)
         claims: dict[str, Any] = {"book": book, "scope": chosen, "user": user, "agent": op.agent_id}
+        if moment is not None:
+            claims["as_of"] = iso(moment)
         token, expires = self._signer.sign(TOKEN_PURPOSE, claims, self._settings.archive_url_ttl)
         url = f"{public_base_url(self._settings)}/archives/{book}.zip?token={quote(token, safe='')}"
         return ArchiveTicket(
             book_id=book,
             scope=chosen,
             user_id=user,
+            as_of=iso(moment) if moment is not None else None,
             url=url,
             expires_at=from_unix(expires),
             file_count=len(rows),
@@ -208,10 +222,12 @@ class ArchiveService:
         try:
             scope = check_scope(claims.get("scope"))
             user = check_user_id(claims.get("user"))
+            moment = claims.get("as_of")
+            as_of = check_time("as_of", moment) if moment is not None else None
         except InvalidArgument:
             raise Forbidden("the signed URL is invalid") from None
         agent = claims.get("agent")
-        return ArchiveRequest(book_id, scope, user, agent if isinstance(agent, str) else None)
+        return ArchiveRequest(book_id, scope, user, agent if isinstance(agent, str) else None, as_of)
 
     async def open(self, request: ArchiveRequest, after: object) -> ArchiveDownload:
         """Choose the members of `request`'s archive after `after` (one journal query) and take
@@ -223,7 +239,7 @@ class ArchiveService:
             Unavailable: the database failed, or every stream slot is taken.
         """
         resume = check_after(after)
-        rows = await self._rows(request.book_id, request.scope, request.user_id, resume)
+        rows = await self._rows(request.book_id, request.scope, request.user_id, resume, request.as_of)
         release = self._slots.take(request.agent_id or ANONYMOUS_URL)
         report = ArchiveReport(
             book_id=request.book_id, scope=request.scope, user_id=request.user_id, after=resume
@@ -235,16 +251,25 @@ class ArchiveService:
             report,
             self._settings.archive_timeout,
             on_buffered=self._metrics.archive_memory.inc,
+            follow_changes=request.as_of is None,
         )
         return ArchiveDownload(request, builder, self._metrics, release)
 
     async def _rows(
-        self, book: str, scope: str, user: str | None, after: str | None, must_exist: bool = False
+        self,
+        book: str,
+        scope: str,
+        user: str | None,
+        after: str | None,
+        as_of: datetime | None = None,
+        must_exist: bool = False,
     ) -> list[JournalRow]:
         try:
             async with self._db.read() as conn:
                 if must_exist and not await journal.book_exists(conn, book, user):
                     raise unknown_book(book)
+                if as_of is not None:
+                    return await history.view_as_of(conn, book, user, as_of, PREFIXES[scope], after)
                 return await journal.view(conn, book, user, prefix=PREFIXES[scope], after=after)
         except DB_ERRORS as exc:
             raise database_failure(exc) from None

@@ -11,6 +11,7 @@ from panaversity_fs.arguments import check_limit, check_time
 from panaversity_fs.audit.trail import AuditTrail
 from panaversity_fs.builds.results import BuildPlan, ChangedFile, ChangeFeed, ChangesRead, PlannedFile
 from panaversity_fs.config import Settings
+from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db import manifest_sql as manifests
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
@@ -19,6 +20,7 @@ from panaversity_fs.db.manifest_sql import ChangeKey
 from panaversity_fs.errors import InvalidArgument, unknown_book
 from panaversity_fs.files import manifest
 from panaversity_fs.files.reader import FileReader
+from panaversity_fs.files.versions import check_as_of
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.operation import Operation
 from panaversity_fs.paths import BASE_USER, check_book_id, check_hash, check_user_id
@@ -50,27 +52,35 @@ class BuildService:
 
     # -- plan_build ----------------------------------------------------------------------
 
-    async def plan(self, op: Operation, book_id: object, target_manifest_hash: object = None) -> BuildPlan:
-        """Compute the book's manifest, store it, and diff it against `target_manifest_hash`.
+    async def plan(
+        self, op: Operation, book_id: object, target_manifest_hash: object = None, as_of: object = None
+    ) -> BuildPlan:
+        """Compute the book's manifest (now, or at `as_of`), store it, and diff it against
+        `target_manifest_hash`.
 
         Raises:
-            InvalidArgument: a malformed book id or target hash.
+            InvalidArgument: a malformed book id, target hash or as_of (or one older than retention).
             NotFound: the book has no files (nothing is stored).
             Unavailable: the database failed.
         """
         with self._trail.read(op, book_id, "*"):
-            plan = await self._plan(book_id, target_manifest_hash)
+            plan = await self._plan(book_id, target_manifest_hash, as_of)
         self._metrics.delta_files.labels(self._metrics.book(plan.book_id)).observe(plan.changed_count)
         return plan
 
-    async def _plan(self, book_id: object, target_manifest_hash: object) -> BuildPlan:
+    async def _plan(self, book_id: object, target_manifest_hash: object, as_of: object) -> BuildPlan:
         book = check_book_id(book_id)
         target = check_hash(target_manifest_hash, "target_manifest_hash")
+        moment = check_as_of(as_of, self._settings)
         try:
             async with self._db.read() as conn:
                 if not await journal.book_exists(conn, book):
                     raise unknown_book(book)
-                entries = await manifests.base_manifest(conn, book)
+                if moment is None:
+                    entries = await manifests.base_manifest(conn, book)
+                else:
+                    rows = await history.view_as_of(conn, book, None, moment)
+                    entries = [(row.path, row.sha256 or "") for row in rows]
             current = dict(entries)
             text = manifest.manifest_text(entries)
             digest = manifest.manifest_hash(text)

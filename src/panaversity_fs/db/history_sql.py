@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import and_, case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.db.journal_sql import FileKey, JournalRow
 from panaversity_fs.db.schema import file_version
+from panaversity_fs.paths import BASE_USER
 from panaversity_fs.times import to_utc
 
 V = file_version.c
@@ -161,6 +162,43 @@ async def as_of(conn: AsyncConnection, book_id: str, users: Sequence[str], at: d
         .order_by(V.user_id, V.path)
     )
     return [_row(row) for row in await conn.execute(query)]
+
+
+async def view_as_of(
+    conn: AsyncConnection,
+    book_id: str,
+    user_id: str | None,
+    at: datetime,
+    prefix: str = "",
+    after: str | None = None,
+) -> list[JournalRow]:
+    """Return the live files of a book as `user_id` saw them at `at` (an overlay version over the
+    base's), in byte-wise path order, as rows whose bytes are in the version store."""
+    users = [BASE_USER] if user_id is None else [BASE_USER, user_id]
+    resolved: dict[str, VersionRow] = {}
+    for row in await as_of(conn, book_id, users, at):
+        if row.sha256 is None or not row.path.startswith(prefix) or (after is not None and row.path <= after):
+            continue
+        if row.path not in resolved or row.user_id != BASE_USER:
+            resolved[row.path] = row
+    ordered = sorted(resolved.values(), key=lambda row: row.path.encode("utf-8", errors="surrogatepass"))
+    return [
+        JournalRow(
+            book_id=row.book_id,
+            path=row.path,
+            user_id=row.user_id,
+            sha256=row.sha256,
+            size=row.size,
+            version=row.version,
+            last_written_at=row.created_at,
+            publish_pending=False,
+            staging_key=None,
+            pending_since=None,
+            content_type=row.content_type,
+            kept=True,
+        )
+        for row in ordered
+    ]
 
 
 async def oldest_at(conn: AsyncConnection, book_id: str) -> datetime | None:

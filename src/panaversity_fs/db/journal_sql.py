@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.db.schema import file_journal
-from panaversity_fs.paths import BASE_USER, storage_key
+from panaversity_fs.paths import BASE_USER, storage_key, version_key
 from panaversity_fs.times import to_utc
 
 J = file_journal.c
@@ -49,6 +49,9 @@ class JournalRow:
     content_type: str | None = None
     base_sha256: str | None = None
     """An overlay's: the base's hash when the overlay was last written."""
+    kept: bool = False
+    """A retained version rather than the current row (`history_sql.view_as_of`): its bytes are
+    in the version store."""
 
     @property
     def key(self) -> FileKey:
@@ -70,6 +73,8 @@ class JournalRow:
         """The storage keys that may hold this row's bytes, in the order to try them: a committed
         but unpublished write's staging object first, then the file's own key."""
         final = storage_key(self.book_id, self.path, self.user_id)
+        if self.kept and self.sha256 is not None:
+            return [version_key(self.sha256), final]
         return [self.staging_key, final] if self.publish_pending and self.staging_key else [final]
 
 

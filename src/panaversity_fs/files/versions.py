@@ -5,11 +5,13 @@ keep holding each file's current bytes, as before history existed). A write puts
 while it stages them, before its commit, so a committed version always has its bytes; identical
 bytes share one object.
 
-Collection (fsck repair, the periodic check) removes objects no retained version refers to.
-It never races a write of the same bytes: a writer rewrites the object (fresh modification
-time) before it commits, and commits within half the recovery grace or not at all, so an object
-older than the grace whose hash no retained version refers to, checked again just before the
-delete, cannot belong to a commit still to come.
+Collection (fsck repair, the periodic check) removes the bytes no retained version refers to,
+without racing a write of the same bytes. A writer rewrites the object (a fresh modification
+time) before it commits, and commits within half the recovery grace of that or not at all. So
+collection skips objects younger than the grace, and moves the others aside
+(`.pfs/versions-set-aside/{time}-{sha}`) rather than deleting them; a later pass, at least half
+a grace on, deletes what is still unreferenced and puts back what a write committed meanwhile.
+Reads find set-aside bytes too.
 
 Capture: the upgrade that introduced history recorded each file's current version without
 bytes (`captured` false). `capture_all` copies them in after start-up; until it is done, a write
@@ -22,18 +24,36 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from panaversity_fs.arguments import check_time
 from panaversity_fs.config import Settings
 from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.history_sql import Retention, VersionRow
 from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.errors import InvalidArgument
 from panaversity_fs.files.target import sha256_hex
+from panaversity_fs.paths import VERSIONS_PREFIX, version_key
 from panaversity_fs.storage.blobs import INTERNAL_PREFIX, BlobNotFound, BlobStore
 
 logger = logging.getLogger(__name__)
 
-VERSIONS_PREFIX = f"{INTERNAL_PREFIX}versions/"
+
+def check_as_of(value: object, settings: Settings) -> datetime | None:
+    """Return the time `value` names (None for None) if the history still covers it.
+
+    Raises:
+        InvalidArgument: it is not an ISO-8601 time with a timezone, or is older than retention.
+    """
+    if value is None:
+        return None
+    moment = check_time("as_of", value)
+    if moment < retention_of(settings).cutoff:
+        raise InvalidArgument(
+            f"as_of is older than the {settings.history_days:g}-day history: pick a later time",
+            field="as_of",
+        )
+    return moment
 
 
 def retention_of(settings: Settings, now: datetime | None = None) -> Retention:
@@ -42,18 +62,16 @@ def retention_of(settings: Settings, now: datetime | None = None) -> Retention:
     return Retention(cutoff, settings.history_min_versions)
 
 
-def version_key(sha256: str) -> str:
-    """The storage key of the bytes whose hash is `sha256`."""
-    return f"{VERSIONS_PREFIX}{sha256[:2]}/{sha256}"
-
-
 @dataclass(frozen=True, slots=True)
 class Collection:
-    """What one collection pass found and removed."""
+    """What one collection pass removed, and the unreferenced objects it left for being young."""
 
-    expired: int
     removed: int
     young_skipped: int
+
+
+SET_ASIDE_PREFIX = f"{INTERNAL_PREFIX}versions-set-aside/"
+"""Where collection moves bytes it is about to delete: `{unix time}-{sha256}`."""
 
 
 class VersionStore:
@@ -84,61 +102,79 @@ class VersionStore:
 
     async def read(self, sha256: str) -> bytes | None:
         """Return the bytes whose hash is `sha256`, or None if they are not (or no longer) kept
-        intact.
+        intact (bytes set aside by a collection still count).
 
         Raises:
             StorageError: storage failed.
         """
-        try:
-            data = await self._store.read(version_key(sha256))
-        except BlobNotFound:
-            return None
-        return data if sha256_hex(data) == sha256 else None
+        keys = [version_key(sha256)]
+        for key in keys:
+            try:
+                data = await self._store.read(key)
+            except BlobNotFound:
+                if len(keys) == 1:
+                    keys += [
+                        blob.key
+                        for blob in await self._store.list(SET_ASIDE_PREFIX)
+                        if blob.key.endswith(sha256)
+                    ]
+                continue
+            if sha256_hex(data) == sha256:
+                return data
+        return None
 
     async def present(self) -> set[str]:
-        """Return the hashes whose bytes are in the version store.
+        """Return the hashes whose bytes are in the version store (or set aside by a collection).
 
         Raises:
             StorageError: storage failed.
         """
-        return {blob.key.rsplit("/", 1)[-1] for blob in await self._store.list(VERSIONS_PREFIX)}
+        kept = {blob.key.rsplit("/", 1)[-1] for blob in await self._store.list(VERSIONS_PREFIX)}
+        aside = {blob.key.rsplit("-", 1)[-1] for blob in await self._store.list(SET_ASIDE_PREFIX)}
+        return kept | aside
 
     async def collect(
         self, retention: Retention, grace: timedelta, now: datetime | None = None
     ) -> Collection:
-        """Remove the bytes no retained version refers to, except objects younger than `grace`.
+        """Remove the bytes no retained version refers to (expired versions, and bytes of writes
+        that never committed), in two steps a grace period apart (see the module docstring).
 
         Raises:
             StorageError: storage failed.
             sqlalchemy errors: the database failed.
         """
         now = now or datetime.now(UTC)
-        async with self._db.read() as conn:
-            expired = await history.expired_hashes(conn, retention)
-        if not expired:
-            return Collection(0, 0, 0)
-        old: list[str] = []
         young = 0
-        for sha in sorted(expired):
-            try:
-                info = await self._store.stat(version_key(sha))
-            except BlobNotFound:
-                continue
-            if info.last_modified is not None and now - info.last_modified < grace:
+        for blob in await self._store.list(VERSIONS_PREFIX):
+            if blob.last_modified is not None and now - blob.last_modified < grace:
                 young += 1
-            else:
-                old.append(sha)
-        async with self._db.read() as conn:
-            still = await history.retained_among(conn, retention, old)
-        removed = 0
-        for sha in old:
-            if sha in still:
                 continue
-            await self._store.delete(version_key(sha))
-            removed += 1
+            sha = blob.key.rsplit("/", 1)[-1]
+            async with self._db.read() as conn:
+                if await history.retained_among(conn, retention, [sha]):
+                    continue
+            aside = f"{SET_ASIDE_PREFIX}{int(now.timestamp())}-{sha}"
+            await self._store.copy(blob.key, aside)
+            await self._store.delete(blob.key)
+        return Collection(await self._settle_set_aside(retention, grace, now), young)
+
+    async def _settle_set_aside(self, retention: Retention, grace: timedelta, now: datetime) -> int:
+        """Delete the bytes set aside at least half a grace ago that no retained version refers
+        to; put back those a write committed meanwhile. Return how many were deleted."""
+        removed = 0
+        for blob in await self._store.list(SET_ASIDE_PREFIX):
+            stamp, _, sha = blob.key.rsplit("/", 1)[-1].partition("-")
+            if not stamp.isdigit() or now - datetime.fromtimestamp(int(stamp), UTC) < grace / 2:
+                continue
+            async with self._db.read() as conn:
+                wanted = bool(await history.retained_among(conn, retention, [sha]))
+            if wanted and not await self._store.exists(version_key(sha)):
+                await self._store.copy(blob.key, version_key(sha))
+            await self._store.delete(blob.key)
+            removed += 0 if wanted else 1
         if removed:
-            logger.info("collected expired versions", extra={"removed": removed})
-        return Collection(len(expired), removed, young)
+            logger.info("collected version bytes", extra={"removed": removed})
+        return removed
 
     async def capture_before_change(self, key: FileKey) -> None:
         """Copy in the bytes of `key`'s version recorded by the upgrade, if still uncaptured.

@@ -85,10 +85,11 @@ class Reverter:
             end = check_time("until", until) if until is not None else datetime.now(UTC)
         if end <= start:
             raise InvalidArgument("until must be after since", field="until")
+        # As given: a replay that omits `until` again is the same request.
         arguments = {
             "agent_id": agent,
             "since": iso(start),
-            "until": iso(end),
+            "until": until,
             "book_id": book,
             "cursor": cursor,
         }

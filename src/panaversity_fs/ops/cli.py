@@ -109,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--books", help="comma-separated book ids the token may use")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
 
+    revert = commands.add_parser(
+        "revert", help="put back every file an agent changed in a time window (dry run unless --apply)"
+    )
+    revert.set_defaults(handler=run_command.revert)
+    revert.add_argument("--agent", required=True, help="the agent whose changes to revert")
+    revert.add_argument("--since", required=True, help="window start, ISO-8601 with timezone")
+    revert.add_argument("--until", help="window end (default: now)")
+    revert.add_argument("--book", help="only this book")
+    revert.add_argument("--apply", action="store_true", help="make the changes (default: report them)")
+    revert.add_argument(
+        "--as", dest="operator", default="panaversity-fs-revert", help="agent id for the audit"
+    )
+    revert.add_argument("--json", action="store_true", help="print the report as JSON")
+
     recover = commands.add_parser("recover", help="finish pending publishes, remove orphans")
     recover.set_defaults(handler=run_command.recover)
     recover.add_argument(

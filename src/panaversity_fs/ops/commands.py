@@ -245,6 +245,61 @@ def import_folder(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def revert(args: argparse.Namespace) -> int:
+    """`revert --agent A --since T [--until T] [--book B] [--apply]`: every page, one report."""
+    from panaversity_fs.app.resources import open_resources
+    from panaversity_fs.errors import PanaversityFSError
+    from panaversity_fs.history.results import RevertReport
+    from panaversity_fs.identity import Caller, check_agent_id
+    from panaversity_fs.operation import Operation
+
+    settings = _settings(args)
+
+    async def run() -> list[RevertReport]:
+        pages: list[RevertReport] = []
+        async with open_resources(settings, background=False) as resources:
+            op = Operation.begin(Caller(check_agent_id(args.operator)), "revert")
+            cursor: str | None = None
+            while True:
+                page = await resources.reverter.revert(
+                    op, args.agent, args.since, args.until, args.book, args.apply, cursor
+                )
+                pages.append(page)
+                cursor = page.next_cursor
+                if cursor is None:
+                    return pages
+
+    try:
+        pages = asyncio.run(run())
+    except PanaversityFSError as error:
+        print(f"panaversity-fs revert: {error.message}", file=sys.stderr)
+        return 2
+    files = [file for page in pages for file in page.files]
+    counts: dict[str, int] = {}
+    for file in files:
+        counts[file.action] = counts.get(file.action, 0) + 1
+    if args.json:
+        body = pages[0].model_dump(mode="json", exclude_none=True) | {
+            "files": [file.model_dump(mode="json", exclude_none=True) for file in files],
+            "counts": counts,
+        }
+        body.pop("next_cursor", None)
+        print(json.dumps(body, indent=1))
+    else:
+        first = pages[0]
+        verb = "reverted" if first.applied else "would revert (dry run; --apply to do it)"
+        print(f"{first.agent_id} {first.since} .. {first.until}: {verb}")
+        for file in files:
+            owner = f" (user {file.user_id})" if file.user_id else ""
+            detail = f" -> v{file.to_version}" if file.action == "restore" else ""
+            reason = f": {file.reason}" if file.reason else ""
+            print(f"  {file.action:<9} {file.book_id}/{file.path}{owner}{detail}{reason}")
+        print(
+            "  " + ", ".join(f"{count} {action}" for action, count in sorted(counts.items())) or "  nothing"
+        )
+    return 1 if counts.get("failed") else 0
+
+
 def hydrate(args: argparse.Namespace) -> int:
     """`hydrate BOOK FOLDER --server URL`."""
     from pathlib import Path

@@ -99,6 +99,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "recovery_grace",
         "fsck_interval",
     ),
+    "History": ("history_days", "history_min_versions"),
     "Logging": ("log_level",),
 }
 """Section title -> the settings listed in it (in `Settings` order, not this one)."""

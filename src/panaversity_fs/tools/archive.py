@@ -10,7 +10,7 @@ from panaversity_fs.app.resources import ServerState
 from panaversity_fs.archive.service import ArchiveTicket, Scope
 from panaversity_fs.tools import results
 from panaversity_fs.tools.hints import READ_ONLY
-from panaversity_fs.tools.params import BookId, UserId
+from panaversity_fs.tools.params import BookId, Moment, UserId
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
@@ -20,9 +20,10 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         book_id: BookId,
         scope: Scope = "content",
         user_id: UserId = None,
+        as_of: Moment = None,
     ) -> ToolResult:
-        """A URL of the book as a ZIP; resume a cut download with &after=<last path>."""
-        ticket = await state.require().archives.ticket(current_operation(), book_id, scope, user_id)
+        """The book as a ZIP URL (as_of: as it was); resume with &after=<last path>."""
+        ticket = await state.require().archives.ticket(current_operation(), book_id, scope, user_id, as_of)
         link = results.link(ticket.url, f"{ticket.book_id}.zip", "application/zip")
         return results.plain(ticket, link)
 

@@ -39,7 +39,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         book_id: BookId,
         asset_type: AssetType,
         filename: Annotated[str, Field(description="e.g. ch1/diagram.png")],
-        binary_data: Annotated[str | None, Field(description="Base64 (small files).")] = None,
+        binary_data: Annotated[str | None, Field(description="Base64.")] = None,
         expected_hash: Hash = None,
         size: Annotated[Limit, Field(description="Large files: size and sha256 get an upload_url.")] = None,
         sha256: Annotated[str | None, text(SHA256)] = None,
@@ -64,7 +64,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         path: AssetPath,
         include_binary: Annotated[Flag, Field(description="Inline small assets.")] = False,
     ) -> ToolResult:
-        """An asset's hash, type and download link; small ones inline."""
+        """An asset's hash, type and download link."""
         read = await state.require().assets.get(current_operation(), book_id, path, include_binary)
         info = read.info
         link = results.link(info.download_url, info.path.rsplit("/", 1)[-1], info.content_type)

@@ -34,7 +34,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         cursor: Cursor = None,
         limit: Annotated[Count, page_size(MAX_LIMIT)] = 100,
     ) -> ToolResult:
-        """Audit entries in chain order; pages may be short until next_cursor is null."""
+        """Audit entries in chain order."""
         page = await state.require().audit.query(
             current_operation(),
             book_id=book_id,
@@ -53,7 +53,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def verify_audit(
         ctx: Context,
-        from_seq: Annotated[Limit, Field(description="Default 1.")] = None,
+        from_seq: Limit = None,
         max_entries: Limit = None,
     ) -> ToolResult:
         """Verify the audit chain; names the first broken entry."""

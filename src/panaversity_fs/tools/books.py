@@ -24,7 +24,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         book_id: OptionalBookId = None,
         user_id: UserId = None,
     ) -> ToolResult:
-        """List books (a book starts with its first lesson)."""
+        """List books."""
         found = await state.require().catalog.list_books(
             current_operation(), include_structure, book_id, user_id
         )
@@ -35,7 +35,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         ctx: Context,
         strict: Annotated[Flag, Field(description="Warnings fail too.")] = False,
     ) -> ToolResult:
-        """Check a book against the path schema; each issue comes with a fix."""
+        """Check a book against the path schema."""
         validator = state.require().validator
 
         async def progress(done: int, total: int) -> None:

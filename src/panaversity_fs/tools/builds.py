@@ -14,7 +14,7 @@ from panaversity_fs.builds.results import BuildPlan, ChangeFeed
 from panaversity_fs.builds.service import MAX_LIMIT
 from panaversity_fs.tools import results
 from panaversity_fs.tools.hints import READ_ONLY, RECORDS
-from panaversity_fs.tools.params import SHA256, BookId, Count, Cursor, Flag, UserId, page_size, text
+from panaversity_fs.tools.params import SHA256, BookId, Count, Cursor, Flag, Moment, UserId, page_size, text
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
@@ -23,9 +23,10 @@ def register(mcp: FastMCP, state: ServerState) -> None:
     async def plan_build(
         book_id: BookId,
         target_manifest_hash: Annotated[str | None, text(SHA256, "manifest_hash of your last build.")] = None,
+        as_of: Moment = None,
     ) -> ToolResult:
-        """Diff the book against the manifest of your last build."""
-        plan = await state.require().builds.plan(current_operation(), book_id, target_manifest_hash)
+        """Diff the book (as_of: as it was) with your last build's manifest."""
+        plan = await state.require().builds.plan(current_operation(), book_id, target_manifest_hash, as_of)
         return results.plain(plan)
 
     async def delta_build(

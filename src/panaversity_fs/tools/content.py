@@ -38,15 +38,15 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def read_content(
         book_id: BookId,
-        path: Annotated[str | None, Field(description="File, or chapter/part folder.")] = None,
+        path: Annotated[str | None, Field(description="File or folder.")] = None,
         user_id: UserId = None,
         scope: Literal["file", "chapter", "part", "book"] = "file",
         cursor: Cursor = None,
         limit: Annotated[Count, page_size(500)] = 100,
-        version: Annotated[int | None, Field(json_schema_extra={"minimum": 1})] = None,
+        version: int | None = None,
     ) -> ToolResult:
-        """Read a lesson (markdown, then file_hash) or a page of a chapter, part or book;
-        version (list_versions) reads an old version of one file."""
+        """Read a lesson (markdown, then file_hash), an old version, or a page of a chapter,
+        part or book."""
         resources = state.require()
         op = current_operation()
         if version is not None:

@@ -27,9 +27,9 @@ from panaversity_fs.tools.params import (
     page_size,
 )
 
-Version = Annotated[int, Field(json_schema_extra={"minimum": 1})]
-OptionalVersion = Annotated[int | None, Field(json_schema_extra={"minimum": 1})]
-FilePath = Annotated[str, Field(description="content/... or static/...")]
+Version = int
+OptionalVersion = int | None
+FilePath = str
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
@@ -42,7 +42,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         cursor: Cursor = None,
         limit: Annotated[Count, page_size(200)] = 50,
     ) -> ToolResult:
-        """A file's versions, newest first; deleted files keep theirs."""
+        """A file's versions, newest first."""
         listed = await state.require().history.list(
             current_operation(), book_id, path, user_id, cursor, limit
         )
@@ -56,8 +56,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         user_id: UserId = None,
         against_base: Flag = False,
     ) -> ToolResult:
-        """Unified diff of two versions (default: newest vs previous) or, with against_base, of
-        user_id's overlay vs the current base."""
+        """Unified diff of two versions (default: the last two), or of user_id's overlay vs
+        base."""
         info, text = await state.require().history.diff(
             current_operation(), book_id, path, from_version, to_version, user_id, against_base
         )
@@ -71,7 +71,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         user_id: UserId = None,
         idempotency_key: IdempotencyKey = None,
     ) -> ToolResult:
-        """Write an old version back as the newest (same hash rules as write_content)."""
+        """Write an old version back (hash rules of write_content)."""
         restored = await state.require().history.restore(
             current_operation(), book_id, path, version, expected_hash, user_id
         )
@@ -87,8 +87,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         cursor: Cursor = None,
         idempotency_key: IdempotencyKey = None,
     ) -> ToolResult:
-        """Undo an agent's changes in [since, until): each file back to its version before.
-        Dry run unless apply; files changed by others since are left as conflicts."""
+        """Revert agent_id's changes in [since, until) (dry run unless apply)."""
 
         async def progress(done: int, total: int) -> None:
             await ctx.report_progress(done, total)

@@ -13,7 +13,7 @@ from pydantic import Field, Strict
 
 from panaversity_fs.paths import ASSET_TYPES
 
-BOOK_ID = "^[a-z0-9][a-z0-9-]{1,62}$"
+BOOK_ID = "^[a-z0-9-]{2,63}$"
 USER_ID = r"^[\w-]{1,100}$"
 SHA256 = "^[0-9a-f]{64}$"
 KEY = r"^[\w.:-]{1,128}$"
@@ -35,8 +35,9 @@ OptionalBookId = Annotated[str | None, text(BOOK_ID)]
 LessonPath = Annotated[str, text(LESSON)]
 AssetPath = Annotated[str, text("^static/(img|images|slides|videos|audio)/")]
 UserId = Annotated[str | None, text(USER_ID)]
-Hash = Annotated[str | None, text(SHA256, "The file_hash you read.")]
-IdempotencyKey = Annotated[str | None, text(KEY)]
+Hash = Annotated[str | None, text(SHA256)]
+IdempotencyKey = str | None
+"""1-128 of letters, digits, `.`, `_`, `:`, `-` (said once, in the server's instructions)."""
 Cursor = str | None
 Moment = Annotated[str | None, text(format="date-time")]
 AssetType = Annotated[str, Field(json_schema_extra={"enum": list(ASSET_TYPES)})]

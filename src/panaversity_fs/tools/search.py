@@ -16,7 +16,7 @@ from panaversity_fs.tools import results
 from panaversity_fs.tools.hints import READ_ONLY
 from panaversity_fs.tools.params import Count, Cursor, Flag, OptionalBookId, UserId, page_size
 
-AllBooks = Annotated[Flag, Field(description="Search every book.")]
+AllBooks = Flag
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
@@ -37,7 +37,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         return results.plain(found)
 
     async def grep_search(
-        pattern: Annotated[str, Field(description="RE2 regex, per line.")],
+        pattern: str,
         book_id: OptionalBookId = None,
         user_id: UserId = None,
         all_books: AllBooks = False,
@@ -46,7 +46,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         case_sensitive: Flag = True,
         cursor: Cursor = None,
     ) -> ToolResult:
-        """Search lesson text by regex; matching lines by file."""
+        """Search lesson lines by RE2 regex."""
         found = await state.require().searcher.grep(
             current_operation(),
             book_id,

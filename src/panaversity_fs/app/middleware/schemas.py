@@ -61,7 +61,8 @@ class PublishedTools(Middleware):
 
 def compact(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` said once: each optional property as its own type; no `default` of null or
-    false (what a left-out argument means anyway); no `type` beside an `enum`; no
+    false (what a left-out argument means anyway), nor an enum's first value or a page size; no `type` beside
+    an `enum`; no
     `additionalProperties: false` (the server refuses unknown arguments itself)."""
     properties = cast(dict[str, dict[str, Any]], schema.get("properties", {}))
     lean: dict[str, dict[str, Any]] = {}
@@ -72,10 +73,12 @@ def compact(schema: dict[str, Any]) -> dict[str, Any]:
         if options and len(kept) == 1:
             del spec["anyOf"]
             spec = {**kept[0], **spec}
-        if "default" in spec and (spec["default"] is None or spec["default"] is False):
-            del spec["default"]  # absent means null; a flag left out is false
+        if "default" in spec and (spec["default"] is None or spec["default"] is False or "maximum" in spec):
+            del spec["default"]  # absent means null; a flag left out is false; a page its usual size
         if "enum" in spec:
             spec.pop("type", None)  # the values say it
+            if spec.get("default") == spec["enum"][0]:
+                del spec["default"]  # the instructions say: an enum left out takes its first value
         spec.pop("title", None)
         lean[name] = spec
     published = {key: value for key, value in schema.items() if key != "additionalProperties"}
