@@ -42,8 +42,10 @@ from sqlalchemy import select
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import upgrade
-from panaversity_fs.db.schema import audit_log, file_journal
+from panaversity_fs.db.schema import audit_log, file_journal, file_version
 from panaversity_fs.files.fsck import PROBLEM_KINDS
+from panaversity_fs.files.versions import VersionStore
+from panaversity_fs.storage.blobs import BlobStore
 from tests.books_support import sha
 from tests.cluster import Ambiguous, McpHttp, MotoProcess, PrivatePostgres, Refused, Replicas, ToolAnswer
 
@@ -615,6 +617,8 @@ async def verify(
         report.fsck_found = {kind: len(before[kind]) for kind in PROBLEM_KINDS}
         if before["missing"] or before["corrupt"]:
             found.append(f"fsck found lost or corrupt files: {before['missing']} {before['corrupt']}")
+        if before["missing_versions"]:
+            found.append(f"fsck found versions whose bytes are lost: {before['missing_versions']}")
     except (json.JSONDecodeError, KeyError, TypeError):
         found.append(f"fsck printed no report: {fsck.stdout[-2000:]}{fsck.stderr[-2000:]}")
     if fsck.returncode != 0:
@@ -638,6 +642,47 @@ async def verify(
             found.append(f"{slot.key}: the journal holds {stored}, the final read said {finals[index]}")
         owner = f"crash-writer-{index % run.config.writers}"
         check_history(slot, owner, history[slot.key], attempts[index], stored, found)
+    await check_versions(settings, run, history, attempts, found)
+
+
+async def check_versions(
+    settings: Settings,
+    run: Run,
+    audited: dict[tuple[str, str, str], list[dict[str, Any]]],
+    attempts: dict[int, list[dict[str, Any]]],
+    found: list[str],
+) -> None:
+    """Every committed change is one version, and every acknowledged write's version is
+    readable byte-exact from the version store after recovery."""
+    db = Database.from_settings(settings)
+    store = BlobStore.from_settings(settings)
+    versions = VersionStore(db, store)
+    try:
+        async with db.read() as conn:
+            rows = await conn.execute(select(file_version).where(file_version.c.book_id.in_(BOOKS)))
+            kept: dict[tuple[str, str, str], list[str | None]] = defaultdict(list)
+            for row in rows.mappings():
+                kept[(row["book_id"], row["path"], row["user_id"])].append(row["sha256"])
+        for index, slot in enumerate(run.slots):
+            successes = [
+                e
+                for e in audited[slot.key]
+                if e["status"] == "success" and (e["prev_hash"], e["new_hash"]) != (None, None)
+            ]  # a delete of a missing file changes nothing and makes no version
+            if len(kept[slot.key]) != len(successes):
+                found.append(
+                    f"{slot.key}: {len(successes)} committed changes but {len(kept[slot.key])} versions"
+                )
+            for attempt in (
+                a for a in attempts[index] if a["outcome"] == "acked" and a["tool"] == "write_content"
+            ):
+                if attempt["new"] not in kept[slot.key]:
+                    found.append(f"{slot.key}: acknowledged write {attempt['attempt']} has no version")
+                elif await versions.read(attempt["new"]) is None:
+                    found.append(f"{slot.key}: the bytes of acknowledged write {attempt['attempt']} are lost")
+    finally:
+        store.close()
+        await db.dispose()
 
 
 async def _read_database(
