@@ -181,7 +181,9 @@ async def run(quick: bool) -> dict[str, Any]:
     finally:
         for srv in servers.values():
             srv.stop()
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(old)], check=False, cwd=REPO, capture_output=True
+        )
         shutil.rmtree(work, ignore_errors=True)
     return results
 
