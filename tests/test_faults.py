@@ -104,6 +104,8 @@ class Rig:
         resources = build(settings, self.db, self.store, metrics, AuditRecorder(self.db, 0.01))
         self.publisher = resources.publisher
         self.service = resources.lessons
+        # What `open_resources` learns at start-up: a fresh database has no version to capture.
+        resources.versions.capture_pending = False
 
     async def row(self, path: str, user: str = "__base__") -> journal.JournalRow | None:
         async with self.db.read() as conn:

@@ -33,6 +33,7 @@ from panaversity_fs.storage.blobs import BlobStore
 from tests.archive_support import fetch, http_server, members, ticket
 from tests.conftest import PAIRS, Backends
 from tests.support import BOOK, LESSON, all_pages, assert_invariants, call, client, error_of
+from tests.test_migrations import _run as alembic
 
 OTHER = "content/01-Intro/01-Basics/02-second.md"
 THIRD = "content/01-Intro/02-More/01-third.md"
@@ -395,11 +396,7 @@ async def test_v7_upgrade_starts_history_with_every_current_file(backends: Backe
     store = BlobStore.from_settings(settings)
     try:
         await store.delete(version_key(v1["file_hash"]))
-        async with db.engine.begin() as conn:
-            await conn.execute(text("DELETE FROM file_version"))
-            await conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
-            await conn.execute(text("DROP TABLE file_version"))
-            await conn.execute(text("ALTER TABLE file_journal DROP COLUMN base_sha256"))
+        await alembic(db, "downgrade", "0003")
         await upgrade(db)
         async with db.read() as conn:
             seeded = (

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import Database
-from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.db.journal_sql import Author, FileKey
+from panaversity_fs.db.schema import file_version
 from panaversity_fs.paths import BASE_USER
 
 BOOK = "view-book"
@@ -40,6 +41,8 @@ rows_strategy = st.lists(
     max_size=24,
 )
 
+AUTHOR = Author("journal-view-test")
+
 
 def _digest(path: str, user: str) -> str:
     return hashlib.sha256(f"{user}/{path}".encode()).hexdigest()
@@ -64,15 +67,16 @@ async def _load(db: Database, rows: list[Row]) -> None:
         conn = tx.conn
         for path, user, live in rows:
             key = FileKey(BOOK, path, user)
-            await journal.create(conn, key, _digest(path, user), 1, f"k-{user}-{path}", now, "fs")
+            await journal.create(conn, key, _digest(path, user), 1, f"k-{user}-{path}", now, "fs", AUTHOR)
             if not live:
-                await journal.tombstone(conn, key, now)
+                await journal.tombstone(conn, key, now, AUTHOR)
 
 
 async def _clear(db: Database) -> None:
     async with db.write() as tx:
         conn = tx.conn
         await conn.execute(journal.file_journal.delete())
+        await conn.execute(file_version.delete())
 
 
 async def _paged(db: Database, viewer: str | None, prefix: str, limit: int) -> list[Any]:

@@ -184,6 +184,7 @@ async def open_resources(
         recorder.on_committed = lambda statuses: _count_audit(metrics, statuses)
         resources = build(settings, db, store, metrics, recorder)
         await _learn_books(db, metrics)
+        await _learn_capture(resources.versions)
         if recover:
             await _recover(resources)
         if background:
@@ -211,6 +212,14 @@ async def _learn_books(db: Database, metrics: Metrics) -> None:
             metrics.know_books(await journal.base_books(conn))
     except DB_ERRORS:
         logger.warning("could not read the known books; /metrics will learn them", exc_info=True)
+
+
+async def _learn_capture(versions: VersionStore) -> None:
+    """Whether writes must first keep what the history upgrade recorded; on a failure they do."""
+    try:
+        await versions.start()
+    except DB_ERRORS:
+        logger.warning("could not tell whether history capture is done; writes will check", exc_info=True)
 
 
 async def _recover(resources: Resources) -> None:

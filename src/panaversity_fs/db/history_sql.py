@@ -89,35 +89,6 @@ def _of(key: FileKey) -> Any:
     return and_(V.book_id == key.book_id, V.user_id == key.user_id, V.path == key.path)
 
 
-async def record(
-    conn: AsyncConnection,
-    key: FileKey,
-    version: int,
-    sha256: str | None,
-    size: int,
-    operation: str,
-    agent_id: str,
-    at: datetime,
-    content_type: str | None = None,
-) -> None:
-    """Record a committed change of `key` as its version `version` (in the change's transaction)."""
-    await conn.execute(
-        file_version.insert().values(
-            book_id=key.book_id,
-            user_id=key.user_id,
-            path=key.path,
-            version=version,
-            sha256=sha256,
-            size=size,
-            operation=operation,
-            agent_id=agent_id[:255],
-            created_at=at,
-            content_type=content_type,
-            captured=True,
-        )
-    )
-
-
 async def versions(conn: AsyncConnection, key: FileKey, before: int | None, limit: int) -> list[VersionRow]:
     """Return up to `limit` versions of `key` older than version `before` (all when None), newest first."""
     query = select(*_COLUMNS).where(_of(key))

@@ -33,6 +33,19 @@ class FileKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Author:
+    """Who makes a change, and what file history calls it when it is not a plain create,
+    update or delete (restore, revert, import). Triggers copy both into `file_version`."""
+
+    agent_id: str
+    operation: str | None = None
+
+    def values(self, change: str) -> dict[str, str]:
+        """The journal columns that name a `change` (create, update, delete) by this author."""
+        return {"operation": self.operation or change, "agent_id": self.agent_id[:255]}
+
+
+@dataclass(frozen=True, slots=True)
 class JournalRow:
     """One row of `file_journal`; `sha256` None marks a tombstone (deleted file)."""
 
@@ -164,10 +177,12 @@ def _next_version(
     size: int,
     staging_key: str | None,
     now: datetime,
+    author: dict[str, str],
     content_type: str | None = None,
 ) -> dict[str, Any]:
     """Column values of a committed change that still waits for its publish."""
     return {
+        **author,
         "base_sha256": _base_hash(key),
         "content_type": content_type,
         "sha256": sha256,
@@ -188,6 +203,7 @@ async def compare_and_swap(
     size: int,
     staging_key: str,
     now: datetime,
+    author: Author,
     content_type: str | None = None,
 ) -> int | None:
     """Point a live row whose hash is `expected` at new staged bytes.
@@ -197,7 +213,7 @@ async def compare_and_swap(
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256 == expected)
-        .values(_next_version(key, new_hash, size, staging_key, now, content_type))
+        .values(_next_version(key, new_hash, size, staging_key, now, author.values("update"), content_type))
         .returning(J.version)
     )
     return result.scalar_one_or_none()
@@ -211,6 +227,7 @@ async def create(
     staging_key: str,
     now: datetime,
     backend: str,
+    author: Author,
     content_type: str | None = None,
 ) -> int | None:
     """Record a new file (a fresh row, or a revived tombstone).
@@ -231,6 +248,7 @@ async def create(
         "pending_since": now,
         "content_type": content_type,
         "base_sha256": _base_hash(key),
+        **author.values("create"),
     }
     inserted = await conn.execute(insert_if_absent(conn, file_journal).values(values).returning(J.version))
     version = inserted.scalar_one_or_none()
@@ -240,14 +258,15 @@ async def create(
         update(file_journal)
         .where(key.where(), J.sha256.is_(None))
         .values(
-            _next_version(key, new_hash, size, staging_key, now, content_type) | {"storage_backend": backend}
+            _next_version(key, new_hash, size, staging_key, now, author.values("create"), content_type)
+            | {"storage_backend": backend}
         )
         .returning(J.version)
     )
     return revived.scalar_one_or_none()
 
 
-async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime) -> int | None:
+async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime, author: Author) -> int | None:
     """Mark a live file deleted (its object is removed at publish).
 
     Returns the row's new version, or None if the file is not live.
@@ -255,7 +274,7 @@ async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime) -> int |
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256.is_not(None))
-        .values(_next_version(key, None, 0, None, now))
+        .values(_next_version(key, None, 0, None, now, author.values("delete")))
         .returning(J.version)
     )
     return result.scalar_one_or_none()

@@ -50,6 +50,10 @@ file_journal = Table(
     Column("content_type", String(100), nullable=True),
     # An overlay's base hash when the overlay was last written (tells readers the base moved).
     Column("base_sha256", String(64), nullable=True),
+    # The last change's history operation and agent: triggers (migration 0004) copy each
+    # change into file_version from these.
+    Column("operation", String(16), nullable=True),
+    Column("agent_id", String(255), nullable=True),
     Index("ix_file_journal_book_user_path", "book_id", "user_id", "path"),
     Index("ix_file_journal_pending", "publish_pending"),
     Index("ix_file_journal_book_written", "book_id", "last_written_at"),

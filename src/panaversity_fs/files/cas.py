@@ -43,6 +43,7 @@ async def apply_write(
     now: datetime,
     content_type: str | None,
     backend: str,
+    author: journal.Author,
 ) -> WriteDecision | PanaversityFSError:
     """The journal change of a write in `conn`, per the `expected_hash` contract, or its refusal.
 
@@ -51,14 +52,16 @@ async def apply_write(
     """
     key = target.key
     if expected is None:
-        version = await journal.create(conn, key, new_hash, size, staging_key, now, backend, content_type)
+        version = await journal.create(
+            conn, key, new_hash, size, staging_key, now, backend, author, content_type
+        )
         if version is not None:
             return ("created", None, version)
         row = await journal.lock(conn, key)
         current = row.sha256 if row is not None else None
         return hash_required(current)
     version = await journal.compare_and_swap(
-        conn, key, expected, new_hash, size, staging_key, now, content_type
+        conn, key, expected, new_hash, size, staging_key, now, author, content_type
     )
     if version is not None:
         return ("updated", expected, version)
@@ -73,7 +76,7 @@ async def apply_write(
         if base is not None and base.exists:
             if base.sha256 == expected:
                 # Forking the overlay from the base version the agent read.
-                version = await journal.create(conn, key, new_hash, size, staging_key, now, backend)
+                version = await journal.create(conn, key, new_hash, size, staging_key, now, backend, author)
                 if version is not None:
                     return ("created", None, version)
                 row = await journal.lock(conn, key)

@@ -19,7 +19,6 @@ never blindly replayed. A delete is the same with a tombstone and no bytes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -27,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 
 from panaversity_fs.audit.trail import AuditTrail, Subject
 from panaversity_fs.config import Settings
-from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
 from panaversity_fs.deadlines import deadline_passed
@@ -70,9 +68,9 @@ VERSION_OPERATIONS = {
 """The history's name for changes made by these calls (others are create, update or delete)."""
 
 
-def version_operation(op: Operation, change: str) -> str:
-    """What a file's history calls a `change` (create, update, delete) made by `op`."""
-    return VERSION_OPERATIONS.get(op.name, change)
+def author_of(op: Operation) -> journal.Author:
+    """Who `op`'s changes are by, and what file history calls them."""
+    return journal.Author(op.agent_id, VERSION_OPERATIONS.get(op.name))
 
 
 class _StagedTooLong(Exception):
@@ -148,7 +146,7 @@ class FileEngine:
         staged_at = datetime.now(UTC)
         try:
             await self._versions.capture_before_change(target.key)
-            await asyncio.gather(self._store.write(key, data), self._versions.keep(sha256, data))
+            await self._versions.stage(key, sha256, data)
         except StorageError as exc:
             failure = storage_failure(exc)
             self._metrics.count_write(target.book_id, failure.code)
@@ -275,23 +273,13 @@ class FileEngine:
                 now,
                 staged.content_type,
                 self._store.backend,
+                author_of(op),
             )
-            if isinstance(applied, PanaversityFSError):
-                decided = applied
-            else:
-                decided = write_outcome(target, applied, staged.sha256, staged.size)
-                change = "create" if decided.mode == "created" else "update"
-                await history.record(
-                    tx.conn,
-                    target.key,
-                    decided.version,
-                    staged.sha256,
-                    staged.size,
-                    version_operation(op, change),
-                    op.agent_id,
-                    now,
-                    staged.content_type,
-                )
+            decided = (
+                applied
+                if isinstance(applied, PanaversityFSError)
+                else write_outcome(target, applied, staged.sha256, staged.size)
+            )
         await settle(tx, idem, decided, staged.content_type)
         if isinstance(decided, PanaversityFSError):
             current = (
@@ -367,11 +355,7 @@ class FileEngine:
             await self._trail.append(tx, op, _subject(target), previous, previous, refused)
             return refused
         if previous is not None:
-            now = datetime.now(UTC)
-            version = await journal.tombstone(tx.conn, target.key, now)
-            if version is not None:
-                operation = version_operation(op, "delete")
-                await history.record(tx.conn, target.key, version, None, 0, operation, op.agent_id, now)
+            await journal.tombstone(tx.conn, target.key, datetime.now(UTC), author_of(op))
         decided = DeleteOutcome(
             book_id=target.book_id,
             path=target.path,

@@ -28,7 +28,7 @@ from panaversity_fs.arguments import check_time
 from panaversity_fs.config import Settings
 from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import Database
+from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
 from panaversity_fs.db.history_sql import Retention, VersionRow
 from panaversity_fs.db.journal_sql import FileKey
 from panaversity_fs.errors import InvalidArgument
@@ -70,6 +70,9 @@ class Collection:
     young_skipped: int
 
 
+QUERY_BATCH = 500
+"""Hashes asked about in one query."""
+
 SET_ASIDE_PREFIX = f"{INTERNAL_PREFIX}versions-set-aside/"
 """Where collection moves bytes it is about to delete: `{unix time}-{sha256}`."""
 
@@ -90,6 +93,14 @@ class VersionStore:
             StorageError: storage failed.
         """
         await self._store.write(version_key(sha256), data)
+
+    async def stage(self, staging_key: str, sha256: str, data: bytes) -> None:
+        """Store a write's `data` at its staging key and as a version's bytes, in one storage call.
+
+        Raises:
+            StorageError: storage failed.
+        """
+        await self._store.write_all([(staging_key, data), (version_key(sha256), data)])
 
     async def keep_object(self, sha256: str, source: str) -> None:
         """Copy the object at `source` (bytes whose hash is `sha256`) into the version store.
@@ -145,17 +156,22 @@ class VersionStore:
         """
         now = now or datetime.now(UTC)
         young = 0
+        old: dict[str, str] = {}
         for blob in await self._store.list(VERSIONS_PREFIX):
             if blob.last_modified is not None and now - blob.last_modified < grace:
                 young += 1
-                continue
-            sha = blob.key.rsplit("/", 1)[-1]
+            else:
+                old[blob.key.rsplit("/", 1)[-1]] = blob.key
+        hashes = sorted(old)
+        for start in range(0, len(hashes), QUERY_BATCH):
+            batch = hashes[start : start + QUERY_BATCH]
             async with self._db.read() as conn:
-                if await history.retained_among(conn, retention, [sha]):
-                    continue
-            aside = f"{SET_ASIDE_PREFIX}{int(now.timestamp())}-{sha}"
-            await self._store.copy(blob.key, aside)
-            await self._store.delete(blob.key)
+                kept = await history.retained_among(conn, retention, batch)
+            for sha in batch:
+                if sha not in kept:
+                    # Set aside, not deleted: a write of these bytes may still commit (see above).
+                    await self._store.copy(old[sha], f"{SET_ASIDE_PREFIX}{int(now.timestamp())}-{sha}")
+                    await self._store.delete(old[sha])
         return Collection(await self._settle_set_aside(retention, grace, now), young)
 
     async def _settle_set_aside(self, retention: Retention, grace: timedelta, now: datetime) -> int:
@@ -176,19 +192,32 @@ class VersionStore:
             logger.info("collected version bytes", extra={"removed": removed})
         return removed
 
+    async def start(self) -> None:
+        """Learn whether versions recorded by the upgrade still lack their bytes (one query); a
+        failure leaves `capture_pending` set, which is always safe.
+
+        Raises:
+            sqlalchemy errors: the database failed.
+        """
+        async with self._db.read() as conn:
+            self.capture_pending = bool(await history.uncaptured(conn, 1))
+
     async def capture_before_change(self, key: FileKey) -> None:
         """Copy in the bytes of `key`'s version recorded by the upgrade, if still uncaptured.
 
         Raises:
             StorageError: storage failed.
-            sqlalchemy errors: the database failed.
+            Unavailable: the database failed.
         """
         if not self.capture_pending:
             return
-        async with self._db.read() as conn:
-            rows = await history.uncaptured(conn, 1, key)
-        for row in rows:
-            await self._capture(row)
+        try:
+            async with self._db.read() as conn:
+                rows = await history.uncaptured(conn, 1, key)
+            for row in rows:
+                await self._capture(row)
+        except DB_ERRORS as exc:
+            raise database_failure(exc) from None
 
     async def capture_all(self, batch: int = 200) -> int:
         """Copy in the bytes of every version recorded by the upgrade; return how many.

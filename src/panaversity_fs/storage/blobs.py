@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -264,6 +264,15 @@ class BlobStore:
     async def write(self, key: str, data: bytes) -> None:
         """Store `data` at `key`, replacing any object there, atomically for readers."""
         await self._run(lambda: self._operator.write(key, data))
+
+    async def write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Store each `(key, data)`, in order, in one storage call (one thread hand-off)."""
+
+        def write() -> None:
+            for key, data in items:
+                self._operator.write(key, data)
+
+        await self._run(write)
 
     async def publish(self, staging_key: str, key: str) -> None:
         """Make the staged object the object at `key` (rename where possible, else copy)."""
