@@ -93,7 +93,7 @@ class History:
         """
         with self._trail.read(op, book_id, path, user_id):
             target = Target.file(book_id, path, user_id)
-            size = check_limit(limit, 50, MAX_VERSIONS_PAGE)
+            size = check_limit(limit, 20, MAX_VERSIONS_PAGE)
             query = paging.query_digest("list_versions", target.book_id, target.path, target.user_id)
             before = paging.int_field(paging.decode(cursor, query), "before") if cursor is not None else None
             try:

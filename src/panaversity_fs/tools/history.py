@@ -40,7 +40,7 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         path: FilePath,
         user_id: UserId = None,
         cursor: Cursor = None,
-        limit: Annotated[Count, page_size(200)] = 50,
+        limit: Annotated[Count, page_size(200)] = 20,
     ) -> ToolResult:
         """A file's versions, newest first."""
         listed = await state.require().history.list(
