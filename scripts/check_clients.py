@@ -2,7 +2,7 @@
 
     uv run python scripts/check_clients.py
 
-The official Python SDK is checked in the test suite (tests/test_official_clients.py); these
+The official Python SDK is checked in the test suite (tests/system/test_official_clients.py); these
 two need Node.js, so they are one documented command instead. It installs the pinned clients
 into `.cache/mcp-clients/` (npm, once), starts `panaversity-fs serve` on a free loopback port
 (SQLite + a scratch folder, HS256 auth with an issuer, so discovery metadata is served), and:

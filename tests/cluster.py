@@ -2,7 +2,7 @@
 S3 server in its own process, and N `panaversity-fs serve` replicas sharing one database and one
 store.
 
-Topology (tests/test_replicas.py, tests/crash_campaign.py):
+Topology (tests/chaos/test_replicas.py, tests/crash_campaign.py):
 
     writers (pytest process) --HTTP--> replica 0..N-1 (127.0.0.1, one port each)
                                          |  same DATABASE_URL, same S3 bucket + prefix,

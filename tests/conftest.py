@@ -231,3 +231,14 @@ async def proxied(backends: Backends, proxy: PostgresProxy) -> tuple[Settings, S
     """Direct settings on a fresh PostgreSQL database, and the same through `proxy`."""
     direct = await backends.settings("postgres-fs")
     return direct, direct.model_copy(update={"database_url": proxy.url(direct.database_url)})
+
+
+KINDS = ("unit", "service", "system", "chaos")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kind, the folder it lives in (`-m unit`, `-m "not chaos"`, ...)."""
+    for item in items:
+        for kind in KINDS:
+            if f"/tests/{kind}/" in str(item.path):
+                item.add_marker(getattr(pytest.mark, kind))

@@ -77,7 +77,7 @@ def with_content(result: Any) -> dict[str, Any]:
     """The structured result of a tool call, given the content the model reads where the tests
         look for it: a read's markdown (its first text block) as `content`, and each file's embedded
         resource as that file's `content` (pages, changes), an asset's inline bytes as `inline_bytes`
-    and `inline_type`, a grep page's lines as `hits`. tests/test_agent_contract.py and tests/test_official_clients.py check the blocks themselves."""
+    and `inline_type`, a grep page's lines as `hits`. tests/system/test_agent_contract.py and tests/system/test_official_clients.py check the blocks themselves."""
     structured = described(dict(result.structured_content))
     blocks = list(result.content)
     texts = {

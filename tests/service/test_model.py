@@ -22,7 +22,7 @@ The model follows the documented contract (PRODUCT.md §3-4, `ContentService` do
   CONFLICT(current_hash); an overlay delete never touches base;
 * a read with `user_id` returns the live overlay, else the base (`source` says which).
 
-Longer runs: `PFS_MODEL_EXAMPLES=500 uv run pytest tests/test_model.py`; outcome coverage:
+Longer runs: `PFS_MODEL_EXAMPLES=500 uv run pytest tests/service/test_model.py`; outcome coverage:
 add `--hypothesis-show-statistics`. A failure prints the shrunk operation list, every step's
 actual result, and a `@reproduce_failure` blob through Hypothesis's normal output
 (`--hypothesis-seed=N` replays a whole run).

@@ -87,7 +87,7 @@ def test_installed_and_locked_pyjwt_is_at_least_2_13() -> None:
     """S-11: PyJWT before 2.13 accepted a public JWK as an HMAC secret (CVE-2026-48526)."""
     installed = tuple(int(part) for part in metadata.version("pyjwt").split(".")[:2])
     assert installed >= (2, 13)
-    lock = (Path(__file__).resolve().parent.parent / "uv.lock").read_text()
+    lock = (Path(__file__).resolve().parents[2] / "uv.lock").read_text()
     locked = re.search(r'\[\[package\]\]\nname = "pyjwt"\nversion = "(\d+)\.(\d+)', lock)
     assert locked is not None and (int(locked.group(1)), int(locked.group(2))) >= (2, 13)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGE = ROOT / "src" / "panaversity_fs"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [

@@ -39,8 +39,8 @@ from panaversity_fs.storage.blobs import BlobStore
 from tests.chain_support import commit_tampering, committed_tampering
 from tests.conftest import Backends
 from tests.processes import run_cli, settings_env
+from tests.service.test_audit import build_chain, delete_from, entry, rehash_from, tampering, wind_head_back
 from tests.support import BOOK, LESSON, call, client
-from tests.test_audit import build_chain, delete_from, entry, rehash_from, tampering, wind_head_back
 
 SECRET = "f3c1a9e07b6d42c88e15a0b9d7c64f21aa03be5c9d8e7f60"
 CHAIN = 300

@@ -33,7 +33,7 @@ from panaversity_fs.storage.blobs import BlobStore
 from tests.archive_support import fetch, http_server, members, ticket
 from tests.conftest import PAIRS, Backends
 from tests.support import BOOK, LESSON, all_pages, assert_invariants, call, client, error_of
-from tests.test_migrations import _run as alembic
+from tests.system.test_migrations import _run as alembic
 
 OTHER = "content/01-Intro/01-Basics/02-second.md"
 THIRD = "content/01-Intro/02-More/01-third.md"

@@ -29,10 +29,10 @@ from panaversity_fs.errors import Unavailable
 from panaversity_fs.files.fsck import check
 from panaversity_fs.identity import Caller
 from panaversity_fs.operation import Operation
+from tests.chaos.test_faults import AGENT, Injected, Rig
 from tests.conftest import PAIRS, Backends
 from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, audit_of, call, client, error_of
-from tests.test_faults import AGENT, Injected, Rig
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
 

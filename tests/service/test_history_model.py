@@ -9,7 +9,7 @@ applied), which must put every file back as it was at the mark. Every answer is 
 exactly; afterwards every path is read, fsck (version bytes included) must be clean, the audit
 chain must verify, and the audit log must hold one entry per mutation in order.
 
-Longer runs: `PFS_MODEL_EXAMPLES=200 uv run pytest tests/test_history_model.py`.
+Longer runs: `PFS_MODEL_EXAMPLES=200 uv run pytest tests/service/test_history_model.py`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from hypothesis import strategies as st
 from panaversity_fs.app.server import create_server
 from panaversity_fs.paths import BASE_USER
 from tests.conftest import PAIRS, Backends
-from tests.support import BOOK, ToolFailure, assert_invariants, call, client
-from tests.test_model import (
+from tests.service.test_model import (
     AGENT,
     MUTATIONS,
     PATHS,
@@ -52,6 +51,7 @@ from tests.test_model import (
     predict,
     sha,
 )
+from tests.support import BOOK, ToolFailure, assert_invariants, call, client
 
 HISTORY_MUTATIONS = (*MUTATIONS, "restore_version", "revert_changes")
 _paths = st.sampled_from((0, 0, 1))

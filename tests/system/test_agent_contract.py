@@ -325,7 +325,7 @@ async def test_a_client_without_a_token_learns_where_to_get_one(backends: Backen
 
 
 async def test_the_readmes_first_tool_call_works(backends: Backends) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## A first tool call", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     settings = await backends.settings("sqlite-fs")
