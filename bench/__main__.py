@@ -37,15 +37,10 @@ from typing import Any, TextIO
 import asyncpg
 
 from bench import report
-from bench.bench_core import (
-    PG_ADMIN_URL,
-    REPO,
-    RESULTS,
-    machine_busy_seconds,
-    machine_info,
-    stop_group,
-    wait_quiet,
-)
+from bench.bench_core import REPO, RESULTS
+from testkit.databases import PG_ADMIN_URL
+from testkit.measure import machine_busy_seconds, machine_info, wait_quiet
+from testkit.processes import stop_group
 
 DOC = REPO / "docs" / "benchmarks.md"
 SAMPLE_SECONDS = 10.0
@@ -85,7 +80,7 @@ BENCHMARKS = (
     Benchmark("core", "bench.bench_core", (), ("--quick",), 900),
     Benchmark(
         "load",
-        "bench.loadgen",
+        "testkit.loadgen",
         ("all", "--duration", "30", "--backend", "sqlite,postgres"),
         ("all", "--duration", "3", "--files-per-book", "20", "--backend", "postgres"),
         1800,

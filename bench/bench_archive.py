@@ -39,9 +39,11 @@ from fastmcp import Client
 from mcp_types import Implementation
 from stream_zip import NO_COMPRESSION_32, ZIP_AUTO, async_stream_zip, stream_zip
 
-from bench.bench_core import RESULTS, ServerProcess, free_port, machine_info, server_env
+from bench.bench_core import RESULTS
 from panaversity_fs.config import Settings
-from tests.archive_support import BookFile, RssSampler, book_files, write_files
+from testkit.books import BookFile, book_files, write_files
+from testkit.measure import RssSampler, machine_info
+from testkit.processes import ServerProcess, free_port, server_env
 
 MiB = 1024 * 1024
 BOOK = "bench-archive"
@@ -154,7 +156,7 @@ async def run(runs: int) -> dict[str, Any]:
 
         baseline = [zipfile_baseline(root / "src", files) for _ in range(runs + 1)][1:]
         port = free_port()
-        server = ServerProcess(
+        server = ServerProcess.command(
             "panaversity-fs",
             ["python", "-m", "panaversity_fs", "serve", "--port", str(port)],
             server_env(settings.database_url, root / "store", "INFO"),

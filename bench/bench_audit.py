@@ -5,7 +5,7 @@
 
 A scratch database (`pfs_bench_audit_<pid>` on `PFS_BENCH_PG_URL`, dropped afterwards, or a
 temporary SQLite file) is migrated and filled with a synthetic, correctly linked chain
-(`tests/chain_support.py`). Then, in the same run:
+(`testkit/chains.py`). Then, in the same run:
 
 - **verify**: the CLI in a fresh process, wall time and peak RSS (`ru_maxrss`);
 - **baseline, fetch**: the same rows streamed in seq order with plain asyncpg (a server-side
@@ -32,12 +32,14 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.bench_core import RESULTS, create_pg_database, drop_pg_database, machine_info
+from bench.bench_core import RESULTS
 from panaversity_fs.audit.chain import compute_entry_hash
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import upgrade
-from tests.chain_support import synthetic_entries, verify_and_measure, write_chain
+from testkit.chains import synthetic_entries, verify_and_measure, write_chain
+from testkit.databases import create_pg_database, drop_pg_database
+from testkit.measure import machine_info
 
 TARGET_SECONDS = 60.0
 TARGET_RSS = 200 * 1024 * 1024

@@ -43,21 +43,14 @@ from typing import Any
 
 import re2  # type: ignore[import-untyped]
 
-from bench.bench_core import (
-    RESULTS,
-    ServerProcess,
-    call,
-    free_port,
-    machine_info,
-    make_client,
-    server_env,
-    timed_series,
-)
+from bench.bench_core import RESULTS, call, make_client
 from panaversity_fs.app.resources import open_resources
 from panaversity_fs.config import Settings
 from panaversity_fs.content.service import Target
 from panaversity_fs.identity import Caller
 from panaversity_fs.operation import Operation
+from testkit.measure import machine_info, timed_series
+from testkit.processes import ServerProcess, free_port, server_env
 
 LESSONS_BOOK = "bench-lessons"
 BIG_BOOK = "bench-big"
@@ -320,7 +313,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         env = server_env(settings.database_url, settings.storage_root, args.log_level)
         env["PANAVERSITY_SERVER_PORT"] = str(port)
-        server = ServerProcess(
+        server = ServerProcess.command(
             "pfs-sqlite", [sys.executable, "-m", "panaversity_fs", "serve"], env, scratch / "server.log", port
         )
         server.start()

@@ -37,25 +37,14 @@ from typing import Any
 
 from sqlalchemy import insert, update
 
-from bench.bench_core import (
-    RESULTS,
-    ServerProcess,
-    bench_trivial,
-    call,
-    create_pg_database,
-    drop_pg_database,
-    launch,
-    lesson_text,
-    machine_info,
-    make_client,
-    measure,
-    server_env,
-    timed_series,
-)
+from bench.bench_core import RESULTS, bench_trivial, call, launch, lesson_text, make_client
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import upgrade
 from panaversity_fs.db.schema import file_journal
+from testkit.databases import create_pg_database, drop_pg_database
+from testkit.measure import machine_info, measure, timed_series
+from testkit.processes import ServerProcess, server_env
 
 BOOK = "bench-big-book"
 READ_BOOK = "bench-book"

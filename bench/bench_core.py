@@ -31,31 +31,35 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import mcp_types
 from fastmcp import Client
 
 from bench.report import core_section
+from testkit.databases import create_pg_database, drop_pg_database
+from testkit.measure import (
+    machine_busy_seconds,
+    machine_info,
+    measure,
+    summary_ms,
+    timed_series,
+    wait_quiet,
+)
+from testkit.processes import ServerProcess, free_port, server_env
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-PG_ADMIN_URL = os.environ.get("PFS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 BOOK = "bench-book"
 READ_LESSON = "content/01-Bench/01-Reads/01-lesson.md"
@@ -77,13 +81,6 @@ TARGETS = {
 # -- helpers -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """An unused loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def lesson_text(tag: str) -> str:
     """About 5 KB of lesson markdown whose first line is `tag` (so each version differs)."""
     head = f"# Lesson {tag}\n\n"
@@ -97,181 +94,7 @@ def lesson_text(tag: str) -> str:
     return body + "x" * (LESSON_BYTES - len(body.encode()))
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of `samples`, by linear interpolation."""
-    ordered = sorted(samples)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def summary_ms(samples: list[float]) -> dict[str, float]:
-    """p50/p95/mean/min/max of `samples` (seconds) in milliseconds."""
-    return {
-        "n": len(samples),
-        "p50_ms": round(percentile(samples, 0.50) * 1000, 3),
-        "p95_ms": round(percentile(samples, 0.95) * 1000, 3),
-        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
-        "min_ms": round(min(samples) * 1000, 3),
-        "max_ms": round(max(samples) * 1000, 3),
-    }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process `pid` and its live children (0 if gone).
-
-    Children count because `serve --workers N` serves from N child processes of a supervisor.
-    """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return own + sum(cpu_seconds(int(child)) for child in children)
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes of the machine have spent busy (from /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def background_cpu_pct(window: float = 2.0) -> float:
-    """CPU the machine spends busy over `window` seconds, in % of one core (this process idle)."""
-    before = machine_busy_seconds()
-    time.sleep(window)
-    return 100 * (machine_busy_seconds() - before) / window
-
-
-def wait_quiet(max_wait: float, threshold: float = 15.0) -> list[float]:
-    """Wait up to `max_wait` s for a 2 s window with < `threshold` % background CPU; return the samples."""
-    samples = [background_cpu_pct()]
-    deadline = time.monotonic() + max_wait
-    while samples[-1] >= threshold and time.monotonic() < deadline:
-        if len(samples) % 15 == 1:
-            print(f"  waiting for a quiet machine: other processes use {samples[-1]:.0f}% of one core")
-        samples.append(background_cpu_pct())
-    return [round(x, 1) for x in samples]
-
-
-def machine_info() -> dict[str, Any]:
-    """nproc, CPU model, RAM, Python and library versions, git commit."""
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += "-dirty" if dirty else ""
-    from importlib.metadata import version
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "ram_gib": round(mem_kib / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "fastmcp": version("fastmcp"),
-        "sqlalchemy": version("sqlalchemy"),
-        "git": commit,
-    }
-
-
 # -- server processes ----------------------------------------------------------------------
-
-
-def stop_group(process: subprocess.Popen[Any], timeout: float) -> None:
-    """SIGTERM `process`'s process group; SIGKILL it if it has not exited after `timeout`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-class ServerProcess:
-    """A server subprocess in its own process group, with its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, port: int):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the process and wait until GET /health answers 200."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    print(f"  {self.name}: healthy after {time.monotonic() - started:.1f} s (pid {self.pid})")
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not become healthy:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the process group; SIGKILL it if it has not exited after `timeout`."""
-        if self.process is not None and self.process.poll() is None:
-            stop_group(self.process, timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the process's output."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 CPROFILE_LAUNCHER = """
@@ -400,71 +223,6 @@ async def call(client: Client[Any], tool: str, arguments: dict[str, Any]) -> dic
         raise RuntimeError(f"{tool} failed: {text}")
     assert result.structured_content is not None
     return dict(result.structured_content)
-
-
-async def timed_series(
-    warmup: int, n: int, prepare: Callable[[int], Callable[[], Awaitable[Any]]]
-) -> list[float]:
-    """Run `warmup` + `n` sequential calls; return the n timed durations (seconds).
-
-    `prepare(i)` builds the i-th call (arguments and all) outside the timed region.
-    """
-    samples: list[float] = []
-    for i in range(warmup + n):
-        op = prepare(i)
-        started = time.perf_counter()
-        await op()
-        elapsed = time.perf_counter() - started
-        if i >= warmup:
-            samples.append(elapsed)
-    return samples
-
-
-@dataclass
-class Phase:
-    """One measured phase: latency samples plus the CPU both sides spent."""
-
-    samples: list[float]
-    wall_s: float
-    server_cpu_s: float
-    client_cpu_s: float
-    machine_cpu_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The phase's summary (no raw samples)."""
-        out: dict[str, Any] = dict(summary_ms(self.samples)) if self.samples else {"n": 0}
-        out["wall_s"] = round(self.wall_s, 3)
-        out["server_cpu_pct"] = round(100 * self.server_cpu_s / self.wall_s, 1)
-        out["client_cpu_pct"] = round(100 * self.client_cpu_s / self.wall_s, 1)
-        other = max(0.0, self.machine_cpu_s - self.server_cpu_s - self.client_cpu_s)
-        out["other_processes_cpu_pct"] = round(100 * other / self.wall_s, 1)
-        if self.samples:
-            out["server_cpu_ms_per_call"] = round(1000 * self.server_cpu_s / len(self.samples), 3)
-            out["client_cpu_ms_per_call"] = round(1000 * self.client_cpu_s / len(self.samples), 3)
-        out.update(self.extra)
-        return out
-
-
-async def measure(
-    server: ServerProcess, body: Callable[[], Awaitable[tuple[list[float], dict[str, Any]]]]
-) -> Phase:
-    """Run `body`, recording wall time and the server's and this process's CPU time."""
-    server_cpu = cpu_seconds(server.pid)
-    client_cpu = time.process_time()
-    machine_cpu = machine_busy_seconds()
-    started = time.perf_counter()
-    samples, extra = await body()
-    wall = time.perf_counter() - started
-    machine_cpu = machine_busy_seconds() - machine_cpu
-    return Phase(
-        samples=samples,
-        wall_s=wall,
-        server_cpu_s=cpu_seconds(server.pid) - server_cpu,
-        client_cpu_s=time.process_time() - client_cpu,
-        machine_cpu_s=machine_cpu,
-        extra=extra,
-    )
 
 
 async def bench_trivial(
@@ -718,50 +476,16 @@ async def bench_raw_txn(pg_url: str, n: int, seconds: float) -> dict[str, Any]:
 # -- the run -------------------------------------------------------------------------------
 
 
-def server_env(database_url: str, storage_root: Path, log_level: str) -> dict[str, str]:
-    """Environment for `panaversity-fs serve`: ours, minus any PANAVERSITY_/DATABASE_ settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PANAVERSITY_", "DATABASE_"))}
-    env["DATABASE_URL"] = database_url
-    env["PANAVERSITY_STORAGE_BACKEND"] = "fs"
-    env["PANAVERSITY_STORAGE_ROOT"] = str(storage_root)
-    env["PANAVERSITY_LOG_LEVEL"] = log_level
-    # The benchmarks measure the server's capacity, not the per-agent limits (a few agents make
-    # every call here, so the default budgets would answer RATE_LIMITED within seconds).
-    env["PANAVERSITY_RATE_LIMIT_READS_PER_MINUTE"] = "0"
-    env["PANAVERSITY_RATE_LIMIT_WRITES_PER_MINUTE"] = "0"
-    return env
-
-
 def launch(
     name: str, argv: list[str], env: dict[str, str], tmp: Path, servers: list[ServerProcess]
 ) -> ServerProcess:
     """Start `argv --port <free port>` as server `name` (log in `tmp`), added to `servers` first
     (so the caller stops it even if it never becomes healthy); return it once healthy."""
     port = free_port()
-    server = ServerProcess(name, [*argv, "--port", str(port)], env, tmp / f"{name}.log", port)
+    server = ServerProcess.command(name, [*argv, "--port", str(port)], env, tmp / f"{name}.log", port)
     servers.append(server)
     server.start()
     return server
-
-
-async def create_pg_database(name: str) -> str:
-    """Create the scratch database `name`; return its URL."""
-    admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-async def drop_pg_database(name: str) -> None:
-    """Drop the scratch database `name` (even with connections left)."""
-    admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def ratios(trivial_p50: float, backend: dict[str, Any], digits: int | None = 3) -> dict[str, float]:

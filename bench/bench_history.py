@@ -26,20 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.bench_core import (
-    BOOK,
-    REPO,
-    RESULTS,
-    ServerProcess,
-    call,
-    free_port,
-    lesson_text,
-    make_client,
-    measure,
-    summary_ms,
-    timed_series,
-    write_throughput,
-)
+from bench.bench_core import BOOK, REPO, RESULTS, call, lesson_text, make_client, write_throughput
+from testkit.measure import measure, summary_ms, timed_series
+from testkit.processes import ServerProcess, free_port
 
 BASELINE = "5d06633"
 """The last commit before history: the same code without versions."""
@@ -69,7 +58,7 @@ def server(name: str, root: Path, work: Path, src: Path | None) -> ServerProcess
         env["PYTHONPATH"] = str(src)
     port = free_port()
     argv = [sys.executable, "-m", "panaversity_fs", "serve", "--port", str(port)]
-    return ServerProcess(name, argv, env, work / f"{name}.log", port)
+    return ServerProcess.command(name, argv, env, work / f"{name}.log", port)
 
 
 async def write_series(srv: ServerProcess, n: int, tag: str) -> dict[str, Any]:

@@ -36,9 +36,10 @@ import httpx
 import jwt
 import uvicorn
 
-from bench.bench_core import RESULTS, free_port
+from bench.bench_core import RESULTS
 from panaversity_fs.app.server import create_app
 from panaversity_fs.config import Settings
+from testkit.processes import free_port
 
 SECRET = "bench-wire-" + "5f1e9c3a7b2d4e6f8a0b1c2d3e4f5a6b7c8d9e0f"
 BOOK = "wire-book"

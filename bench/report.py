@@ -546,7 +546,7 @@ def load_section(load: dict[str, Any]) -> list[str]:
     cfg = load["config"]
     lines = [
         (
-            f"`bench/loadgen.py`: {cfg['duration_s']:g} s per scenario, seed {cfg['seed']}, server log level "
+            f"`testkit/loadgen.py`: {cfg['duration_s']:g} s per scenario, seed {cfg['seed']}, server log level "
             f"{cfg['server_log_level']}, {_processes(cfg.get('server_workers'))} per database. CPU: server / generator / other processes."
         ),
         "",

@@ -37,7 +37,7 @@ import boto3
 import httpx
 
 from panaversity_fs.config import Settings
-from tests.processes import REPO, ServerProcess, free_port, run_cli, settings_env, wait_healthy
+from testkit.processes import REPO, ServerProcess, free_port, run_cli, settings_env, wait_healthy
 
 PG_BIN = Path(os.environ.get("PFS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 S3_BUCKET = "pfs-test"

@@ -24,8 +24,8 @@ from moto.server import ThreadedMotoServer
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import upgrade
+from testkit.processes import IN_CI, free_port
 from tests.faultproxy import PostgresProxy
-from tests.processes import IN_CI, free_port
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 

@@ -29,9 +29,9 @@ from panaversity_fs.errors import Unavailable
 from panaversity_fs.files.fsck import check
 from panaversity_fs.identity import Caller
 from panaversity_fs.operation import Operation
+from testkit.processes import ServerProcess
 from tests.chaos.test_faults import AGENT, Injected, Rig
 from tests.conftest import PAIRS, Backends
-from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, audit_of, call, client, error_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64

@@ -22,9 +22,9 @@ from mcp_types import Implementation
 
 from panaversity_fs.app.resources import CLOSE_SECONDS
 from panaversity_fs.ops.serving import DRAIN_SECONDS
+from testkit.processes import ServerProcess
 from tests.conftest import Backends, proxied
 from tests.faultproxy import PostgresProxy
-from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, ToolFailure, call
 
 STOP_WITHIN = DRAIN_SECONDS + CLOSE_SECONDS + 3.0

@@ -38,10 +38,10 @@ from panaversity_fs.db import audit_sql as audit_repository
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log, file_journal
 from panaversity_fs.storage.blobs import STAGING_PREFIX
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.books_support import sha
 from tests.conftest import Backends, proxied
 from tests.faultproxy import FaultRule, PostgresProxy, S3Proxy
-from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import ToolFailure, call
 
 BOOK = "wire-book"

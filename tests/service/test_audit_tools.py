@@ -25,8 +25,8 @@ from panaversity_fs.db.audit_sql import stream_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.times import to_utc
+from testkit.chains import commit_tampering
 from tests.asset_support import b64, png
-from tests.chain_support import commit_tampering
 from tests.support import (
     BOOK,
     LESSON,

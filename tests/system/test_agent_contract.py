@@ -21,11 +21,11 @@ from fastmcp import Client
 from mcp_types import Implementation, ResourceLink, TextContent
 
 from panaversity_fs.app.server import create_server
+from testkit.processes import free_port
 from tests.archive_support import http_server
 from tests.auth_support import AUDIENCE, ISSUER, SECRET, hs_token
 from tests.books_support import lesson
 from tests.conftest import Backends
-from tests.processes import free_port
 from tests.support import BOOK, audit_of, call, client, error_of
 
 CATALOGUE_LIMIT = 9000

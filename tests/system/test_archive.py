@@ -21,19 +21,8 @@ from panaversity_fs.config import Settings
 from panaversity_fs.paths import storage_key
 from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import BlobStore
-from tests.archive_support import (
-    BookFile,
-    complete_members,
-    fetch,
-    http_server,
-    journal_view,
-    manifest_of,
-    markdown,
-    members,
-    png,
-    ticket,
-    write_files,
-)
+from testkit.books import BookFile, journal_view, markdown, png, write_files
+from tests.archive_support import complete_members, fetch, http_server, manifest_of, members, ticket
 from tests.conftest import PAIRS, Backends
 from tests.support import assert_invariants, call, error_of
 

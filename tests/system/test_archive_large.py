@@ -10,9 +10,11 @@ import pytest
 from stream_unzip import stream_unzip
 
 from panaversity_fs.archive.builder import MANIFEST_NAME
-from tests.archive_support import RssSampler, book_files, journal_view, ticket, write_files
+from testkit.books import book_files, journal_view, write_files
+from testkit.measure import RssSampler
+from testkit.processes import ServerProcess
+from tests.archive_support import ticket
 from tests.conftest import Backends
-from tests.processes import ServerProcess
 
 MiB = 1024 * 1024
 RSS_GROWTH_LIMIT = 32 * MiB

@@ -26,9 +26,9 @@ from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.signing import UrlSigner
 from panaversity_fs.storage.blobs import UPLOAD_PREFIX, BlobStore
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.asset_support import SVG, b64, history, journal_rows, noise, overwrite, png, sha, stored_keys
 from tests.conftest import Backends
-from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, assert_invariants, call, client, error_of
 
 SECRET = "asset-upload-test-secret-0123456789"

@@ -36,9 +36,9 @@ from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.storage.blobs import BlobStore
-from tests.chain_support import commit_tampering, committed_tampering
+from testkit.chains import commit_tampering, committed_tampering
+from testkit.processes import run_cli, settings_env
 from tests.conftest import Backends
-from tests.processes import run_cli, settings_env
 from tests.service.test_audit import build_chain, delete_from, entry, rehash_from, tampering, wind_head_back
 from tests.support import BOOK, LESSON, call, client
 

@@ -23,6 +23,7 @@ from panaversity_fs.auth.access import TOOL_RULES, WRITE, granted
 from panaversity_fs.auth.tokens import build_verifier, check_secret
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.auth_support import (
     ALL_SCOPES,
     HS_ENV,
@@ -35,7 +36,6 @@ from tests.auth_support import (
     unsigned_token,
 )
 from tests.conftest import Backends
-from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, HEADERS, INIT, LESSON, call, error_of
 
 OTHER_BOOK = "other-book"

@@ -20,8 +20,8 @@ from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
 from panaversity_fs.db import audit_sql as audit_repository
 from panaversity_fs.db.engine import Database
+from testkit.processes import ServerProcess
 from tests.conftest import Backends
-from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, ToolFailure, assert_invariants, call, client
 
 WRITERS = 8

@@ -33,7 +33,7 @@ from panaversity_fs.errors import ConfigurationError
 from panaversity_fs.ops import settings_reference
 from panaversity_fs.ops.cli import build_parser
 from panaversity_fs.ops.serving import DRAIN_SECONDS
-from tests.processes import REPO, free_port, run_cli, wait_healthy
+from testkit.processes import REPO, free_port, run_cli, wait_healthy
 
 DOCKERFILE = REPO / "Dockerfile"
 FLY_TOML = REPO / "fly.toml"

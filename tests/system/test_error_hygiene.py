@@ -21,8 +21,8 @@ from mcp_types import Implementation
 
 from panaversity_fs.config import Settings
 from panaversity_fs.storage.blobs import BlobStore, StorageError
+from testkit.processes import ServerProcess, free_port
 from tests.conftest import PG_URL, Backends
-from tests.processes import ServerProcess, free_port
 from tests.support import BOOK, LESSON
 
 FORBIDDEN_TEXT = (

@@ -32,8 +32,8 @@ from panaversity_fs.files.fsck import QUARANTINE_PREFIX, check, repair
 from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.storage.blobs import STAGING_PREFIX, BlobStore
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.conftest import PAIRS, Backends
-from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import call, client
 
 BOOK = "fsck-book"

@@ -18,9 +18,9 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 from mcp_types import Implementation
 
+from testkit.processes import ServerProcess
 from tests.books_support import lesson
 from tests.conftest import Backends
-from tests.processes import ServerProcess
 from tests.support import BOOK, HEADERS, INIT, call, error_of
 
 # -- 1. one grep must not stall the server -------------------------------------------------
@@ -411,7 +411,7 @@ async def test_9_hydrate_never_sends_its_token_to_another_host(backends: Backend
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.processes import run_cli, settings_env
+    from testkit.processes import run_cli, settings_env
 
     seen: list[str | None] = []
 
@@ -559,7 +559,7 @@ def test_11_settings_refuse_short_secrets_and_a_body_limit_below_the_largest_wri
 
 
 async def test_11_a_short_url_signing_secret_stops_serve_with_a_clean_message(backends: Backends) -> None:
-    from tests.processes import run_cli, settings_env
+    from testkit.processes import run_cli, settings_env
 
     settings = await backends.settings("sqlite-fs")
     result = run_cli(

@@ -13,8 +13,8 @@ from mcp_types import Implementation
 
 from panaversity_fs.db import audit_sql as audit_repository
 from panaversity_fs.db.engine import Database
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.conftest import Backends
-from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, HEADERS, INIT, LESSON, call, error_of
 
 

@@ -19,7 +19,7 @@ from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.ops.cli import main
 from panaversity_fs.ops.hydrator import MANIFEST_NAME
-from tests.processes import ServerProcess, run_cli, settings_env
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, assert_invariants, call, client
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8

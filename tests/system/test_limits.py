@@ -23,9 +23,9 @@ from panaversity_fs.app.middleware import LimitCalls
 from panaversity_fs.app.server import create_server
 from panaversity_fs.errors import RateLimited
 from panaversity_fs.limits import RateLimiter, TokenBuckets
+from testkit.processes import ServerProcess
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import Backends
-from tests.processes import ServerProcess
 from tests.support import BOOK, HEADERS, INIT, LESSON, ToolFailure, audit_of, call, client, error_of
 
 

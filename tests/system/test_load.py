@@ -1,7 +1,7 @@
 """Short load runs (reliability.md §5 L-1, L-2, L-3) against a real `panaversity-fs serve`.
 
 Thresholds are loose, because this 2-core machine is shared: they catch a server that
-falls over or answers wrongly under concurrency, not a slow one (bench/loadgen.py measures).
+falls over or answers wrongly under concurrency, not a slow one (testkit/loadgen.py measures).
 After each run the store must be consistent: `fsck` and `audit verify` exit 0, and every
 successful write the generator saw has exactly one successful audit entry.
 """
@@ -16,13 +16,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bench.load_scenarios import hot_key, mixed, read_smoke
-from bench.loadgen import Target, classify
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
+from testkit.load_scenarios import hot_key, mixed, read_smoke
+from testkit.loadgen import Target, classify
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.conftest import Backends
-from tests.processes import ServerProcess, run_cli, settings_env
 
 FILES = 40
 """Files seeded per book: enough for 8 agents to spread over, few enough to seed in ~1 s."""

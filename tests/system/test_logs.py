@@ -10,9 +10,9 @@ from typing import Any
 
 from fastmcp import Client
 
+from testkit.processes import ServerProcess
 from tests.auth_support import HS_ENV, SECRET, hs_token
 from tests.conftest import Backends
-from tests.processes import ServerProcess
 from tests.support import BOOK, LESSON, ToolFailure, audit_of, call
 
 MARKER = "PRIVATE-LESSON-BODY-7f3a"

@@ -25,8 +25,8 @@ from sqlalchemy import func, select
 from panaversity_fs.db.audit_sql import AuditFilter, query_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import file_journal
+from testkit.processes import ServerProcess
 from tests.conftest import PAIRS, Backends
-from tests.processes import ServerProcess
 from tests.support import ToolFailure, call
 
 BOOK = "metrics-book"

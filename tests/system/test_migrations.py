@@ -24,8 +24,8 @@ from panaversity_fs.db.migrate import (
     upgrade,
 )
 from panaversity_fs.errors import ConfigurationError
+from testkit.processes import REPO, run_cli, settings_env
 from tests.conftest import Backends
-from tests.processes import REPO, run_cli, settings_env
 
 
 async def _run(db: Database, fn_name: str, *args: str) -> None:

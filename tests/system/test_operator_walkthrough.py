@@ -21,10 +21,10 @@ from panaversity_fs.config import normalize_database_url
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.storage.blobs import BlobStore
+from testkit.chains import commit_tampering
+from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.auth_support import HS_ENV
-from tests.chain_support import commit_tampering
 from tests.conftest import PG_URL, Backends, _pg_dsn
-from tests.processes import ServerProcess, run_cli, settings_env
 from tests.support import call
 
 BOOK = "operator-book"

@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 
 from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings, normalize_database_url
+from testkit.processes import run_cli, settings_env
 from tests.conftest import Backends, backend_unavailable
-from tests.processes import run_cli, settings_env
 from tests.support import BOOK, LESSON, SUMMARY, call, client, error_of
 
 DOOMED = "content/01-Intro/02-Loops/01-while.md"

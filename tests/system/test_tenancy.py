@@ -24,9 +24,9 @@ import pytest
 from fastmcp import Client
 from mcp_types import Implementation
 
+from testkit.processes import ServerProcess
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import PAIRS, Backends
-from tests.processes import ServerProcess
 from tests.support import with_content
 
 BOOKS = ("tenant-one", "tenant-two")

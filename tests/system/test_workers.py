@@ -16,9 +16,9 @@ from pathlib import Path
 from fastmcp import Client
 from mcp_types import Implementation
 
+from testkit.processes import ServerProcess
 from tests.auth_support import audit_rows
 from tests.conftest import Backends
-from tests.processes import ServerProcess
 from tests.support import BOOK, ToolFailure, assert_invariants, call
 
 

@@ -15,9 +15,9 @@ from sqlalchemy import update
 
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
-from tests.chain_support import commit_tampering, verify_and_measure, write_chain
+from testkit.chains import commit_tampering, verify_and_measure, write_chain
+from testkit.processes import settings_env
 from tests.conftest import Backends
-from tests.processes import settings_env
 
 ENTRIES = int(os.environ.get("PFS_A5_ENTRIES", "100000"))
 RSS_LIMIT = 200 * 1024 * 1024

@@ -141,3 +141,31 @@ def test_no_module_imports_in_a_circle() -> None:
     for module in sorted(edges):
         if module not in state:
             visit(module)
+
+
+def _top_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_tests_and_benchmarks_share_only_the_testkit() -> None:
+    """`tests/` and `bench/` never import each other; `testkit/` (what they share) imports neither,
+    and the product imports none of the three."""
+    forbidden = {"tests": {"bench"}, "bench": {"tests"}, "testkit": {"tests", "bench"}}
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {', '.join(sorted(_top_imports(path) & others))}"
+        for folder, others in forbidden.items()
+        for path in (ROOT / folder).rglob("*.py")
+        if _top_imports(path) & others
+    ]
+    wrong += [
+        f"{path.relative_to(ROOT)} imports {', '.join(sorted(_top_imports(path) & {'tests', 'bench', 'testkit'}))}"
+        for path in PACKAGE.rglob("*.py")
+        if _top_imports(path) & {"tests", "bench", "testkit"}
+    ]
+    assert not wrong, "\n".join(wrong)

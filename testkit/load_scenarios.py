@@ -20,8 +20,7 @@ from typing import Any, Self
 
 import httpx
 
-from bench.bench_core import cpu_seconds, machine_busy_seconds
-from bench.loadgen import (
+from testkit.loadgen import (
     SHED_CODES,
     TIMEOUT,
     AgentPool,
@@ -34,6 +33,7 @@ from bench.loadgen import (
     is_transport_failure,
     latency_ms,
 )
+from testkit.measure import cpu_seconds, machine_busy_seconds
 
 MIN_FILE_BYTES = 4 * 1024
 MAX_FILE_BYTES = 50 * 1024

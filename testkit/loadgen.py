@@ -1,6 +1,6 @@
-"""MCP load generator: simulated agents over streamable HTTP, and the `bench.loadgen` command.
+"""MCP load generator: simulated agents over streamable HTTP, and the `testkit.loadgen` command.
 
-    uv run python -m bench.loadgen SCENARIO [--url URL ...] [--duration S] [--concurrency N]
+    uv run python -m testkit.loadgen SCENARIO [--url URL ...] [--duration S] [--concurrency N]
                                             [--seed N] [--json OUT] [--backend sqlite|postgres]
 
 SCENARIO is `L-1` (read smoke), `L-2` (mixed), `L-3` (hot key), `L-5` (soak), `L-6`
@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
-from bench.bench_core import percentile
+from testkit.measure import percentile
 
 PROTOCOL_VERSION = LATEST_HANDSHAKE_VERSION
 """Offered in `initialize`. LATEST_PROTOCOL_VERSION (2026-07-28) is the stateless era that
@@ -541,7 +541,7 @@ def _scenario_name(value: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m testkit.loadgen", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", type=_scenario_name, help="L-1, L-2, L-3, L-5, L-6 or all")
     parser.add_argument("--url", action="append", help="server URL (repeat: agents go round-robin)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per scenario (default 30)")
@@ -588,7 +588,7 @@ def token_minter(args: argparse.Namespace) -> Callable[[str], str | None] | None
 
 async def run_scenario(name: str, target: Target, args: argparse.Namespace, done: dict[str, Any]) -> Any:
     """Run scenario `name` with the command's options (`done`: this run's earlier results)."""
-    from bench import load_scenarios as ls
+    from testkit import load_scenarios as ls
 
     c, duration, seed = args.concurrency, args.duration, args.seed
     if name == "L-1":
@@ -625,14 +625,8 @@ async def run_all(names: list[str], target: Target, args: argparse.Namespace) ->
 @contextlib.asynccontextmanager
 async def local_server(backend: str, tmp: Path, args: argparse.Namespace) -> AsyncIterator[Target]:
     """`panaversity-fs serve` on `backend` (a scratch PostgreSQL database is dropped afterwards)."""
-    from bench.bench_core import (
-        PG_ADMIN_URL,
-        ServerProcess,
-        create_pg_database,
-        drop_pg_database,
-        free_port,
-        server_env,
-    )
+    from testkit.databases import PG_ADMIN_URL, create_pg_database, drop_pg_database
+    from testkit.processes import ServerProcess, free_port, server_env
 
     pg_name = f"pfs_load_{os.getpid()}"
     db_port = None
@@ -656,7 +650,7 @@ async def local_server(backend: str, tmp: Path, args: argparse.Namespace) -> Asy
         "--workers",
         str(args.workers),
     ]
-    server = ServerProcess(backend, argv, env, tmp / f"{backend}.log", port)
+    server = ServerProcess.command(backend, argv, env, tmp / f"{backend}.log", port)
     try:
         await asyncio.to_thread(server.start)
         yield Target(
@@ -675,12 +669,12 @@ async def local_server(backend: str, tmp: Path, args: argparse.Namespace) -> Asy
 
 async def baseline(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The trivial FastMCP server's `echo` at c=8 for the L-1 duration, with the same generator."""
-    from bench.bench_core import ServerProcess, free_port
-    from bench.load_scenarios import echo_baseline
+    from testkit.load_scenarios import echo_baseline
+    from testkit.processes import ServerProcess, free_port
 
     port = free_port()
     argv = [sys.executable, "-m", "bench.trivial_server", "--port", str(port)]
-    server = ServerProcess("trivial", argv, dict(os.environ), tmp / "trivial.log", port)
+    server = ServerProcess.command("trivial", argv, dict(os.environ), tmp / "trivial.log", port)
     try:
         await asyncio.to_thread(server.start)
         print(f"  baseline: echo, c=8 ({args.duration:g} s)", flush=True)
@@ -691,13 +685,13 @@ async def baseline(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole command: servers (unless --url), scenarios, ratios against the baseline."""
-    from bench.bench_core import machine_info
+    from testkit.measure import machine_info
 
     names = list(ALL_ORDER) if args.scenario == "all" else [args.scenario]
     results: dict[str, Any] = {
         "benchmark": "load",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["uv run python -m bench.loadgen", *sys.argv[1:]]),
+        "command": " ".join(["uv run python -m testkit.loadgen", *sys.argv[1:]]),
         "machine": machine_info(),
         "config": {
             "scenarios": names,
@@ -760,8 +754,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the copy the scenarios import (`bench.loadgen`), not this `__main__` one, so that
+    # Run the copy the scenarios import (`testkit.loadgen`), not this `__main__` one, so that
     # there is one set of classes.
-    from bench.loadgen import main as _main
+    from testkit.loadgen import main as _main
 
     sys.exit(_main())
