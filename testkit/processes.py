@@ -138,7 +138,10 @@ class ServerProcess:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                stop_group(self.process, 0)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.process.pid, signal.SIGKILL)  # its workers too, when it leads a group
+                self.process.kill()
+                self.process.wait()
         return self.process.returncode
 
     def log_tail(self, lines: int = 30) -> str:

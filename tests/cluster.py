@@ -451,7 +451,7 @@ class Replica(ServerProcess):
         """
         try:
             if self._forks is not None and self._forks.running:
-                self.process = self._forks.spawn(self.port, self._log_path)  # type: ignore[assignment]
+                self.process = self._forks.spawn(self.port, self.log_path)  # type: ignore[assignment]
                 self._wait_healthy(timeout)
             else:
                 super().start(timeout)
