@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,17 +41,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import mcp_types
 from fastmcp import Client
 
+from bench.bench_raw import bench_raw_txn
+from bench.profiling import Profiler
 from bench.report import core_section
 from testkit.databases import create_pg_database, drop_pg_database
 from testkit.measure import (
-    machine_busy_seconds,
     machine_info,
     measure,
-    summary_ms,
     timed_series,
     wait_quiet,
 )
@@ -97,110 +95,7 @@ def lesson_text(tag: str) -> str:
 # -- server processes ----------------------------------------------------------------------
 
 
-CPROFILE_LAUNCHER = """
-import cProfile, os, runpy, signal, sys, time
-out_dir, argv = sys.argv[1], sys.argv[2:]
-state = {"prof": cProfile.Profile(time.thread_time)}
-
-def dump(_signum, _frame):
-    # The bench names the dump in out_dir/next-name, then sends SIGUSR1.
-    prof = state["prof"]
-    prof.disable()
-    with open(os.path.join(out_dir, "next-name")) as f:
-        name = f.read().strip()
-    if not name.startswith("discard"):
-        prof.dump_stats(os.path.join(out_dir, name))
-    state["prof"] = cProfile.Profile(time.thread_time)
-    state["prof"].enable()
-
-signal.signal(signal.SIGUSR1, dump)
-sys.argv = ["panaversity-fs", *argv]
-state["prof"].enable()
-try:
-    runpy.run_module("panaversity_fs", run_name="__main__", alter_sys=True)
-except SystemExit:
-    pass
-finally:
-    state["prof"].disable()
-"""
 """Runs `panaversity-fs` under cProfile with the main thread's CPU clock; SIGUSR1 dumps and resets."""
-
-
-class Profiler:
-    """Optional per-phase profiles of the servers: py-spy (wall clock) or cProfile (CPU clock)."""
-
-    def __init__(self, mode: str | None, out_dir: Path | None) -> None:
-        self.mode = mode
-        self.out_dir = out_dir
-        self.py_spy = shutil.which("py-spy") if mode == "pyspy" else None
-        if mode == "pyspy" and self.py_spy is None:
-            raise SystemExit(
-                "--profile pyspy needs py-spy on PATH: uv run --with py-spy python -m bench.bench_core"
-            )
-        self.files: list[str] = []
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        """The command that runs `panaversity-fs` with `argv` (under cProfile in cprofile mode)."""
-        if self.mode != "cprofile" or self.out_dir is None:
-            return [sys.executable, "-m", "panaversity_fs", *argv]
-        return [sys.executable, "-c", CPROFILE_LAUNCHER, str(self.out_dir), *argv]
-
-    def _cprofile_dump(self, server: ServerProcess, name: str) -> None:
-        assert self.out_dir is not None
-        (self.out_dir / "next-name").write_text(name)
-        os.kill(server.pid, signal.SIGUSR1)
-        time.sleep(0.3)
-
-    @contextlib.contextmanager
-    def phase(self, server: ServerProcess, phase: str) -> Any:
-        """Profile `server` while the body runs (no-op without --profile)."""
-        if (
-            self.out_dir is None
-            or self.mode is None
-            or (self.mode == "cprofile" and server.name == "trivial")
-        ):
-            yield
-            return
-        if self.mode == "cprofile":
-            self._cprofile_dump(server, f"discard-{phase}")
-            try:
-                yield
-            finally:
-                name = f"{server.name}-{phase}.prof"
-                self._cprofile_dump(server, name)
-                self.files.append(str(self.out_dir / name))
-            return
-        assert self.py_spy is not None
-        out = self.out_dir / f"{server.name}-{phase}.txt"
-        spy = subprocess.Popen(
-            [
-                self.py_spy,
-                "record",
-                "--pid",
-                str(server.pid),
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "-o",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        time.sleep(0.5)  # let py-spy attach before the phase starts
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
-            self.files.append(str(out))
 
 
 # -- client-side measurements --------------------------------------------------------------
@@ -383,94 +278,6 @@ async def write_throughput(server: ServerProcess, seconds: float) -> dict[str, A
 
         phase = await measure(server, body)
     return phase.as_dict()
-
-
-RAW_TXN_TABLES = """
-CREATE TABLE bench_raw_journal (
-    book_id text, path text, user_id text, sha256 text NOT NULL, version bigint NOT NULL,
-    PRIMARY KEY (book_id, path, user_id)
-);
-CREATE TABLE bench_raw_audit (
-    seq bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), agent_id text NOT NULL,
-    book_id text NOT NULL, path text NOT NULL, new_hash text NOT NULL, version bigint NOT NULL
-);
-"""
-RAW_TXN_UPDATE = (
-    "UPDATE bench_raw_journal SET sha256 = $4, version = version + 1"
-    " WHERE book_id = $1 AND path = $2 AND user_id = $3 AND sha256 = $5 RETURNING version"
-)
-RAW_TXN_INSERT = (
-    "INSERT INTO bench_raw_audit (agent_id, book_id, path, new_hash, version) VALUES ($1, $2, $3, $4, $5)"
-)
-
-
-async def raw_txn(conn: asyncpg.Connection, path: str, old: str, new: str) -> None:
-    """The least database work of a write: a compare-and-swap UPDATE ... RETURNING plus an audit INSERT."""
-    async with conn.transaction():
-        version = await conn.fetchval(RAW_TXN_UPDATE, BOOK, path, "__base__", new, old)
-        assert version is not None, "compare-and-swap missed"
-        await conn.execute(RAW_TXN_INSERT, "bench-agent", BOOK, path, new, version)
-
-
-async def bench_raw_txn(pg_url: str, n: int, seconds: float) -> dict[str, Any]:
-    """Plain asyncpg, no server: one connection's sequential transactions, then 8 connections for `seconds`."""
-    conns = [await asyncpg.connect(pg_url, timeout=10) for _ in range(LOAD_CLIENTS)]
-    try:
-        await conns[0].execute(RAW_TXN_TABLES)
-        paths = [LOAD_LESSON.format(k + 1) for k in range(LOAD_CLIENTS)]
-        await conns[0].executemany(
-            "INSERT INTO bench_raw_journal VALUES ($1, $2, '__base__', 'h0', 1)", [(BOOK, p) for p in paths]
-        )
-        hashes = ["h0"] * LOAD_CLIENTS
-        counter = [0]
-
-        async def one(k: int) -> None:
-            counter[0] += 1
-            new = f"h{counter[0]}"
-            await raw_txn(conns[k], paths[k], hashes[k], new)
-            hashes[k] = new
-
-        async def timed(k: int) -> float:
-            started = time.perf_counter()
-            await one(k)
-            return time.perf_counter() - started
-
-        def totals() -> tuple[float, float, float]:
-            return time.perf_counter(), time.process_time(), machine_busy_seconds()
-
-        def accounting(before: tuple[float, float, float], calls: int) -> dict[str, float]:
-            wall, client, machine = (now - then for now, then in zip(totals(), before, strict=True))
-            return {
-                "wall_s": round(wall, 3),
-                "client_cpu_pct": round(100 * client / wall, 1),
-                "client_cpu_ms_per_call": round(1000 * client / calls, 3),
-                "other_processes_cpu_pct": round(100 * max(0.0, machine - client) / wall, 1),
-            }
-
-        for _ in range(WARMUP):
-            await one(0)
-        before = totals()
-        samples = [await timed(0) for _ in range(n)]
-        sequential = summary_ms(samples) | accounting(before, n)
-
-        latencies: list[float] = []
-
-        async def worker(k: int, deadline: float) -> None:
-            while time.perf_counter() < deadline:
-                latencies.append(await timed(k))
-
-        before = totals()
-        await asyncio.gather(*(worker(k, before[0] + seconds) for k in range(LOAD_CLIENTS)))
-        throughput = summary_ms(latencies) | accounting(before, len(latencies))
-        throughput |= {
-            "connections": LOAD_CLIENTS,
-            "txns": len(latencies),
-            "txns_per_s": round(len(latencies) / throughput["wall_s"], 1),
-        }
-        return {"sequential": sequential, "throughput": throughput}
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 # -- the run -------------------------------------------------------------------------------
