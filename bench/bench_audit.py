@@ -13,7 +13,7 @@ temporary SQLite file) is migrated and filled with a synthetic, correctly linked
 - **baseline, hash**: the canonical JSON + sha256 of every entry in a loop over rows already
   in memory (a 100,000-row sample, scaled): what hashing costs at all.
 
-Target (reliability.md A-5): 1,000,000 entries in under 60 s, RSS under 200 MB.
+Target (specs/test-catalogue.md A-5): 1,000,000 entries in under 60 s, RSS under 200 MB.
 Results: a table and bench/results/audit-<stamp>.json.
 """
 

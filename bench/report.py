@@ -164,7 +164,7 @@ def core_targets(run: Run) -> list[Target]:
 
 
 def load_targets(run: Run) -> list[Target]:
-    """L-1, L-2 and L-3 on PostgreSQL (reliability.md §5.2 sets them for PostgreSQL + fs)."""
+    """L-1, L-2 and L-3 on PostgreSQL (specs/test-catalogue.md sets them for PostgreSQL + fs)."""
     goals = {
         "L-1 reads/s": "≥ 200/s",
         "L-1 read p99": "< 150 ms",

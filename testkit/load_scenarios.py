@@ -1,4 +1,4 @@
-"""Load scenarios L-1, L-2, L-3, L-5 and L-6 (reliability.md §5) and the trivial `echo` baseline.
+"""Load scenarios L-1, L-2, L-3, L-5 and L-6 (specs/test-catalogue.md ) and the trivial `echo` baseline.
 
 Each scenario takes a `Target` (server URLs, agents spread round-robin), a concurrency, a
 duration and a seed, seeds the files it needs through the tools, runs its agents, and returns

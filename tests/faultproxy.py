@@ -1,4 +1,4 @@
-"""Fault-injecting proxies for the wire-fault tests (reliability.md T-5, T-6).
+"""Fault-injecting proxies for the wire-fault tests (specs/test-catalogue.md T-5, T-6).
 
 No toxiproxy can run here (E12), so these are our own, small and asyncio-based, in front of the
 real servers:

@@ -1,4 +1,4 @@
-"""PRODUCT.md §4 across replicas: several `panaversity-fs serve` processes sharing one database
+"""specs/contract.md across replicas: several `panaversity-fs serve` processes sharing one database
 and one store, agents spread over them (tests/cluster.py draws the topology).
 
 postgres-s3: 3 replicas on a fresh PostgreSQL database and moto's S3 server in its own process.

@@ -523,7 +523,7 @@ S3_FAULTS = (
     FaultRule("GET", "truncate", 0.1),
     FaultRule("DELETE", "slowdown", 0.1),
 )
-"""The rates of reliability.md T-6 (503 on 20% of PUTs, 500 on 5% of GETs, 5% of uploads
+"""The rates of specs/test-catalogue.md T-6 (503 on 20% of PUTs, 500 on 5% of GETs, 5% of uploads
 reset, 1% of GET bodies cut short) raised so that each fault happens many times in seconds."""
 
 

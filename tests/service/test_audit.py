@@ -46,7 +46,7 @@ from tests.support import BOOK, LESSON, ToolFailure, call, client
 
 WRITERS = 16
 APPENDS_PER_WRITER = {"sqlite": 60, "postgresql": 150}
-"""Kept small for the default run; PFS_AUDIT_APPENDS=500 gives reliability.md's full A-1 (8,000 rows)."""
+"""Kept small for the default run; PFS_AUDIT_APPENDS=500 gives the test catalogue's full A-1 (8,000 rows)."""
 if os.environ.get("PFS_AUDIT_APPENDS"):
     APPENDS_PER_WRITER = dict.fromkeys(APPENDS_PER_WRITER, int(os.environ["PFS_AUDIT_APPENDS"]))
 RR_ROUNDS = 40

@@ -12,7 +12,7 @@ example runs on a fresh server over fresh backends; after it, every path is read
 fsck must be clean, the audit chain must verify, and the audit log must hold exactly one entry per
 mutation call (refused ones included) with the per-file `new_hash -> prev_hash` chain intact.
 
-The model follows the documented contract (PRODUCT.md §3-4, `ContentService` docstrings):
+The model follows the documented contract (specs/contract.md, `ContentService` docstrings):
 
 * write without hash: created if the namespace's file is missing, else HASH_REQUIRED(current_hash);
 * write with hash: updated if it is the file's current hash, else CONFLICT(current_hash); for a

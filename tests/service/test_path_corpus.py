@@ -1,4 +1,4 @@
-"""S-5: the bad-input corpus (reliability.md §6, items 1-30, 47, 50) through the MCP content tools.
+"""S-5: the bad-input corpus (specs/test-catalogue.md S-5: unsafe paths, reserved names, invisible characters) through the MCP content tools.
 
 Every corpus path is sent to `write_content`, `read_content` and `delete_content`, for the base
 and for an overlay (`user_id="u1"`), on each database+store pairing. Each call must come back

@@ -1,4 +1,4 @@
-"""JWT authentication and access control over real HTTP (reliability.md S-1, S-11; PRODUCT §5)."""
+"""JWT authentication and access control over real HTTP (specs/test-catalogue.md S-1, S-11; specs/contract.md)."""
 
 from __future__ import annotations
 

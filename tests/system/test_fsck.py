@@ -1,6 +1,6 @@
 """C-7: `panaversity-fs fsck [--repair]`, and the server's periodic check exported as metrics.
 
-The seed of reliability.md C-7 on both pairings (SQLite + fs, PostgreSQL + S3): 3 objects
+The seed of specs/test-catalogue.md C-7 on both pairings (SQLite + fs, PostgreSQL + S3): 3 objects
 deleted, 1 byte flipped in 2, 5 stray objects added, 2 journal rows deleted. fsck must report
 exactly 3 missing, 2 corrupt and 7 orphans and exit 1; `--repair` must quarantine only orphans
 older than the grace period, never delete a journal row, and leave missing/corrupt reported.

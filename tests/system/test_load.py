@@ -1,4 +1,4 @@
-"""Short load runs (reliability.md §5 L-1, L-2, L-3) against a real `panaversity-fs serve`.
+"""Short load runs (specs/test-catalogue.md L-1, L-2, L-3) against a real `panaversity-fs serve`.
 
 Thresholds are loose, because this 2-core machine is shared: they catch a server that
 falls over or answers wrongly under concurrency, not a slow one (testkit/loadgen.py measures).

@@ -1,6 +1,6 @@
 """A-5: `panaversity-fs audit verify` streams: a long chain verifies in bounded memory.
 
-A synthetic chain (default 100,000 entries; `PFS_A5_ENTRIES=1000000` for reliability.md's full
+A synthetic chain (default 100,000 entries; `PFS_A5_ENTRIES=1000000` for the test catalogue's full
 size) is written into SQLite and PostgreSQL; the CLI, in a fresh process, must verify it whole
 with its peak RSS under 200 MB, then name the entry an attacker edited. Speed is measured by
 `bench/bench_audit.py` (docs/benchmarks.md), not asserted here.

@@ -1,4 +1,4 @@
-"""`panaversity_fs.paths`: the one module deciding path, book id, user id and hash rules (PRODUCT.md §2).
+"""`panaversity_fs.paths`: the one module deciding path, book id, user id and hash rules (specs/contract.md).
 
 Pure unit tests (accepted and refused forms, with the error class and `reason`) and hypothesis
 properties (idempotence, cleanliness and containment of accepted paths, typed errors only,
