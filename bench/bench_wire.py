@@ -39,11 +39,11 @@ import uvicorn
 from bench.bench_core import RESULTS
 from panaversity_fs.app.server import create_app
 from panaversity_fs.config import Settings
+from testkit.mcp_http import RawSession
 from testkit.processes import free_port
 
 SECRET = "bench-wire-" + "5f1e9c3a7b2d4e6f8a0b1c2d3e4f5a6b7c8d9e0f"
 BOOK = "wire-book"
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 FILESYSTEM_SERVER = "@modelcontextprotocol/server-filesystem"
 WORDS = ["agent", "book", "lesson", "python", "variable", "function", "the", "a", "of", "and", "to", "is"]
 
@@ -75,49 +75,6 @@ def token(scope: str, **claims: Any) -> str:
         "exp": now + 3600,
     }
     return jwt.encode(body | claims, SECRET, algorithm="HS256")
-
-
-class Wire:
-    """One MCP session over raw HTTP; answers are kept as the bytes received."""
-
-    def __init__(self, http: httpx.AsyncClient, url: str, bearer: str) -> None:
-        self._http = http
-        self._url = url
-        self._headers = {**HEADERS, "Authorization": f"Bearer {bearer}"}
-        self._next = 1
-
-    async def open(self) -> None:
-        params = {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "wire", "version": "1"},
-        }
-        answer = await self._post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params})
-        self._headers |= {
-            "mcp-session-id": answer.headers["mcp-session-id"],
-            "mcp-protocol-version": "2025-11-25",
-        }
-        await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    async def rpc(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Bytes of the answer body and the JSON-RPC result."""
-        self._next += 1
-        answer = await self._post({"jsonrpc": "2.0", "id": self._next, "method": method, "params": params})
-        text = answer.text
-        if answer.headers.get("content-type", "").startswith("text/event-stream"):
-            text = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")][-1]
-        message = json.loads(text)
-        if "error" in message or message["result"].get("isError"):
-            raise RuntimeError(f"{method} failed: {text[:300]}")
-        return len(answer.content), message["result"]
-
-    async def tool(self, name: str, **arguments: Any) -> tuple[int, dict[str, Any]]:
-        return await self.rpc("tools/call", {"name": name, "arguments": arguments})
-
-    async def _post(self, body: dict[str, Any]) -> httpx.Response:
-        answer = await self._http.post(self._url, json=body, headers=self._headers)
-        answer.raise_for_status()
-        return answer
 
 
 def catalogue(tools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,11 +114,12 @@ async def measure_server(workdir: Path) -> dict[str, Any]:
             }
             results["catalogue"] = {}
             for kind, bearer in kinds.items():
-                wire = Wire(http, url, bearer)
+                wire = RawSession(http, url, bearer, name="wire")
                 await wire.open()
                 _, listed = await wire.rpc("tools/list", {})
+                listed = listed["result"]
                 results["catalogue"][kind] = catalogue(listed["tools"])
-            wire = Wire(http, url, kinds["admin (fs:admin)"])
+            wire = RawSession(http, url, kinds["admin (fs:admin)"], name="wire")
             await wire.open()
             results["answers"] = await measure_answers(wire)
     finally:
@@ -170,7 +128,7 @@ async def measure_server(workdir: Path) -> dict[str, Any]:
     return results
 
 
-async def measure_answers(wire: Wire) -> dict[str, Any]:
+async def measure_answers(wire: RawSession) -> dict[str, Any]:
     started = datetime.now(UTC).isoformat()
     lesson = lesson_text(50_000, 1)
     await wire.tool(

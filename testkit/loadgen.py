@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
+from testkit.mcp_http import jsonrpc_messages
 from testkit.measure import percentile
 
 PROTOCOL_VERSION = LATEST_HANDSHAKE_VERSION
@@ -95,42 +96,6 @@ class Outcome:
     def ok(self) -> bool:
         """Whether the tool succeeded."""
         return self.status == "ok"
-
-
-def jsonrpc_messages(response: httpx.Response) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of a POST answer: a JSON body, or the `message` events of an SSE stream.
-
-    Raises:
-        ValueError: the body is neither (or its JSON is malformed).
-    """
-    content_type = response.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
-        data = json.loads(response.content)
-        return data if isinstance(data, list) else [data]
-    if not content_type.startswith("text/event-stream"):
-        raise ValueError(f"unexpected content type {content_type!r}")
-    # Splitting bytes on one separator runs in C; a regex split over a 100 KB answer cost
-    # more client CPU than parsing its JSON. Lines end in \r\n, \n or a lone \r.
-    lines: list[bytes] = []
-    for line in response.content.split(b"\n"):
-        line = line.removesuffix(b"\r")
-        lines.extend(line.split(b"\r") if b"\r" in line else (line,))
-    messages: list[dict[str, Any]] = []
-    event, data_lines = b"message", []
-    for line in [*lines, b""]:
-        if not line:
-            payload = b"\n".join(data_lines)
-            if event == b"message" and payload:  # priming events carry an empty data line
-                messages.append(json.loads(payload))
-            event, data_lines = b"message", []
-        elif not line.startswith(b":"):
-            name, _, value = line.partition(b":")
-            value = value.removeprefix(b" ")
-            if name == b"event":
-                event = value
-            elif name == b"data":
-                data_lines.append(value)
-    return messages
 
 
 def _retry_after_header(response: httpx.Response) -> float | None:

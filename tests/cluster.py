@@ -37,6 +37,7 @@ import boto3
 import httpx
 
 from panaversity_fs.config import Settings
+from testkit.mcp_http import answer_to
 from testkit.processes import REPO, ServerProcess, free_port, run_cli, settings_env, wait_healthy
 
 PG_BIN = Path(os.environ.get("PFS_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -633,7 +634,7 @@ class McpHttp:
                 continue
             if response.status_code != 200:
                 raise Ambiguous(f"HTTP {response.status_code}: {response.text[:200]}")
-            message = _answer(response, request_id)
+            message = answer_to(response, request_id)
             if message is None or "result" not in message:
                 raise Ambiguous(f"no tool result in the answer: {response.text[:300]}")
             result = message["result"]
@@ -663,7 +664,7 @@ class McpHttp:
         }
         try:
             response = await self._http.post(self._url, json=hello, headers=base)
-            answer = _answer(response, 0) if response.status_code == 200 else None
+            answer = answer_to(response, 0) if response.status_code == 200 else None
             session = response.headers.get("mcp-session-id")
             if answer is None or "result" not in answer:
                 raise Refused(f"initialize answered {response.status_code}")
@@ -678,19 +679,3 @@ class McpHttp:
             raise Refused(f"cannot open a session: {exc!r}") from exc
         self._headers = headers
         return headers
-
-
-def _answer(response: httpx.Response, request_id: int) -> dict[str, Any] | None:
-    """The JSON-RPC message answering `request_id` in a JSON or server-sent-events body."""
-    if response.headers.get("content-type", "").startswith("application/json"):
-        candidates = [response.text]
-    else:
-        candidates = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-    for text in candidates:
-        try:
-            message = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(message, dict) and message.get("id") == request_id:
-            return message
-    return None

@@ -24,6 +24,7 @@ from moto.server import ThreadedMotoServer
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import upgrade
+from testkit.databases import create_pg_database, drop_pg_database
 from testkit.processes import IN_CI, free_port
 from tests.faultproxy import PostgresProxy
 
@@ -47,11 +48,6 @@ def backend_unavailable(what: str, why: object, ci_note: str = "a skipped backen
     pytest.skip(message)
 
 
-def _pg_dsn(database: str) -> str:
-    base = PG_URL.rsplit("/", 1)[0]
-    return f"{base}/{database}"
-
-
 @pytest.fixture(scope="session")
 async def pg_template() -> AsyncIterator[str | None]:
     """A PostgreSQL database migrated to head, used as the template of per-test databases."""
@@ -62,17 +58,15 @@ async def pg_template() -> AsyncIterator[str | None]:
             pytest.fail(f"PostgreSQL at {PG_URL} is unreachable ({exc}); CI needs it")
         yield None
         return
+    await admin.close()
     name = f"pfs_tmpl_{os.getpid()}"
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    db = Database.from_settings(Settings(database_url=_pg_dsn(name)))
+    db = Database.from_settings(Settings(database_url=await create_pg_database(name, admin_url=PG_URL)))
     await upgrade(db)
     await db.dispose()
     try:
         yield name
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_pg_database(name, admin_url=PG_URL)
 
 
 @pytest.fixture(scope="session")
@@ -126,13 +120,8 @@ class Backends:
         if self._pg_template is None:
             backend_unavailable("PostgreSQL", PG_URL)
         name = f"pfs_t_{uuid.uuid4().hex[:12]}"
-        admin = await asyncpg.connect(PG_URL)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._pg_template}"')
-        finally:
-            await admin.close()
         self._pg_databases.append(name)
-        return _pg_dsn(name)
+        return await create_pg_database(name, template=self._pg_template, admin_url=PG_URL)
 
     def store_settings(self, kind: str) -> dict[str, Any]:
         """Settings for a fresh, empty store of `kind` (`fs` or `s3`)."""
@@ -162,14 +151,8 @@ class Backends:
 
     async def close(self) -> None:
         """Drop the PostgreSQL databases made for this test."""
-        if not self._pg_databases:
-            return
-        admin = await asyncpg.connect(PG_URL)
-        try:
-            for name in self._pg_databases:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        for name in self._pg_databases:
+            await drop_pg_database(name, admin_url=PG_URL)
 
 
 @pytest.fixture

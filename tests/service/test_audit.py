@@ -41,7 +41,8 @@ from panaversity_fs.db import audit_sql
 from panaversity_fs.db.audit_sql import NewAuditEntry, chain_head, stream_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
-from tests.conftest import Backends, _pg_dsn
+from testkit.databases import database_url
+from tests.conftest import PG_URL, Backends
 from tests.support import BOOK, LESSON, ToolFailure, call, client
 
 WRITERS = 16
@@ -149,12 +150,12 @@ async def test_a1_postgres_repeatable_read_default_is_overridden_and_never_forks
     """The database default is REPEATABLE READ; the engine must still run READ COMMITTED."""
     settings = await backends.settings("postgres-fs")
     name = make_url(settings.database_url).database
-    raw = await asyncpg.connect(_pg_dsn(str(name)))
+    raw = await asyncpg.connect(database_url(str(name), PG_URL))
     try:
         await raw.execute(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation TO 'repeatable read'")
     finally:
         await raw.close()
-    raw = await asyncpg.connect(_pg_dsn(str(name)))
+    raw = await asyncpg.connect(database_url(str(name), PG_URL))
     try:  # the setting really is in force for new sessions
         assert await raw.fetchval("SHOW transaction_isolation") == "repeatable read"
     finally:

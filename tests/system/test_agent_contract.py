@@ -21,6 +21,7 @@ from fastmcp import Client
 from mcp_types import Implementation, ResourceLink, TextContent
 
 from panaversity_fs.app.server import create_server
+from testkit.mcp_http import RawSession
 from testkit.processes import free_port
 from tests.archive_support import http_server
 from tests.auth_support import AUDIENCE, ISSUER, SECRET, hs_token
@@ -154,34 +155,10 @@ async def test_a_lesson_read_costs_its_bytes_once(backends: Backends) -> None:
 
 async def raw_call(url: str, tool: str, arguments: dict[str, Any]) -> bytes:
     """The exact bytes of one `tools/call` answer (2025-11-25 handshake, raw HTTP)."""
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"},
-        },
-    }
     async with httpx.AsyncClient(timeout=30) as http:
-        opened = await http.post(f"{url}/mcp", json=init, headers=headers)
-        session = {
-            **headers,
-            "mcp-session-id": opened.headers["mcp-session-id"],
-            "mcp-protocol-version": "2025-11-25",
-        }
-        await http.post(
-            f"{url}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
-        )
-        body = {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        }
-        answer = await http.post(f"{url}/mcp", json=body, headers=session)
+        session = RawSession(http, f"{url}/mcp")
+        await session.open()
+        answer, _ = await session.rpc("tools/call", {"name": tool, "arguments": arguments})
     assert answer.headers["content-type"] == "application/json"
     return answer.content
 

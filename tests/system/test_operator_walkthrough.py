@@ -22,9 +22,10 @@ from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.storage.blobs import BlobStore
 from testkit.chains import commit_tampering
+from testkit.databases import database_url
 from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.auth_support import HS_ENV
-from tests.conftest import PG_URL, Backends, _pg_dsn
+from tests.conftest import PG_URL, Backends
 from tests.support import call
 
 BOOK = "operator-book"
@@ -52,7 +53,9 @@ async def test_operator_walkthrough(backends: Backends, tmp_path: Path) -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')  # empty: no template, no schema
     try:
         store_only = await backends.settings("sqlite-s3")
-        settings = store_only.model_copy(update={"database_url": normalize_database_url(_pg_dsn(name))})
+        settings = store_only.model_copy(
+            update={"database_url": normalize_database_url(database_url(name, PG_URL))}
+        )
         env = settings_env(settings) | HS_ENV | {"PANAVERSITY_AUTO_MIGRATE": "false"}
 
         assert run_cli(env, "db", "check").returncode == 1
