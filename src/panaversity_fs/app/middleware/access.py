@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastmcp.resources.base import ResourceResult
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams, ReadResourceRequestParams
+from fastmcp.server.middleware import CallNext, MiddlewareContext
 
 from panaversity_fs.app.context import current_operation
-from panaversity_fs.app.middleware.calls import call_of
+from panaversity_fs.app.middleware.calls import CallMiddleware, call_of
 from panaversity_fs.app.middleware.limits import LimitCalls
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.audit.trail import Subject
@@ -23,35 +20,20 @@ from panaversity_fs.auth.access import READ, TOOL_RULES, authorize
 from panaversity_fs.errors import Forbidden
 
 
-class AuthorizeCalls(Middleware):
+class AuthorizeCalls(CallMiddleware):
     """Refuses a call its caller's token does not allow."""
 
     def __init__(self, state: ServerState, limits: LimitCalls) -> None:
         self._state = state
         self._limits = limits
 
-    async def on_call_tool(
-        self,
-        context: MiddlewareContext[CallToolRequestParams],
-        call_next: CallNext[CallToolRequestParams, ToolResult],
-    ) -> ToolResult:
+    async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         """Check the caller may make this call, then make it.
 
         Raises:
             Forbidden: the token lacks the tool's scope or its user/book limits exclude the call.
             RateLimited: the agent was refused too often lately.
         """
-        return await self._run(context, call_next)
-
-    async def on_read_resource(
-        self,
-        context: MiddlewareContext[ReadResourceRequestParams],
-        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
-    ) -> ResourceResult:
-        """Check the caller may make this read, then make it (errors as `on_call_tool`)."""
-        return await self._run(context, call_next)
-
-    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         op = current_operation()
         arguments = call_of(context.message).arguments
         try:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fastmcp.resources.base import ResourceResult
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools.base import ToolResult
 from mcp_types import CallToolRequestParams, ReadResourceRequestParams
 
 from panaversity_fs.paths import parse_book_uri
@@ -29,3 +32,28 @@ def call_of(message: object) -> Call:
     if isinstance(message, CallToolRequestParams):
         return Call(str(message.name), dict(message.arguments or {}))
     raise TypeError(f"not a call: {type(message).__name__}")
+
+
+class CallMiddleware(Middleware):
+    """A middleware that treats a tool call and a `book://` resource read alike: both hooks run
+    `around`, which subclasses write once."""
+
+    async def on_call_tool(
+        self,
+        context: MiddlewareContext[CallToolRequestParams],
+        call_next: CallNext[CallToolRequestParams, ToolResult],
+    ) -> ToolResult:
+        """Run the tool call through `around`."""
+        return await self.around(context, call_next)
+
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[ReadResourceRequestParams],
+        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        """Run the resource read through `around`."""
+        return await self.around(context, call_next)
+
+    async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
+        """This middleware's work around one call (subclasses say what they raise)."""
+        return await call_next(context)

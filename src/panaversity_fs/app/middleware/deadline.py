@@ -10,45 +10,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastmcp.resources.base import ResourceResult
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams, ReadResourceRequestParams
+from fastmcp.server.middleware import CallNext, MiddlewareContext
 
-from panaversity_fs.app.middleware.calls import call_of
+from panaversity_fs.app.middleware.calls import CallMiddleware, call_of
 from panaversity_fs.auth.access import ADMIN, TOOL_RULES, WRITE
 from panaversity_fs.config import Settings
 from panaversity_fs.deadlines import deadline_scope
 from panaversity_fs.errors import Unavailable
 
 
-class ApplyDeadlines(Middleware):
+class ApplyDeadlines(CallMiddleware):
     """Gives each call `request_timeout` seconds."""
 
     def __init__(self, settings: Settings) -> None:
         self._timeout = settings.request_timeout
 
-    async def on_call_tool(
-        self,
-        context: MiddlewareContext[CallToolRequestParams],
-        call_next: CallNext[CallToolRequestParams, ToolResult],
-    ) -> ToolResult:
+    async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         """Run the call within its deadline.
 
         Raises:
             Unavailable: a read tool ran past the deadline.
         """
-        return await self._run(context, call_next)
-
-    async def on_read_resource(
-        self,
-        context: MiddlewareContext[ReadResourceRequestParams],
-        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
-    ) -> ResourceResult:
-        """Run the read within its deadline (errors as `on_call_tool`)."""
-        return await self._run(context, call_next)
-
-    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         rule = TOOL_RULES.get(call_of(context.message).name)
         if rule is not None and rule.scope == ADMIN:
             return await call_next(context)

@@ -11,16 +11,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from fastmcp import Context
-from fastmcp.resources.base import ResourceResult
 from fastmcp.server.dependencies import get_access_token
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools.base import ToolResult
+from fastmcp.server.middleware import CallNext, MiddlewareContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp_types import CallToolRequestParams, ReadResourceRequestParams
 from starlette.requests import Request
 
 from panaversity_fs.app.context import operation_scope
-from panaversity_fs.app.middleware.calls import call_of
+from panaversity_fs.app.middleware.calls import CallMiddleware, call_of
 from panaversity_fs.errors import Unauthenticated
 from panaversity_fs.identity import Caller, caller_from_claims, check_agent_id
 from panaversity_fs.logs import current_request_id
@@ -29,35 +26,16 @@ from panaversity_fs.operation import Operation
 _NO_TOKEN = "this server requires a bearer token (Authorization: Bearer <JWT>)"  # noqa: S105 - a message
 
 
-class IdentifyCallers(Middleware):
+class IdentifyCallers(CallMiddleware):
     """Builds the call's `Operation` (caller, tool, idempotency key, request id) and makes it
     current for the rest of the pipeline and the tool."""
 
-    async def on_call_tool(
-        self,
-        context: MiddlewareContext[CallToolRequestParams],
-        call_next: CallNext[CallToolRequestParams, ToolResult],
-    ) -> ToolResult:
+    async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         """Identify the caller, then run the call as its operation.
 
         Raises:
             Unauthenticated: the call carries no usable identity.
         """
-        return await self._run(context, call_next)
-
-    async def on_read_resource(
-        self,
-        context: MiddlewareContext[ReadResourceRequestParams],
-        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
-    ) -> ResourceResult:
-        """Identify the reader, then run the read as its operation.
-
-        Raises:
-            Unauthenticated: the read carries no usable identity.
-        """
-        return await self._run(context, call_next)
-
-    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         call = call_of(context.message)
         op = Operation.begin(
             identify(context.fastmcp_context),

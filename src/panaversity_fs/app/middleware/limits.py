@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastmcp.resources.base import ResourceResult
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools.base import ToolResult
-from mcp_types import CallToolRequestParams, ReadResourceRequestParams
+from fastmcp.server.middleware import CallNext, MiddlewareContext
 
 from panaversity_fs.app.context import current_operation
-from panaversity_fs.app.middleware.calls import call_of
+from panaversity_fs.app.middleware.calls import CallMiddleware, call_of
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.audit.trail import Subject
 from panaversity_fs.auth.access import TOOL_RULES, WRITE
@@ -24,7 +21,7 @@ from panaversity_fs.limits import LoadShedder, RateLimiter
 from panaversity_fs.operation import Operation
 
 
-class LimitCalls(Middleware):
+class LimitCalls(CallMiddleware):
     """Per-agent read/write budgets (checked before authorisation: refused calls spend them too)
     and load shedding beyond the calls allowed to run and wait."""
 
@@ -45,29 +42,13 @@ class LimitCalls(Middleware):
         """Tool calls running and waiting for a slot right now."""
         return self._shedder.running, self._shedder.waiting
 
-    async def on_call_tool(
-        self,
-        context: MiddlewareContext[CallToolRequestParams],
-        call_next: CallNext[CallToolRequestParams, ToolResult],
-    ) -> ToolResult:
+    async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         """Spend one call of the agent's budget, hold a slot, run the call.
 
         Raises:
             RateLimited: the agent is over its budget (audited, batched).
             Unavailable: no slot freed up in time (`overloaded`; audited, batched).
         """
-        return await self._run(context, call_next)
-
-    async def on_read_resource(
-        self,
-        context: MiddlewareContext[ReadResourceRequestParams],
-        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
-    ) -> ResourceResult:
-        """Spend one read of the agent's budget, hold a slot, run the read (errors as
-        `on_call_tool`)."""
-        return await self._run(context, call_next)
-
-    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         op = current_operation()
         rule = TOOL_RULES.get(op.name)
         arguments = call_of(context.message).arguments

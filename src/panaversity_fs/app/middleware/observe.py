@@ -8,14 +8,11 @@ import uuid
 from typing import Any
 
 from fastmcp.exceptions import ToolError
-from fastmcp.resources.base import ResourceResult
 from fastmcp.server.dependencies import get_access_token
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools.base import ToolResult
+from fastmcp.server.middleware import CallNext, MiddlewareContext
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolRequestParams, ReadResourceRequestParams
 
-from panaversity_fs.app.middleware.calls import call_of
+from panaversity_fs.app.middleware.calls import CallMiddleware, call_of
 from panaversity_fs.app.middleware.errors import code_of
 from panaversity_fs.app.middleware.identity import client_name
 from panaversity_fs.app.resources import ServerState
@@ -26,30 +23,15 @@ from panaversity_fs.paths import describe_rejected_path
 logger = logging.getLogger("panaversity_fs.calls")
 
 
-class ObserveCalls(Middleware):
+class ObserveCalls(CallMiddleware):
     """Names each call (a fresh request id, the context of every log line it writes), then logs
     one line and records its latency and, on failure, its error code."""
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    async def on_call_tool(
-        self,
-        context: MiddlewareContext[CallToolRequestParams],
-        call_next: CallNext[CallToolRequestParams, ToolResult],
-    ) -> ToolResult:
+    async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         """Run the call inside its log context; log and measure it however it ends."""
-        return await self._run(context, call_next)
-
-    async def on_read_resource(
-        self,
-        context: MiddlewareContext[ReadResourceRequestParams],
-        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
-    ) -> ResourceResult:
-        """Run the read inside its log context; log and measure it however it ends."""
-        return await self._run(context, call_next)
-
-    async def _run(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         started = time.perf_counter()
         call = call_of(context.message)
         arguments = call.arguments
