@@ -172,12 +172,6 @@ async def view_as_of(
     ]
 
 
-async def oldest_at(conn: AsyncConnection, book_id: str) -> datetime | None:
-    """Return when the oldest recorded version of `book_id` was made (None: no history)."""
-    found = (await conn.execute(select(func.min(V.created_at)).where(V.book_id == book_id))).scalar()
-    return to_utc(found) if found is not None else None
-
-
 async def changed_by(
     conn: AsyncConnection,
     agent_id: str,
@@ -211,19 +205,17 @@ async def since_version(conn: AsyncConnection, key: FileKey, first: int) -> list
     return [_row(row) for row in await conn.execute(query)]
 
 
+def _newest_first() -> Any:
+    """Each version's place among its file's versions, 1 for the newest."""
+    return func.row_number().over(partition_by=(V.book_id, V.user_id, V.path), order_by=V.version.desc())
+
+
 def _ranked(retention: Retention) -> Any:
     """Per version with bytes: its hash and whether `retention` keeps it."""
-    rank = func.row_number().over(partition_by=(V.book_id, V.user_id, V.path), order_by=V.version.desc())
+    rank = _newest_first()
     inner = select(V.sha256, V.created_at, rank.label("rank")).where(V.sha256.is_not(None)).subquery()
     kept = case(((inner.c.created_at >= retention.cutoff) | (inner.c.rank <= retention.keep), 1), else_=0)
     return select(inner.c.sha256, func.max(kept).label("kept")).group_by(inner.c.sha256)
-
-
-async def expired_hashes(conn: AsyncConnection, retention: Retention) -> set[str]:
-    """Return the hashes no retained version refers to (their bytes may be collected)."""
-    ranked = _ranked(retention).subquery()
-    query = select(ranked.c.sha256).where(ranked.c.kept == 0)
-    return {str(sha) for sha in (await conn.execute(query)).scalars()}
 
 
 async def retained_among(conn: AsyncConnection, retention: Retention, hashes: Sequence[str]) -> set[str]:
@@ -237,7 +229,7 @@ async def retained_among(conn: AsyncConnection, retention: Retention, hashes: Se
 
 async def retained(conn: AsyncConnection, retention: Retention) -> list[VersionRow]:
     """Return every retained version with bytes (for fsck), in key order."""
-    rank = func.row_number().over(partition_by=(V.book_id, V.user_id, V.path), order_by=V.version.desc())
+    rank = _newest_first()
     inner = select(*_COLUMNS, rank.label("rank")).where(V.sha256.is_not(None)).subquery()
     query = (
         select(*(inner.c[column.name] for column in _COLUMNS))

@@ -13,7 +13,6 @@ Work is paged: one call handles at most `PAGE` files and returns `next_cursor` f
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -193,8 +192,3 @@ def _agent(value: object) -> str:
             "agent_id must be the agent id shown by list_versions or query_audit", field="agent_id"
         )
     return value
-
-
-def report_json(report: RevertReport) -> str:
-    """The report as the command line prints it."""
-    return json.dumps(report.model_dump(mode="json", exclude_none=True), indent=2)

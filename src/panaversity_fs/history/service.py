@@ -151,6 +151,16 @@ class History:
             Unavailable: the database or storage failed.
             Internal: the version's bytes are lost (run fsck).
         """
+        row, floor = await self._row(target, number)
+        if row.sha256 is None:
+            raise NotFound(
+                f"version {number} of {target.path} is its deletion: read an earlier version",
+                path=target.path,
+            )
+        return await self._retained(target, row, floor)
+
+    async def _row(self, target: Target, number: int) -> tuple[VersionRow, int | None]:
+        """Version `number` of `target` and its file's `kept_floor` (NotFound if no such version)."""
         try:
             async with self._db.read() as conn:
                 row = await history.version(conn, target.key, number)
@@ -161,13 +171,14 @@ class History:
             raise NotFound(
                 f"{target.path} has no version {number}: list_versions lists them", path=target.path
             )
-        if row.sha256 is None:
-            raise NotFound(
-                f"version {number} of {target.path} is its deletion: read an earlier version",
-                path=target.path,
-            )
+        return row, floor
+
+    async def _retained(self, target: Target, row: VersionRow, floor: int | None) -> OldBytes:
+        """`row` with its verified bytes, unless retention let it expire (NotFound)."""
         if not retention_of(self._settings).keeps(row, floor):
-            raise NotFound(f"version {number} of {target.path} expired (available: false)", path=target.path)
+            raise NotFound(
+                f"version {row.version} of {target.path} expired (available: false)", path=target.path
+            )
         return OldBytes(row, await self._verified(target, row))
 
     async def _verified(self, target: Target, row: VersionRow) -> bytes:
@@ -291,13 +302,10 @@ class History:
 
     async def _side(self, target: Target, number: int) -> tuple[str | None, bytes]:
         """A version's hash and bytes; a deletion compares as an empty file with no hash."""
-        try:
-            old = await self.bytes_of(target, number)
-        except NotFound as missing:
-            if "deletion" not in missing.message:
-                raise
+        row, floor = await self._row(target, number)
+        if row.sha256 is None:
             return None, b""
-        return old.row.sha256, old.data
+        return row.sha256, (await self._retained(target, row, floor)).data
 
     async def _against_base(self, target: Target) -> tuple[DiffInfo, bytes, bytes]:
         if target.user_id is None:

@@ -27,17 +27,13 @@ from panaversity_fs.tools.params import (
     page_size,
 )
 
-Version = int
-OptionalVersion = int | None
-FilePath = str
-
 
 def register(mcp: FastMCP, state: ServerState) -> None:
     """Register the history tools on `mcp`."""
 
     async def list_versions(
         book_id: BookId,
-        path: FilePath,
+        path: str,
         user_id: UserId = None,
         cursor: Cursor = None,
         limit: Annotated[Count, page_size(200)] = 20,
@@ -50,9 +46,9 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def diff_content(
         book_id: BookId,
-        path: FilePath,
-        from_version: OptionalVersion = None,
-        to_version: OptionalVersion = None,
+        path: str,
+        from_version: int | None = None,
+        to_version: int | None = None,
         user_id: UserId = None,
         against_base: Flag = False,
     ) -> ToolResult:
@@ -65,8 +61,8 @@ def register(mcp: FastMCP, state: ServerState) -> None:
 
     async def restore_version(
         book_id: BookId,
-        path: FilePath,
-        version: Version,
+        path: str,
+        version: int,
         expected_hash: Hash = None,
         user_id: UserId = None,
         idempotency_key: IdempotencyKey = None,
