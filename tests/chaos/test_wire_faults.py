@@ -554,6 +554,13 @@ async def test_s3_faults_fail_calls_typed_with_bounded_retries_and_nothing_is_le
                 proxy.inject(*S3_FAULTS)
                 async with writing(team):
                     await asyncio.sleep(8)
+                    # Seeded faults land on whichever requests come: keep writing (bounded) until
+                    # every kind has struck a few times, so the assertion below is not luck.
+                    for _ in range(30):
+                        struck = Counter(f"{s.method} {s.fault}" for s in proxy.seen if s.fault is not None)
+                        if all(struck[f"{rule.method} {rule.fault}"] >= 3 for rule in S3_FAULTS):
+                            break
+                        await asyncio.sleep(1)
                 reads = await counted_reads(team[0], proxy, 40)
                 proxy.inject()
                 recovered = await recovery_seconds(team)
