@@ -223,7 +223,7 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="Seconds an idempotency key (and the result it replays) is kept."
     )
     audit_read_batch_interval: float = Field(
-        0.05, gt=0, description="Seconds read audit entries wait to be appended as one batch."
+        0.2, gt=0, description="Seconds read audit entries wait to be appended as one batch."
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

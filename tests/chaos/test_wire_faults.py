@@ -507,7 +507,8 @@ async def test_pg_read_audit_batch_cut_at_commit_is_not_appended_twice(
             pg_proxy.pass_through()
             await asyncio.sleep(2.5)
     report("audit-batch", cuts=pg_proxy.stats.commits_cut, answers=[a.code or "ok" for a in writer.answers])
-    assert pg_proxy.stats.commits_cut >= 4
+    # Reads run in autocommit (no COMMIT of their own): each read's batch is one COMMIT cut.
+    assert pg_proxy.stats.commits_cut >= 3
     assert_typed_and_timely([writer])
     assert_consistent_afterwards(direct)
     await assert_tallies(direct, [writer])

@@ -1,49 +1,100 @@
-"""A guard on the hot path: the SQL statements one read and one update send, counted exactly.
+"""A guard on the hot path: the SQL statements one read and one update send, counted exactly,
+and on PostgreSQL every round trip the driver makes (BEGIN, COMMIT and pings included).
 
 Most of a call's cost is how many times it talks to the database (docs/benchmarks.md), so the
-counts are pinned: a change that adds a statement to the hot path fails here and must say why
-(and update the budget). Counting is deterministic: no timing, no load.
+counts are pinned: a change that adds a statement or a round trip to the hot path fails here
+and must say why (and update the budget). Counting is deterministic: no timing, no load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from panaversity_fs.app.resources import open_resources
 from panaversity_fs.config import Settings
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import audit_log
+from panaversity_fs.errors import Conflict
 from panaversity_fs.files.target import Target, sha256_hex
 from panaversity_fs.identity import Caller
 from panaversity_fs.operation import Operation
+from panaversity_fs.paths import version_key
+from panaversity_fs.storage.blobs import STAGING_PREFIX
 from tests.conftest import PAIRS, Backends
 
 LESSON = "content/01-Budget/01-Hot/01-path.md"
 WRITE_BUDGET = {
-    # write transaction: (BEGIN), compare-and-swap (a trigger records the version), chain head,
-    # audit entry, head update; publish transaction: (BEGIN), row lock, pending flag cleared.
-    "sqlite": ["BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "SELECT", "UPDATE"],
-    "postgresql": ["UPDATE", "SELECT", "INSERT", "UPDATE", "SELECT", "UPDATE"],
+    # the early look at the file's row (a stale expected_hash is refused before staging), outside
+    # any transaction; write transaction: (BEGIN), compare-and-swap (a trigger records the version), chain head,
+    # audit entry, head update; publish transaction: (BEGIN), the pending flag cleared (locking
+    # the row while the bytes move).
+    "sqlite": ["SELECT", "BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "UPDATE"],
+    "postgresql": ["SELECT", "UPDATE", "SELECT", "INSERT", "UPDATE", "UPDATE"],
 }
-READ_BUDGET = {"sqlite": ["BEGIN", "SELECT"], "postgresql": ["SELECT"]}
+# A read is one SELECT outside any transaction (on SQLite through the synchronous point-read
+# connection).
+READ_BUDGET = {"sqlite": ["SELECT"], "postgresql": ["SELECT"]}
+TRANSACTION_TRIPS = {
+    # The round trips asyncpg makes besides the statements above: BEGIN and COMMIT of the two
+    # write transactions; none for a read (autocommit); no ping (only after sitting idle).
+    "write": ["BEGIN", "COMMIT", "BEGIN", "COMMIT"],
+    "read": [],
+}
 
 
 @contextmanager
-def counted(engine: Any) -> Iterator[list[str]]:
-    """The first word of every statement `engine` sends inside the block."""
+def counted(db: Database) -> Iterator[list[str]]:
+    """The first word of every statement `db` sends inside the block, through any of its engines."""
     seen: list[str] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         seen.append(statement.split()[0].upper())
 
-    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    engines = [db.engine.sync_engine, db.point_read_engine]
+    for engine in engines:
+        if engine is not None:
+            event.listen(engine, "before_cursor_execute", note)
     try:
         yield seen
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", note)
+        for engine in engines:
+            if engine is not None:
+                event.remove(engine, "before_cursor_execute", note)
+
+
+@asynccontextmanager
+async def round_trips(db: Database) -> AsyncIterator[list[str]]:
+    """The first word of every query asyncpg sends outside prepared statements inside the block
+    (transaction control and pings; PostgreSQL only)."""
+    seen: list[str] = []
+    connections: list[Any] = []
+
+    def log(record: Any) -> None:
+        query = record.query.strip(" ;")
+        seen.append(query.split()[0].upper() if query else "PING")
+
+    def checkout(dbapi_connection: Any, *_rest: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(log)
+        connections.append(dbapi_connection.driver_connection)
+
+    if db.is_sqlite:
+        yield seen
+        return
+    pool = db.engine.sync_engine.pool
+    event.listen(pool, "checkout", checkout)
+    try:
+        yield seen
+        await asyncio.sleep(0.05)  # loggers are called soon after each query, not during it
+    finally:
+        event.remove(pool, "checkout", checkout)
+        for connection in connections:
+            connection.remove_query_logger(log)
 
 
 @pytest.mark.parametrize("combo", PAIRS)
@@ -60,17 +111,53 @@ async def test_an_update_and_a_read_send_exactly_their_budgeted_statements(
         )
         await resources.trail.recorder.flush()
         second = b"# two\n"
-        with counted(resources.db.engine) as write:
-            await resources.files.write(
-                Operation(Caller("budget"), "write_content"),
-                target,
-                second,
-                sha256_hex(second),
-                created.file_hash,
-            )
-        with counted(resources.db.engine) as read:
-            found = await resources.reader.read(target)
+        async with round_trips(resources.db) as write_trips:
+            with counted(resources.db) as write:
+                await resources.files.write(
+                    Operation(Caller("budget"), "write_content"),
+                    target,
+                    second,
+                    sha256_hex(second),
+                    created.file_hash,
+                )
+        async with round_trips(resources.db) as read_trips:
+            with counted(resources.db) as read:
+                found = await resources.reader.read(target)
         assert found.text == "# two\n"
         await resources.trail.recorder.flush()
     assert write == WRITE_BUDGET[dialect], write
     assert read == READ_BUDGET[dialect], read
+    if dialect == "postgresql":
+        assert write_trips == TRANSACTION_TRIPS["write"], write_trips
+        assert read_trips == TRANSACTION_TRIPS["read"], read_trips
+
+
+@pytest.mark.parametrize("combo", PAIRS)
+async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing(backends: Backends, combo: str) -> None:
+    settings: Settings = await backends.settings(combo)
+    async with open_resources(settings, background=False) as resources:
+        target = Target("budget-book", LESSON, None)
+        first = b"# one\n"
+        created = await resources.files.write(
+            Operation(Caller("budget"), "write_content"), target, first, sha256_hex(first), None
+        )
+        staged_before = {blob.key for blob in await resources.store.list(STAGING_PREFIX)}
+        stale = b"# stale\n"
+        with counted(resources.db) as statements, pytest.raises(Conflict) as refused:
+            await resources.files.write(
+                Operation(Caller("loser"), "write_content"), target, stale, sha256_hex(stale), "0" * 64
+            )
+        # the early look, then the refusal's own audit transaction (chain head, entry, head)
+        assert [s for s in statements if s != "BEGIN"] == ["SELECT", "SELECT", "INSERT", "UPDATE"]
+        assert refused.value.details["current_hash"] == created.file_hash
+        assert {blob.key for blob in await resources.store.list(STAGING_PREFIX)} == staged_before
+        assert not await resources.store.exists(version_key(sha256_hex(stale)))
+        async with resources.db.read() as conn:
+            last = (
+                await conn.execute(
+                    select(audit_log.c.agent_id, audit_log.c.error_code, audit_log.c.prev_hash)
+                    .order_by(audit_log.c.seq.desc())
+                    .limit(1)
+                )
+            ).one()
+    assert tuple(last) == ("loser", "CONFLICT", created.file_hash)

@@ -4,7 +4,7 @@ Three kinds of entry, three ways in:
 
 - a **mutation** appends its entry inside the transaction that changes the journal
   (`append`), so both commit or neither does;
-- a **refused mutation** (bad arguments, a lost race decided outside a transaction, a storage
+- a **refused mutation** (bad arguments, a lost race seen before anything was staged, a storage
   failure before the commit) appends its entry in a transaction of its own: `mutation()` wraps
   the code that may refuse and does it for any `PanaversityFSError` raised inside;
 - a **read** (and a call refused by a limit) is queued and appended in batches: `read()` wraps
@@ -108,11 +108,14 @@ class AuditTrail:
         return its seq."""
         return await self.recorder.append(tx, entry(op, subject, prev_hash, new_hash, error))
 
-    async def refused(self, op: Operation, subject: Subject, error: PanaversityFSError) -> None:
-        """Audit a refused mutation in a transaction of its own (a failure to do so is logged)."""
+    async def refused(
+        self, op: Operation, subject: Subject, error: PanaversityFSError, current: str | None = None
+    ) -> None:
+        """Audit a refused mutation in a transaction of its own (a failure to do so is logged);
+        `current` is the file's hash the refusal was judged against, when it was."""
         try:
             async with self._db.write() as tx:
-                await self.recorder.append(tx, entry(op, subject, error=error))
+                await self.recorder.append(tx, entry(op, subject, current, current, error))
         except DB_ERRORS:
             logger.exception("could not audit a refused %s", op.name)
 

@@ -1,10 +1,19 @@
 """One async engine per process, with the transaction discipline the write protocol relies on.
 
-PostgreSQL runs every transaction in READ COMMITTED (forced here, whatever the server default:
-under REPEATABLE READ two appenders can read the same chain head and fork the audit chain) with
-statement and lock timeouts. SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write
-transactions (the driver would otherwise not begin a transaction before a SELECT), serialised
-in-process by a lock so concurrent writers queue instead of sleeping in SQLite's busy handler.
+PostgreSQL runs every write transaction in READ COMMITTED (forced here, whatever the server
+default: under REPEATABLE READ two appenders can read the same chain head and fork the audit
+chain) with statement and lock timeouts. Its reads run in autocommit: under READ COMMITTED every
+statement takes its own snapshot anyway, so BEGIN and COMMIT would only add two round trips.
+A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (a ping is
+three round trips with the driver; pinging every checkout cost a fifth of a write).
+
+SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver would
+otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
+concurrent writers queue instead of sleeping in SQLite's busy handler. Its reads keep a
+deferred BEGIN (one snapshot for every statement of the read), except `select_once`: a single
+SELECT needs no transaction, and it runs on the event loop's own thread through a synchronous
+connection (a WAL reader never waits for writers), which saves the driver's thread hand-offs,
+about two thirds of a point read's cost.
 
 A write transaction is a `WriteTransaction`: the connection plus what the statements inside
 learned about the transaction (its id on PostgreSQL, for settling a lost COMMIT) and what must
@@ -15,14 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
+import sqlite3
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy import Row, Select, event
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DataError, DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from panaversity_fs.config import Settings
@@ -36,6 +49,10 @@ DB_ERRORS = (SQLAlchemyError, OSError)
 COMMAND_TIMEOUT_MARGIN = 1.0
 """Seconds the driver waits beyond `statement_timeout` before it gives up on a statement:
 enough for PostgreSQL's own cancellation to arrive first from a database that is alive."""
+
+PING_AFTER_IDLE = 10.0
+"""Seconds a pooled PostgreSQL connection may sit idle before its next checkout pings it (a
+connection the server or a proxy dropped meanwhile is replaced instead of failing a call)."""
 
 _WRITE_OPTION = "pfs_write"
 
@@ -68,21 +85,69 @@ class WriteTransaction:
 class Database:
     """The process's engine plus `read()` / `write()` transaction scopes."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, point_reads: Engine | None = None) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
+        self._reads = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._point_reads = point_reads
+        self._point_conn: Connection | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """Build the engine described by `settings` (pool, timeouts, SQLite pragmas)."""
-        return cls(create_engine(settings))
+        engine = create_engine(settings)
+        return cls(engine, _point_read_engine(engine, settings))
+
+    @property
+    def point_read_engine(self) -> Engine | None:
+        """The synchronous SQLite engine `select_once` uses (None on PostgreSQL or in memory)."""
+        return self._point_reads
 
     @asynccontextmanager
     async def read(self) -> AsyncGenerator[AsyncConnection, None]:
-        """A read-only transaction (deferred on SQLite, READ COMMITTED on PostgreSQL)."""
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read-only scope: a deferred transaction on SQLite (one snapshot), autocommit
+        statements on PostgreSQL (READ COMMITTED gives each statement its own snapshot)."""
+        if self.is_sqlite:
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+        else:
+            async with self._reads.connect() as conn:
+                yield conn
+
+    async def select_once(self, statement: Select[Any], parameters: dict[str, Any]) -> Sequence[Row[Any]]:
+        """Run one SELECT (with its bound `parameters`) outside any transaction; return its rows.
+
+        On SQLite it runs synchronously on the calling thread (the event loop's); if the file
+        is momentarily busy (WAL recovery, a schema change) it runs through the pool instead.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError, OSError: the database failed.
+        """
+        if self._point_reads is not None:
+            try:
+                return self._point_connection().execute(statement, parameters).all()
+            except OperationalError as exc:
+                self._drop_point_connection()
+                if not isinstance(exc.orig, sqlite3.OperationalError):
+                    raise
+        async with self.read() as conn:
+            return (await conn.execute(statement, parameters)).all()
+
+    def _point_connection(self) -> Connection:
+        conn = self._point_conn
+        if conn is None or conn.invalidated or conn.closed:
+            assert self._point_reads is not None
+            conn = self._point_conn = self._point_reads.connect()
+        return conn
+
+    def _drop_point_connection(self) -> None:
+        conn, self._point_conn = self._point_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except SQLAlchemyError:
+                logger.debug("closing a failed point-read connection failed", exc_info=True)
 
     @asynccontextmanager
     async def write(self) -> AsyncGenerator[WriteTransaction, None]:
@@ -104,6 +169,9 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        self._drop_point_connection()
+        if self._point_reads is not None:
+            self._point_reads.dispose()
         await self.engine.dispose()
 
 
@@ -128,15 +196,57 @@ def create_engine(settings: Settings) -> AsyncEngine:
         "command_timeout": settings.database_statement_timeout + COMMAND_TIMEOUT_MARGIN,
         "timeout": settings.database_connect_timeout,
     }
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         isolation_level="READ COMMITTED",
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout,
-        pool_pre_ping=True,
         connect_args=connect_args,
     )
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection at checkout only if it sat idle for `PING_AFTER_IDLE` seconds;
+    a failed ping makes the pool replace the connection (`DisconnectionError`)."""
+
+    @event.listens_for(engine.sync_engine.pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["pfs_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get("pfs_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # whatever a dead connection raises, the pool retries
+            raise DisconnectionError("a pooled connection failed its ping") from exc
+
+
+def _point_read_engine(engine: AsyncEngine, settings: Settings) -> Engine | None:
+    """A synchronous engine on the same SQLite file for `Database.select_once` (None for
+    PostgreSQL and for an in-memory database, which a second connection would not see)."""
+    if not engine.dialect.name == "sqlite":
+        return None
+    url = make_url(settings.database_url)
+    if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+        return None
+    sync = create_sync_engine(url.set(drivername="sqlite+pysqlite"), poolclass=StaticPool)
+
+    @event.listens_for(sync, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # autocommit: one statement, one snapshot
+        cursor = dbapi_connection.cursor()
+        # Never wait on the event loop: a busy file makes `select_once` use the pool instead.
+        cursor.execute("PRAGMA busy_timeout=0")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    return sync
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, settings: Settings) -> None:

@@ -92,6 +92,38 @@ async def apply_write(
     return NotFound("the file does not exist: create it without expected_hash", path=target.path)
 
 
+def foreseen_refusal(
+    target: Target, expected: str | None, rows: dict[str, journal.JournalRow]
+) -> PanaversityFSError | None:
+    """The refusal `apply_write` would give, judged from `rows` (the target's own row and, for an
+    overlay, the base row) read before anything was staged; None if the write may go ahead.
+
+    Only a refusal is final: a write that looks allowed is decided again in its transaction.
+    """
+    own = rows.get(target.key.user_id)
+    if own is not None and own.exists:
+        if expected is None:
+            return hash_required(own.sha256)
+        if own.sha256 != expected:
+            return Conflict(
+                "expected_hash is not the file's current hash: re-read, merge, retry",
+                current_hash=own.sha256,
+            )
+        return None
+    if expected is None:
+        return None
+    base = rows.get(BASE_USER) if target.user_id is not None else None
+    if base is not None and base.exists:
+        if base.sha256 == expected:
+            return None
+        return Conflict(
+            "expected_hash is not the current hash of the file you read",
+            current_hash=base.sha256,
+            current_source="base",
+        )
+    return NotFound("the file does not exist: create it without expected_hash", path=target.path)
+
+
 def write_outcome(target: Target, decision: WriteDecision, new_hash: str, size: int) -> WriteOutcome:
     """The result of a committed write."""
     mode, previous, version = decision

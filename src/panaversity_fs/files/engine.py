@@ -30,7 +30,7 @@ from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
 from panaversity_fs.deadlines import deadline_passed
 from panaversity_fs.errors import Conflict, HashRequired, PanaversityFSError, Unavailable
-from panaversity_fs.files.cas import apply_write, resolve_unknown_commit, write_outcome
+from panaversity_fs.files.cas import apply_write, foreseen_refusal, resolve_unknown_commit, write_outcome
 from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replayed, settle
 from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
@@ -38,6 +38,7 @@ from panaversity_fs.files.target import Target
 from panaversity_fs.files.versions import VersionStore
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.operation import Operation
+from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import BlobStore, StorageError, new_staging_key, storage_failure
 
 logger = logging.getLogger(__name__)
@@ -121,12 +122,33 @@ class FileEngine:
     ) -> WriteOutcome:
         """Stage validated bytes whose sha256 is `sha256`, then commit and publish them.
 
+        A write the file's current row already refuses is refused before any byte is staged: a
+        lost race costs one read and its audit entry, no storage. A call with an idempotency
+        key skips that look: only its transaction can tell a repeat from a loser.
+
         Raises:
             HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
             Unavailable: the database or storage failed; nothing was written.
         """
+        if idem is None:
+            await self._refuse_early(op, target, expected)
         staged = await self.stage(op, target, data, sha256, expected, content_type)
         return await self.commit(op, staged, idem)
+
+    async def _refuse_early(self, op: Operation, target: Target, expected: str | None) -> None:
+        users = [target.key.user_id, BASE_USER] if target.user_id is not None else [BASE_USER]
+        try:
+            rows = await journal.look_up(self._db, target.book_id, target.path, users)
+        except DB_ERRORS:
+            return  # the commit decides (and reports the failure) as it would have
+        refusal = foreseen_refusal(target, expected, rows)
+        if refusal is None:
+            return
+        current = refusal.details.get("current_hash")
+        own = current if refusal.details.pop("current_source", None) != "base" else None
+        self._metrics.count_write(target.book_id, refusal.code)
+        await self._trail.refused(op, _subject(target), refusal, own if isinstance(own, str) else None)
+        raise refusal
 
     async def stage(
         self,

@@ -63,19 +63,22 @@ class Publisher:
         """
         final_key = storage_key(key.book_id, key.path, key.user_id)
         async with self._db.write() as tx:
-            row = await journal.lock(tx.conn, key)
-            current = row is not None and row.publish_pending and row.staging_key == staging_key
-            if row is not None and current:
+            # The flag is cleared first and the bytes moved before COMMIT: a failed move rolls
+            # the flag back; a move whose COMMIT is lost leaves the bytes in place, which the
+            # next publish accepts (`_move`) and readers find at the final key.
+            claim = await journal.finish_publish(tx.conn, key, staging_key)
+            if claim is not None:
                 if staging_key is None:
                     await self._store.delete(final_key)
                 else:
-                    await self._move(staging_key, final_key, row.sha256)
-                await journal.finish_publish(tx.conn, key, staging_key)
-        if not current and staging_key is not None and (row is None or row.staging_key != staging_key):
-            # A newer write replaced ours before we published: our staged bytes are garbage.
+                    await self._move(staging_key, final_key, claim.sha256)
+        if claim is not None:
+            return True
+        if staging_key is not None:
+            # A newer write replaced ours before we published (or an earlier publish of ours
+            # finished): whatever is left at the staging key is garbage.
             await self._store.delete(staging_key)
-            return False
-        return True
+        return False
 
     async def publish_or_defer(self, key: FileKey, staging_key: str | None) -> None:
         """`publish`, leaving the change pending for recovery if storage or the database fails."""

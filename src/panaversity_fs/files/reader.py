@@ -68,8 +68,7 @@ class FileReader:
         for _ in range(READ_ATTEMPTS):
             if row is None:
                 try:
-                    async with self._db.read() as conn:
-                        rows = await journal.fetch(conn, book_id, path, users)
+                    rows = await journal.look_up(self._db, book_id, path, users)
                 except DB_ERRORS as exc:
                     raise database_failure(exc) from None
                 row = journal.visible(rows, user_id)
