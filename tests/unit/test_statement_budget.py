@@ -35,7 +35,8 @@ WRITE_BUDGET = {
     # audit entry, head update; publish transaction: (BEGIN), the pending flag cleared (locking
     # the row while the bytes move).
     "sqlite": ["SELECT", "BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "UPDATE"],
-    "postgresql": ["SELECT", "UPDATE", "SELECT", "INSERT", "UPDATE", "UPDATE"],
+    # PostgreSQL inserts the audit entry in the head update's statement (a data-modifying CTE).
+    "postgresql": ["SELECT", "UPDATE", "SELECT", "WITH", "UPDATE"],
 }
 # A read is one SELECT outside any transaction (on SQLite through the synchronous point-read
 # connection).
@@ -133,7 +134,9 @@ async def test_an_update_and_a_read_send_exactly_their_budgeted_statements(
 
 
 @pytest.mark.parametrize("combo", PAIRS)
-async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing(backends: Backends, combo: str) -> None:
+async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing(
+    backends: Backends, combo: str
+) -> None:
     settings: Settings = await backends.settings(combo)
     async with open_resources(settings, background=False) as resources:
         target = Target("budget-book", LESSON, None)
@@ -148,7 +151,8 @@ async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing
                 Operation(Caller("loser"), "write_content"), target, stale, sha256_hex(stale), "0" * 64
             )
         # the early look, then the refusal's own audit transaction (chain head, entry, head)
-        assert [s for s in statements if s != "BEGIN"] == ["SELECT", "SELECT", "INSERT", "UPDATE"]
+        audit = ["SELECT", "INSERT", "UPDATE"] if resources.db.is_sqlite else ["SELECT", "WITH"]
+        assert [s for s in statements if s != "BEGIN"] == ["SELECT", *audit]
         assert refused.value.details["current_hash"] == created.file_hash
         assert {blob.key for blob in await resources.store.list(STAGING_PREFIX)} == staged_before
         assert not await resources.store.exists(version_key(sha256_hex(stale)))

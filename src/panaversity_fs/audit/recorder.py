@@ -41,8 +41,7 @@ async def append_entries(tx: WriteTransaction, entries: Sequence[NewAuditEntry])
         row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
         row["entry_hash"] = prev = compute_entry_hash(row)
         rows.append(row)
-    await audit_sql.insert_entries(tx.conn, rows)
-    await audit_sql.move_chain_head(tx.conn, seq, prev)
+    await audit_sql.insert_and_move_head(tx.conn, rows, seq, prev)
     return Appended([int(row["seq"]) for row in rows], prev)
 
 

@@ -31,12 +31,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Select, event
+from sqlalchemy import Executable, Row, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DisconnectionError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
@@ -115,7 +115,7 @@ class Database:
             async with self._reads.connect() as conn:
                 yield conn
 
-    async def select_once(self, statement: Select[Any], parameters: dict[str, Any]) -> Sequence[Row[Any]]:
+    async def select_once(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Row[Any]]:
         """Run one SELECT (with its bound `parameters`) outside any transaction; return its rows.
 
         On SQLite it runs synchronously on the calling thread (the event loop's); if the file
@@ -189,6 +189,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "lock_timeout": str(timeout_ms),
             "idle_in_transaction_session_timeout": str(timeout_ms * 4),
             "application_name": "panaversity-fs",
+            # Autocommit reads run at the session default: make it READ COMMITTED too.
+            "default_transaction_isolation": "read committed",
         },
         # The client-side bound on every statement, for a database that stopped answering
         # (statement_timeout cannot fire then). SQLAlchemy then spends up to 2 s closing the
@@ -230,7 +232,7 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
 def _point_read_engine(engine: AsyncEngine, settings: Settings) -> Engine | None:
     """A synchronous engine on the same SQLite file for `Database.select_once` (None for
     PostgreSQL and for an in-memory database, which a second connection would not see)."""
-    if not engine.dialect.name == "sqlite":
+    if engine.dialect.name != "sqlite":
         return None
     url = make_url(settings.database_url)
     if url.database in (None, "", ":memory:") or "mode=memory" in str(url):

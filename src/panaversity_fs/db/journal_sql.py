@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Insert, Select, Table, and_, bindparam, case, func, select, tuple_, update
+from sqlalchemy import Insert, Table, and_, bindparam, case, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -130,18 +130,18 @@ async def fetch(
     conn: AsyncConnection, book_id: str, path: str, user_ids: Sequence[str]
 ) -> dict[str, JournalRow]:
     """Return the rows of `path` for each of `user_ids` that has one, keyed by user id."""
-    result = await conn.execute(_of_users(book_id, path, user_ids))
+    result = await conn.execute(_BY_USERS, _by_users(book_id, path, user_ids))
     return {row.user_id: _row(row) for row in result}
 
 
 async def look_up(db: Database, book_id: str, path: str, user_ids: Sequence[str]) -> dict[str, JournalRow]:
     """`fetch` as one statement outside a transaction: a read's hot path (`Database.select_once`)."""
-    rows = await db.select_once(_BY_USERS, {"book_id": book_id, "path": path, "user_ids": list(user_ids)})
+    rows = await db.select_once(_BY_USERS, _by_users(book_id, path, user_ids))
     return {row.user_id: _row(row) for row in rows}
 
 
-def _of_users(book_id: str, path: str, user_ids: Sequence[str]) -> Select[Any]:
-    return select(*_COLUMNS).where(J.book_id == book_id, J.path == path, J.user_id.in_(user_ids))
+def _by_users(book_id: str, path: str, user_ids: Sequence[str]) -> dict[str, Any]:
+    return {"book_id": book_id, "path": path, "user_ids": list(user_ids)}
 
 
 # Built once: constructing the statement and its cache key cost a third of a point read.
