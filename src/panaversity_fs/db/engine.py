@@ -4,16 +4,16 @@ PostgreSQL runs every write transaction in READ COMMITTED (forced here, whatever
 default: under REPEATABLE READ two appenders can read the same chain head and fork the audit
 chain) with statement and lock timeouts. Its reads run in autocommit: under READ COMMITTED every
 statement takes its own snapshot anyway, so BEGIN and COMMIT would only add two round trips.
-A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (a ping is
-three round trips with the driver; pinging every checkout cost a fifth of a write).
+A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (with this
+driver a ping is three round trips: pinging every checkout cost a read three and a write six).
 
 SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver would
 otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
 concurrent writers queue instead of sleeping in SQLite's busy handler. Its reads keep a
 deferred BEGIN (one snapshot for every statement of the read), except `select_once`: a single
 SELECT needs no transaction, and it runs on the event loop's own thread through a synchronous
-connection (a WAL reader never waits for writers), which saves the driver's thread hand-offs,
-about two thirds of a point read's cost.
+connection (a WAL reader never waits for writers), which saves the driver's thread hand-offs:
+most of a point read's cost. Any SQLite error there (a busy file) retries through the pool.
 
 A write transaction is a `WriteTransaction`: the connection plus what the statements inside
 learned about the transaction (its id on PostgreSQL, for settling a lost COMMIT) and what must
@@ -118,8 +118,8 @@ class Database:
     async def select_once(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Row[Any]]:
         """Run one SELECT (with its bound `parameters`) outside any transaction; return its rows.
 
-        On SQLite it runs synchronously on the calling thread (the event loop's); if the file
-        is momentarily busy (WAL recovery, a schema change) it runs through the pool instead.
+        On SQLite it runs synchronously on the calling thread (the event loop's); if SQLite
+        refuses it there (a busy file, WAL recovery) it runs again through the pool.
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError, OSError: the database failed.
