@@ -3,7 +3,8 @@
 Both workers answer (each log line names its process), writes through either keep the
 contract and one audit chain, journal = storage afterwards, each agent is audited under the
 name its client sends (workers imply stateless HTTP: no session ties a client to one process),
-and SIGTERM stops both with 0.
+SIGTERM stops both with 0, and fresh connections are spread over both workers (each listens
+on its own `SO_REUSEPORT` socket).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections import Counter
 from pathlib import Path
 
 from fastmcp import Client
@@ -58,13 +60,18 @@ async def test_two_workers_share_the_port_one_chain_and_stop_cleanly(
 
         results = await asyncio.gather(*(agent(n) for n in range(12)))
         assert all(outcome == ["ok"] * 5 for outcome in results), results
-        # The kernel does not balance accepts on a shared socket: one worker may accept all twelve
-        # connections at once. Fresh connections one at a time race both idle workers.
-        for _ in range(60):
-            if len(_serving_pids(log)) == 2:
-                break
-            async with Client(url) as probe:
-                await call(probe, "list_books")
+        # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads connections by
+        # address, so twenty fresh clients (one call each) all landing on one worker would be a
+        # 1-in-500,000 chance (with one shared socket, one worker used to take them all).
+        before = _calls_by_pid(log)
+
+        async def probe() -> None:
+            async with Client(url) as client:
+                await call(client, "list_books")
+
+        await asyncio.gather(*(probe() for _ in range(20)))
+        probes = _calls_by_pid(log) - before
+        assert len(probes) == 2 and sum(probes.values()) == 20, probes
     finally:
         status = server.stop(signal.SIGTERM, timeout=60)
     assert status == 0, server.log_tail()
@@ -76,5 +83,10 @@ async def test_two_workers_share_the_port_one_chain_and_stop_cleanly(
 
 def _serving_pids(log: Path) -> set[int]:
     """The processes that have logged a tool call so far."""
+    return set(_calls_by_pid(log))
+
+
+def _calls_by_pid(log: Path) -> Counter[int]:
+    """How many tool calls each process has logged so far."""
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    return {line["pid"] for line in lines if line.get("message") == "tool call"}
+    return Counter(line["pid"] for line in lines if line.get("message") == "tool call")

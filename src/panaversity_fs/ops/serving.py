@@ -1,17 +1,16 @@
 """Running the HTTP server: one process, or several worker processes sharing the port.
 
-One worker is the default. With `workers` > 1, uvicorn's supervisor starts that many processes
-on one listening socket; each builds its own app from the environment
-(`app_from_environment`), so each has its own pools, limits and background checks, exactly
-like a replica (docs/operations.md). The server is CPU-bound in Python, so on a machine with
-several cores more workers serve more calls.
+One worker is the default. With `workers` > 1, `ops.workers.Supervisor` starts that many
+processes, each on its own `SO_REUSEPORT` socket on the port (the kernel spreads connections
+over them); each builds its own app from the environment, so each has its own pools, limits
+and background checks, exactly like a replica (docs/operations.md). The server is CPU-bound in
+Python, so on a machine with several cores more workers serve more calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import signal
 import sys
 import threading
@@ -24,10 +23,11 @@ from starlette.applications import Starlette
 from panaversity_fs.app.server import allowed_hosts, create_app
 from panaversity_fs.archive.malloc import pin_mmap_threshold
 from panaversity_fs.auth.tokens import build_verifier
-from panaversity_fs.config import Settings, settings_from_environment
+from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.db.migrate import ensure_schema
 from panaversity_fs.logs import configure_logging
+from panaversity_fs.ops.workers import Supervisor, reuse_port_socket
 
 DRAIN_SECONDS = 10
 """On SIGTERM, calls in flight get this long to finish before they are cancelled (then the
@@ -77,11 +77,6 @@ def process_app(settings: Settings) -> Starlette:
     return app
 
 
-def app_from_environment() -> Starlette:
-    """The app of one worker process, configured from the environment (uvicorn's factory)."""
-    return process_app(settings_from_environment())
-
-
 async def _schema_ready(settings: Settings) -> bool:
     """Bring the schema to head (if allowed) before serving; False if the database is unreachable.
 
@@ -129,11 +124,9 @@ def serve(settings: Settings, overrides: dict[str, str]) -> int:
         server.run()
         return 0 if server.started else 3
     configure_logging(settings.log_level)
-    os.environ.update(overrides)
-    uvicorn.run(
-        "panaversity_fs.ops.serving:app_from_environment",
-        factory=True,
-        workers=settings.workers,
-        **options,  # type: ignore[arg-type]
-    )
-    return 0
+    try:
+        reuse_port_socket(settings.server_host, settings.server_port).close()
+    except OSError as exc:
+        print(f"panaversity-fs serve: cannot listen on port {settings.server_port} ({exc})", file=sys.stderr)
+        return 3
+    return Supervisor(settings.workers, overrides, options, DRAIN_SECONDS).run()
