@@ -33,6 +33,7 @@ from typing import Any
 
 from panaversity_fs.db import history_sql as history
 from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db import publish_sql
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.history_sql import Retention
 from panaversity_fs.db.journal_sql import JournalRow
@@ -176,7 +177,7 @@ async def check(
             report.orphans.append(blob.key)
     if staged:
         async with db.read() as conn:
-            referenced = await journal.staging_keys_in_use(conn)
+            referenced = await publish_sql.staging_keys_in_use(conn)
         for blob in staged:
             if blob.key in referenced:
                 continue

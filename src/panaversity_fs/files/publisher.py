@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from panaversity_fs.db import journal_sql as journal
+from panaversity_fs.db import publish_sql
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.db.journal_sql import FileKey
 from panaversity_fs.metrics import Metrics
@@ -66,7 +66,7 @@ class Publisher:
             # The flag is cleared first and the bytes moved before COMMIT: a failed move rolls
             # the flag back; a move whose COMMIT is lost leaves the bytes in place, which the
             # next publish accepts (`_move`) and readers find at the final key.
-            claim = await journal.finish_publish(tx.conn, key, staging_key)
+            claim = await publish_sql.finish_publish(tx.conn, key, staging_key)
             if claim is not None:
                 if staging_key is None:
                     await self._store.delete(final_key)
@@ -110,7 +110,7 @@ class Publisher:
         """
         now = now or datetime.now(UTC)
         async with self._db.read() as conn:
-            leftovers = await journal.pending(conn, now - min(orphan_grace, PUBLISH_RETRY_AFTER))
+            leftovers = await publish_sql.pending(conn, now - min(orphan_grace, PUBLISH_RETRY_AFTER))
         published = failed = 0
         for row in leftovers:
             try:
@@ -123,7 +123,7 @@ class Publisher:
         orphans = 0
         staged = await self._store.list(STAGING_PREFIX)
         async with self._db.read() as conn:
-            referenced = await journal.staging_keys_in_use(conn)
+            referenced = await publish_sql.staging_keys_in_use(conn)
         for blob in staged:
             young = blob.last_modified is not None and now - blob.last_modified < orphan_grace
             if blob.key in referenced or young:

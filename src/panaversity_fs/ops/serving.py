@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import sys
 import threading
 from collections.abc import Generator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,7 +25,7 @@ from starlette.applications import Starlette
 from panaversity_fs.app.server import allowed_hosts, create_app
 from panaversity_fs.archive.malloc import pin_mmap_threshold
 from panaversity_fs.auth.tokens import build_verifier
-from panaversity_fs.config import Settings
+from panaversity_fs.config import Settings, settings_from_environment
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.db.migrate import ensure_schema
 from panaversity_fs.logs import configure_logging
@@ -129,4 +131,14 @@ def serve(settings: Settings, overrides: dict[str, str]) -> int:
     except OSError as exc:
         print(f"panaversity-fs serve: cannot listen on port {settings.server_port} ({exc})", file=sys.stderr)
         return 3
-    return Supervisor(settings.workers, overrides, options, DRAIN_SECONDS).run()
+    return Supervisor(settings.workers, run_worker, (overrides, options), DRAIN_SECONDS).run()
+
+
+def run_worker(overrides: dict[str, str], options: dict[str, Any]) -> None:
+    """One of several worker processes: settings from the environment (plus the command line's
+    `overrides`), its own `SO_REUSEPORT` socket on the port, one graceful server."""
+    os.environ.update(overrides)
+    settings = settings_from_environment()
+    sock = reuse_port_socket(settings.server_host, settings.server_port)
+    server = GracefulServer(uvicorn.Config(process_app(settings), **options))
+    server.run(sockets=[sock])

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -42,34 +43,23 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(environment: dict[str, str], options: dict[str, Any]) -> None:
-    """One worker: its settings from the environment, its own socket, one graceful server."""
-    os.environ.update(environment)
-    # Imported in the child: the supervisor stays small and builds no app of its own.
-    import uvicorn
-
-    from panaversity_fs.config import settings_from_environment
-    from panaversity_fs.ops.serving import GracefulServer, process_app
-
-    settings = settings_from_environment()
-    sock = reuse_port_socket(settings.server_host, settings.server_port)
-    server = GracefulServer(uvicorn.Config(process_app(settings), **options))
-    server.run(sockets=[sock])
-
-
 class Supervisor:
     """Runs `count` workers until told to stop."""
 
-    def __init__(self, count: int, environment: dict[str, str], options: dict[str, Any], drain: float):
+    def __init__(
+        self, count: int, worker: Callable[..., None], arguments: tuple[Any, ...], drain: float
+    ) -> None:
+        """`worker(*arguments)` runs one worker process (a module-level function: it is started
+        by name in a fresh interpreter); `drain` is the seconds a worker may take to stop."""
         self._count = count
-        self._environment = environment
-        self._options = options
+        self._worker = worker
+        self._arguments = arguments
         self._drain = drain
         self._context = multiprocessing.get_context("spawn")
         self._stopping = threading.Event()
 
     def _start(self) -> SpawnProcess:
-        process = self._context.Process(target=_worker, args=(self._environment, self._options))
+        process = self._context.Process(target=self._worker, args=self._arguments)
         process.start()
         return process
 

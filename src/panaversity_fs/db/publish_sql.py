@@ -1,0 +1,52 @@
+"""SQL of publishing: the journal rows whose committed change still waits for its bytes to
+move into place, and the staging keys they hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from panaversity_fs.db.journal_sql import ROW_COLUMNS, FileKey, J, JournalRow, to_journal_row
+from panaversity_fs.db.schema import file_journal
+
+
+async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str | None) -> PublishClaim | None:
+    """Clear the pending flag if the pending change is still the one staged at `staging_key`,
+    locking the row for the rest of the transaction (the caller moves the bytes before it
+    commits); None if a newer change superseded it or it was published already."""
+    result = await conn.execute(
+        update(file_journal)
+        .where(key.where(), J.publish_pending.is_(True), J.staging_key.is_not_distinct_from(staging_key))
+        .values(publish_pending=False, staging_key=None, pending_since=None)
+        .returning(J.sha256)
+    )
+    row = result.first()
+    return PublishClaim(row.sha256) if row is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishClaim:
+    """A pending change whose publish this transaction took over."""
+
+    sha256: str | None
+    """The committed content's hash (None: a delete)."""
+
+
+async def pending(conn: AsyncConnection, older_than: datetime, limit: int = 500) -> list[JournalRow]:
+    """Return rows whose committed change has waited for its publish since before `older_than`."""
+    result = await conn.execute(
+        select(*ROW_COLUMNS)
+        .where(J.publish_pending.is_(True), J.pending_since < older_than)
+        .order_by(J.pending_since)
+        .limit(limit)
+    )
+    return [to_journal_row(row) for row in result]
+
+
+async def staging_keys_in_use(conn: AsyncConnection) -> set[str]:
+    """Return every staging key a journal row still points at."""
+    result = await conn.execute(select(J.staging_key).where(J.staging_key.is_not(None)))
+    return {str(key) for key in result.scalars()}
