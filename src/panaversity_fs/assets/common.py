@@ -63,8 +63,7 @@ async def live_asset(db: Database, target: Target) -> JournalRow | None:
         Unavailable: the database failed.
     """
     try:
-        async with db.read() as conn:
-            rows = await journal.fetch(conn, target.book_id, target.path, [BASE_USER])
+        rows = await journal.look_up(db, target.book_id, target.path, [BASE_USER])
     except DB_ERRORS as exc:
         raise database_failure(exc) from None
     row = rows.get(BASE_USER)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -89,7 +88,7 @@ class Database:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
-        self._reads = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._point_reads = point_reads
         self._point_conn: Connection | None = None
 
@@ -108,11 +107,11 @@ class Database:
     async def read(self) -> AsyncGenerator[AsyncConnection, None]:
         """A read-only scope: a deferred transaction on SQLite (one snapshot), autocommit
         statements on PostgreSQL (READ COMMITTED gives each statement its own snapshot)."""
-        if self.is_sqlite:
+        if self._autocommit is None:
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
         else:
-            async with self._reads.connect() as conn:
+            async with self._autocommit.connect() as conn:
                 yield conn
 
     async def select_once(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Row[Any]]:
@@ -127,10 +126,8 @@ class Database:
         if self._point_reads is not None:
             try:
                 return self._point_connection().execute(statement, parameters).all()
-            except OperationalError as exc:
+            except OperationalError:
                 self._drop_point_connection()
-                if not isinstance(exc.orig, sqlite3.OperationalError):
-                    raise
         async with self.read() as conn:
             return (await conn.execute(statement, parameters)).all()
 

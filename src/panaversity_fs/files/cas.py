@@ -33,6 +33,36 @@ def hash_required(current: str | None) -> HashRequired:
     )
 
 
+def stale(current: str | None) -> Conflict:
+    """The refusal of an `expected_hash` that is not the file's current hash."""
+    return Conflict(
+        "expected_hash is not the file's current hash: re-read, merge, retry", current_hash=current
+    )
+
+
+def stale_base(current: str | None) -> Conflict:
+    """The refusal of an overlay write whose `expected_hash` is not the base file's current hash
+    (`current_source` tells the audit that the hash is the base's, not the overlay's)."""
+    return Conflict(
+        "expected_hash is not the current hash of the file you read",
+        current_hash=current,
+        current_source="base",
+    )
+
+
+def missing(target: Target) -> NotFound:
+    """The refusal of an `expected_hash` for a file that does not exist."""
+    return NotFound("the file does not exist: create it without expected_hash", path=target.path)
+
+
+def own_hash(refusal: PanaversityFSError) -> str | None:
+    """The file's own current hash a refusal names, for its audit entry (a base file's hash is
+    not the overlay's); drops the `current_source` detail, which is for the audit only."""
+    current = refusal.details.get("current_hash") if isinstance(refusal, Conflict | HashRequired) else None
+    base = refusal.details.pop("current_source", None) == "base"
+    return current if isinstance(current, str) and not base else None
+
+
 async def apply_write(
     conn: AsyncConnection,
     target: Target,
@@ -67,10 +97,7 @@ async def apply_write(
         return ("updated", expected, version)
     row = await journal.lock(conn, key)
     if row is not None and row.exists:
-        return Conflict(
-            "expected_hash is not the file's current hash: re-read, merge, retry",
-            current_hash=row.sha256,
-        )
+        return stale(row.sha256)
     if target.user_id is not None:
         base = (await journal.fetch(conn, key.book_id, key.path, [BASE_USER])).get(BASE_USER)
         if base is not None and base.exists:
@@ -84,12 +111,8 @@ async def apply_write(
                     "the overlay was created concurrently: re-read, merge, retry",
                     current_hash=row.sha256 if row is not None else None,
                 )
-            return Conflict(
-                "expected_hash is not the current hash of the file you read",
-                current_hash=base.sha256,
-                current_source="base",
-            )
-    return NotFound("the file does not exist: create it without expected_hash", path=target.path)
+            return stale_base(base.sha256)
+    return missing(target)
 
 
 def foreseen_refusal(
@@ -104,24 +127,13 @@ def foreseen_refusal(
     if own is not None and own.exists:
         if expected is None:
             return hash_required(own.sha256)
-        if own.sha256 != expected:
-            return Conflict(
-                "expected_hash is not the file's current hash: re-read, merge, retry",
-                current_hash=own.sha256,
-            )
-        return None
+        return stale(own.sha256) if own.sha256 != expected else None
     if expected is None:
         return None
     base = rows.get(BASE_USER) if target.user_id is not None else None
     if base is not None and base.exists:
-        if base.sha256 == expected:
-            return None
-        return Conflict(
-            "expected_hash is not the current hash of the file you read",
-            current_hash=base.sha256,
-            current_source="base",
-        )
-    return NotFound("the file does not exist: create it without expected_hash", path=target.path)
+        return stale_base(base.sha256) if base.sha256 != expected else None
+    return missing(target)
 
 
 def write_outcome(target: Target, decision: WriteDecision, new_hash: str, size: int) -> WriteOutcome:

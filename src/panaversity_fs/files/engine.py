@@ -29,8 +29,14 @@ from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
 from panaversity_fs.deadlines import deadline_passed
-from panaversity_fs.errors import Conflict, HashRequired, PanaversityFSError, Unavailable
-from panaversity_fs.files.cas import apply_write, foreseen_refusal, resolve_unknown_commit, write_outcome
+from panaversity_fs.errors import Conflict, PanaversityFSError, Unavailable
+from panaversity_fs.files.cas import (
+    apply_write,
+    foreseen_refusal,
+    own_hash,
+    resolve_unknown_commit,
+    write_outcome,
+)
 from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replayed, settle
 from panaversity_fs.files.publisher import Publisher
 from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
@@ -144,10 +150,8 @@ class FileEngine:
         refusal = foreseen_refusal(target, expected, rows)
         if refusal is None:
             return
-        current = refusal.details.get("current_hash")
-        own = current if refusal.details.pop("current_source", None) != "base" else None
         self._metrics.count_write(target.book_id, refusal.code)
-        await self._trail.refused(op, _subject(target), refusal, own if isinstance(own, str) else None)
+        await self._trail.refused(op, _subject(target), refusal, own_hash(refusal))
         raise refusal
 
     async def stage(
@@ -304,12 +308,8 @@ class FileEngine:
             )
         await settle(tx, idem, decided, staged.content_type)
         if isinstance(decided, PanaversityFSError):
-            current = (
-                decided.details.get("current_hash") if isinstance(decided, Conflict | HashRequired) else None
-            )
-            own = current if decided.details.get("current_source") != "base" else None
+            own = own_hash(decided)
             await self._trail.append(tx, op, _subject(target), own, own, decided)
-            decided.details.pop("current_source", None)
             return decided
         await self._trail.append(tx, op, _subject(target), decided.previous_hash, staged.sha256)
         return decided

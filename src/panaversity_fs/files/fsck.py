@@ -274,8 +274,7 @@ async def _check_hashes(
 
 async def _changed(db: Database, row: JournalRow) -> bool:
     """Whether the row was rewritten since it was read (a concurrent write, not a problem)."""
-    async with db.read() as conn:
-        fresh = (await journal.fetch(conn, row.book_id, row.path, [row.user_id])).get(row.user_id)
+    fresh = (await journal.look_up(db, row.book_id, row.path, [row.user_id])).get(row.user_id)
     return fresh is None or (fresh.version, fresh.sha256, fresh.publish_pending) != (
         row.version,
         row.sha256,

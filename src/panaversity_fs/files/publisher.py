@@ -72,12 +72,11 @@ class Publisher:
                     await self._store.delete(final_key)
                 else:
                     await self._move(staging_key, final_key, claim.sha256)
-        if claim is not None:
+        if claim is not None or staging_key is None:
             return True
-        if staging_key is not None:
-            # A newer write replaced ours before we published (or an earlier publish of ours
-            # finished): whatever is left at the staging key is garbage.
-            await self._store.delete(staging_key)
+        # A newer write replaced ours before we published (or an earlier publish of ours
+        # finished): whatever is left at the staging key is garbage.
+        await self._store.delete(staging_key)
         return False
 
     async def publish_or_defer(self, key: FileKey, staging_key: str | None) -> None:

@@ -246,8 +246,7 @@ class VersionStore:
 
     async def _capture(self, row: VersionRow) -> bool:
         """Copy the current bytes of `row`'s file in if they are `row`'s; mark it captured."""
-        async with self._db.read() as conn:
-            current = (await journal.fetch(conn, row.book_id, row.path, [row.user_id])).get(row.user_id)
+        current = (await journal.look_up(self._db, row.book_id, row.path, [row.user_id])).get(row.user_id)
         if current is None or current.sha256 != row.sha256 or row.sha256 is None:
             return False
         for source in current.object_keys:

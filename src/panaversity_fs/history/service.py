@@ -186,10 +186,8 @@ class History:
         try:
             data = await self._versions.read(sha)
             if data is None and not row.captured:
-                async with self._db.read() as conn:
-                    current = (await journal.fetch(conn, row.book_id, row.path, [row.user_id])).get(
-                        row.user_id
-                    )
+                rows = await journal.look_up(self._db, row.book_id, row.path, [row.user_id])
+                current = rows.get(row.user_id)
                 if current is not None and current.sha256 == sha:
                     data = await self._reader.verified_bytes(current)
         except StorageError as exc:
@@ -312,8 +310,7 @@ class History:
             raise InvalidArgument("against_base compares a user's overlay: pass user_id", field="user_id")
         base = await self._reader.read(Target(target.book_id, target.path, None))
         try:
-            async with self._db.read() as conn:
-                rows = await journal.fetch(conn, target.book_id, target.path, [target.user_id])
+            rows = await journal.look_up(self._db, target.book_id, target.path, [target.user_id])
         except DB_ERRORS as exc:
             raise database_failure(exc) from None
         row = rows.get(target.user_id)
