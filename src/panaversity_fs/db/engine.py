@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from panaversity_fs.config import Settings
+from panaversity_fs.db.sqlite_inline import checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ DB_ERRORS = (SQLAlchemyError, OSError)
 COMMAND_TIMEOUT_MARGIN = 1.0
 """Seconds the driver waits beyond `statement_timeout` before it gives up on a statement:
 enough for PostgreSQL's own cancellation to arrive first from a database that is alive."""
+
+CHECKPOINT_EVERY = 100
+"""SQLite write transactions between two WAL checkpoints (each a few pages: SQLite's own
+automatic checkpoint would come every thousand pages, inside a COMMIT, on the loop thread)."""
 
 PING_AFTER_IDLE = 10.0
 """Seconds a pooled PostgreSQL connection may sit idle before its next checkout pings it (a
@@ -84,19 +90,25 @@ class WriteTransaction:
 class Database:
     """The process's engine plus `read()` / `write()` transaction scopes."""
 
-    def __init__(self, engine: AsyncEngine, point_reads: Engine | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, point_reads: Engine | None = None, wal_file: str | None = None
+    ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
         self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._point_reads = point_reads
         self._point_conn: Connection | None = None
+        self._wal_file = wal_file
+        self._writes_since_checkpoint = 0
+        self._checkpointing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """Build the engine described by `settings` (pool, timeouts, SQLite pragmas)."""
         engine = create_engine(settings)
-        return cls(engine, _point_read_engine(engine, settings))
+        wal_file = sqlite_file(settings.database_url) if engine.dialect.name == "sqlite" else None
+        return cls(engine, _point_read_engine(engine, settings), wal_file)
 
     @property
     def point_read_engine(self) -> Engine | None:
@@ -161,11 +173,33 @@ class Database:
                 tx = WriteTransaction(conn)
                 async with conn.begin():
                     yield tx
+            self._count_toward_checkpoint()
         for action in tx._on_commit:  # pyright: ignore[reportPrivateUsage]
             action()
 
+    def _count_toward_checkpoint(self) -> None:
+        """Start a WAL checkpoint on a worker thread every `CHECKPOINT_EVERY` SQLite writes."""
+        if self._wal_file is None:
+            return
+        self._writes_since_checkpoint += 1
+        running = self._checkpointing is not None and not self._checkpointing.done()
+        if self._writes_since_checkpoint < CHECKPOINT_EVERY or running:
+            return
+        self._writes_since_checkpoint = 0
+        self._checkpointing = asyncio.create_task(self._checkpoint(self._wal_file))
+
+    @staticmethod
+    async def _checkpoint(wal_file: str) -> None:
+        try:
+            await asyncio.to_thread(checkpoint, wal_file)
+        except sqlite3.Error:
+            # The next one copies what this one left; the WAL only grows meanwhile.
+            logger.warning("a WAL checkpoint failed", exc_info=True)
+
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (after a running WAL checkpoint)."""
+        if self._checkpointing is not None:
+            await self._checkpointing
         self._drop_point_connection()
         if self._point_reads is not None:
             self._point_reads.dispose()
@@ -176,8 +210,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
     """Create the async engine for `settings.database_url`."""
     url = settings.database_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=5, max_overflow=10, pool_timeout=30)
-        _install_sqlite_hooks(engine, settings)
+        path = sqlite_file(url)
+        if path is None:
+            engine = create_async_engine(url, pool_size=5, max_overflow=10, pool_timeout=30)
+        else:
+            creator = inline_creator(path, settings.database_statement_timeout)
+            engine = create_async_engine(
+                url, pool_size=5, max_overflow=10, pool_timeout=30, async_creator=creator
+            )
+        _install_sqlite_hooks(engine, settings, inline=path is not None)
         return engine
     timeout_ms = int(settings.database_statement_timeout * 1000)
     connect_args: dict[str, Any] = {
@@ -231,9 +272,9 @@ def _point_read_engine(engine: AsyncEngine, settings: Settings) -> Engine | None
     PostgreSQL and for an in-memory database, which a second connection would not see)."""
     if engine.dialect.name != "sqlite":
         return None
-    url = make_url(settings.database_url)
-    if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+    if sqlite_file(settings.database_url) is None:
         return None
+    url = make_url(settings.database_url)
     sync = create_sync_engine(url.set(drivername="sqlite+pysqlite"), poolclass=StaticPool)
 
     @event.listens_for(sync, "connect")
@@ -248,8 +289,18 @@ def _point_read_engine(engine: AsyncEngine, settings: Settings) -> Engine | None
     return sync
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, settings: Settings) -> None:
-    busy_ms = int(settings.database_statement_timeout * 1000)
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names (None for an in-memory database)."""
+    database = make_url(url).database
+    if database in (None, "", ":memory:") or "mode=memory" in url:
+        return None
+    return database
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, settings: Settings, inline: bool) -> None:
+    # Inline connections wait for a busy file asynchronously (sqlite_inline); their WAL is
+    # checkpointed on a worker thread (`Database.write`), not by whichever COMMIT fills it.
+    busy_ms = 0 if inline else int(settings.database_statement_timeout * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -259,6 +310,8 @@ def _install_sqlite_hooks(engine: AsyncEngine, settings: Settings) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        if inline:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
