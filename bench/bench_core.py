@@ -5,7 +5,9 @@
 
 Starts, one after another, each as its own subprocess on a free loopback port:
 
-1. `bench/trivial_server.py`: a FastMCP server whose only tool is `echo` (the baseline);
+1. `bench/trivial_server.py`: a FastMCP server whose tools touch nothing (the baselines):
+   `echo` of a short text, `give` (answers a lesson's size of text: what a read is compared
+   with), `take` (accepts a lesson: what a write is compared with, also from 8 clients);
 2. `panaversity-fs serve` on SQLite + a temporary fs storage folder;
 3. `panaversity-fs serve` on a scratch PostgreSQL database (`pfs_bench_<pid>`, created on
    `PFS_BENCH_PG_URL`, default postgresql://postgres@127.0.0.1:5432/postgres, dropped
@@ -71,6 +73,8 @@ LOAD_CLIENTS = 8
 TARGETS = {
     "read_over_trivial": ("<=", 1.3),
     "write_over_trivial": ("<=", 2.0),
+    "read_cpu_over_trivial_ms": ("<=", 1.0),
+    "write_cpu_over_trivial_ms": ("<=", 2.5),
     "overlay_minus_base_ms": ("<=", 1.0),
     "writes_per_s_8_clients": (">=", 150.0),
 }
@@ -121,21 +125,69 @@ async def call(client: Client[Any], tool: str, arguments: dict[str, Any]) -> dic
 
 
 async def bench_trivial(
-    server: ServerProcess, n: int, profiler: Profiler | None = None, warmup: int = WARMUP
+    server: ServerProcess,
+    n: int,
+    load_seconds: float | None = None,
+    profiler: Profiler | None = None,
+    warmup: int = WARMUP,
 ) -> dict[str, Any]:
-    """Latency of the trivial `echo` tool: `warmup` calls, then `n` timed (profiled when given)."""
+    """Latency of the trivial tools (`warmup` calls, then `n` timed, profiled when given): `echo`
+    of a short text, `give` of a lesson's size, `take` of a lesson; then, given `load_seconds`,
+    `take` from 8 clients."""
+    lesson = lesson_text("baseline")
+    calls: dict[str, Callable[[int], dict[str, Any]]] = {
+        "echo": lambda i: {"text": f"ping {i}"},
+        "give": lambda _i: {"size": LESSON_BYTES},
+        "take": lambda i: {"text": f"{i}{lesson}"},
+    }
+    results: dict[str, Any] = {}
     async with make_client(server.url) as client:
+        for tool, arguments in calls.items():
 
-        def prepare(i: int) -> Callable[[], Awaitable[Any]]:
-            args = {"text": f"ping {i}"}
-            return lambda: call(client, "echo", args)
+            def prepare(i: int, tool: str = tool, arguments: Any = arguments) -> Callable[[], Awaitable[Any]]:
+                args = arguments(i)
+                return lambda: call(client, tool, args)
+
+            async def body(prepare: Any = prepare) -> tuple[list[float], dict[str, Any]]:
+                return await timed_series(warmup, n, prepare), {}
+
+            with profiler.phase(server, tool) if profiler is not None else contextlib.nullcontext():
+                results[tool] = (await measure(server, body)).as_dict()
+    if load_seconds is not None:
+        results["take_throughput"] = await take_throughput(server, load_seconds, lesson)
+    return results
+
+
+async def take_throughput(server: ServerProcess, seconds: float, lesson: str) -> dict[str, Any]:
+    """8 connected clients calling `take` with a lesson in a loop for `seconds`: the ceiling the
+    8-client write series is compared with."""
+    clients = [make_client(server.url) for _ in range(LOAD_CLIENTS)]
+    async with contextlib.AsyncExitStack() as stack:
+        for c in clients:
+            await stack.enter_async_context(c)
+        latencies: list[float] = []
+        counts = [0] * LOAD_CLIENTS
+
+        async def caller(k: int, deadline: float) -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await call(clients[k], "take", {"text": f"{k}-{counts[k]}{lesson}"})
+                latencies.append(time.perf_counter() - started)
+                counts[k] += 1
 
         async def body() -> tuple[list[float], dict[str, Any]]:
-            return await timed_series(warmup, n, prepare), {}
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(k, started + seconds) for k in range(LOAD_CLIENTS)))
+            wall = time.perf_counter() - started
+            return latencies, {
+                "clients": LOAD_CLIENTS,
+                "duration_s": round(wall, 3),
+                "calls": sum(counts),
+                "calls_per_s": round(sum(counts) / wall, 1),
+            }
 
-        with profiler.phase(server, "echo") if profiler is not None else contextlib.nullcontext():
-            phase = await measure(server, body)
-    return {"echo": phase.as_dict()}
+        phase = await measure(server, body)
+    return phase.as_dict()
 
 
 async def bench_pfs(server: ServerProcess, n: int, load_seconds: float, profiler: Profiler) -> dict[str, Any]:
@@ -295,15 +347,29 @@ def launch(
     return server
 
 
-def ratios(trivial_p50: float, backend: dict[str, Any], digits: int | None = 3) -> dict[str, float]:
-    """The four headline numbers of one backend (rounded to `digits` decimals; None: unrounded)."""
+def baselines(trivial: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trivial series a read and a write are compared with: `give` and `take` (runs made
+    before they existed compared both with the short `echo`)."""
+    return trivial.get("give", trivial["echo"]), trivial.get("take", trivial["echo"])
+
+
+def ratios(trivial: dict[str, Any], backend: dict[str, Any], digits: int | None = 3) -> dict[str, float]:
+    """The headline numbers of one backend against the same run's trivial series (rounded to
+    `digits` decimals; None: unrounded)."""
 
     def rounded(value: float) -> float:
         return value if digits is None else round(value, digits)
 
+    give, take = baselines(trivial)
     return {
-        "read_over_trivial": rounded(backend["read_base"]["p50_ms"] / trivial_p50),
-        "write_over_trivial": rounded(backend["write"]["p50_ms"] / trivial_p50),
+        "read_over_trivial": rounded(backend["read_base"]["p50_ms"] / give["p50_ms"]),
+        "write_over_trivial": rounded(backend["write"]["p50_ms"] / take["p50_ms"]),
+        "read_cpu_over_trivial_ms": rounded(
+            backend["read_base"]["server_cpu_ms_per_call"] - give["server_cpu_ms_per_call"]
+        ),
+        "write_cpu_over_trivial_ms": rounded(
+            backend["write"]["server_cpu_ms_per_call"] - take["server_cpu_ms_per_call"]
+        ),
         "overlay_minus_base_ms": rounded(backend["read_overlay"]["p50_ms"] - backend["read_base"]["p50_ms"]),
         "writes_per_s_8_clients": backend["throughput"]["writes_per_s"],
     }
@@ -318,18 +384,26 @@ def meets(metric: str, value: float) -> bool:
 def report(results: dict[str, Any]) -> str:
     """The human table, the markdown table of docs/benchmarks.md, and the targets."""
     lines: list[str] = []
-    echo = results["trivial"]["echo"]
     names = {"sqlite": "SQLite + fs", "postgres": "PostgreSQL + fs"}
     lines.append("")
     lines.append(
         f"{'series':<34}{'p50 ms':>9}{'p95 ms':>9}{'srv CPU ms/call':>17}{'cli CPU ms/call':>17}"
         f"{'other CPU %':>13}"
     )
-    lines.append(
-        f"{'trivial echo':<34}{echo['p50_ms']:>9.2f}{echo['p95_ms']:>9.2f}"
-        f"{echo['server_cpu_ms_per_call']:>17.2f}{echo['client_cpu_ms_per_call']:>17.2f}"
-        f"{echo['other_processes_cpu_pct']:>13.1f}"
-    )
+    for tool in ("echo", "give", "take"):
+        s = results["trivial"].get(tool)
+        if s is not None:
+            lines.append(
+                f"{'trivial ' + tool:<34}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
+                f"{s['server_cpu_ms_per_call']:>17.2f}{s['client_cpu_ms_per_call']:>17.2f}"
+                f"{s['other_processes_cpu_pct']:>13.1f}"
+            )
+    if t := results["trivial"].get("take_throughput"):
+        lines.append(
+            f"{'trivial take, 8 clients':<34}{t['p50_ms']:>9.2f}{t['p95_ms']:>9.2f}"
+            f"{t['server_cpu_ms_per_call']:>17.2f}{t['client_cpu_ms_per_call']:>17.2f}"
+            f"{t['other_processes_cpu_pct']:>13.1f}   {t['calls_per_s']} calls/s"
+        )
     for key, label in names.items():
         backend = results.get(key)
         if backend is None:
@@ -366,8 +440,10 @@ def report(results: dict[str, Any]) -> str:
     lines.append("| metric | target | " + " | ".join(names[k] for k in present) + " |")
     lines.append("|---|---|" + "---|" * len(present))
     labels = {
-        "read_over_trivial": "read p50 / trivial p50",
-        "write_over_trivial": "write p50 / trivial p50",
+        "read_over_trivial": "read p50 / trivial give p50",
+        "write_over_trivial": "write p50 / trivial take p50",
+        "read_cpu_over_trivial_ms": "read − give, server CPU ms/call",
+        "write_cpu_over_trivial_ms": "write − take, server CPU ms/call",
         "overlay_minus_base_ms": "overlay p50 − base read p50 (ms)",
         "writes_per_s_8_clients": "writes/s, 8 clients",
     }
@@ -435,7 +511,7 @@ async def _run(
         "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
     )
     try:
-        results["trivial"] = await bench_trivial(trivial, n, profiler)
+        results["trivial"] = await bench_trivial(trivial, n, load_seconds, profiler)
     finally:
         trivial.stop()
 
@@ -469,8 +545,7 @@ async def _run(
             ),
         }
 
-    trivial_p50 = results["trivial"]["echo"]["p50_ms"]
-    results["ratios"] = {name: ratios(trivial_p50, results[name]) for name, _ in backends}
+    results["ratios"] = {name: ratios(results["trivial"], results[name]) for name, _ in backends}
     results["verdicts"] = {
         name: {metric: meets(metric, value) for metric, value in r.items()}
         for name, r in results["ratios"].items()

@@ -96,13 +96,15 @@ def _missing(run: Run, name: str, what: str, goal: str) -> Target:
 
 
 def core_targets(run: Run) -> list[Target]:
-    """Read and write p50 against the trivial echo, overlay − base, 8-client writes/s on PostgreSQL.
+    """Read and write p50 and server CPU against the payload-matched trivial tools (`give` for a
+    read, `take` for a write; the short `echo` in runs made before those existed), overlay − base,
+    8-client writes/s on PostgreSQL.
 
     The thresholds, the ratios and the verdicts are bench_core's (`TARGETS`, `ratios`, `meets`),
     the ratios taken unrounded from the stored series; the raw-transaction ratio is the stored one.
     """
     from bench.bench_core import TARGETS as CORE_TARGETS
-    from bench.bench_core import meets, ratios
+    from bench.bench_core import baselines, meets, ratios
 
     def goal(metric: str, shown: str) -> str:
         op, value = CORE_TARGETS[metric]
@@ -111,36 +113,53 @@ def core_targets(run: Run) -> list[Target]:
     goals = {
         "read_over_trivial": goal("read_over_trivial", "{:.1f}×"),
         "write_over_trivial": goal("write_over_trivial", "{:.1f}×"),
+        "read_cpu_over_trivial_ms": goal("read_cpu_over_trivial_ms", "+{:g} ms"),
+        "write_cpu_over_trivial_ms": goal("write_cpu_over_trivial_ms", "+{:g} ms"),
         "overlay_minus_base_ms": goal("overlay_minus_base_ms", "{:+g} ms"),
         "writes_per_s_8_clients": goal("writes_per_s_8_clients", "{:g} writes/s"),
     }
     core = run.results.get("core")
     if core is None:
         labels = {
-            "read_over_trivial": "read_content p50 / trivial echo p50",
-            "write_over_trivial": "write_content p50 / trivial echo p50",
+            "read_over_trivial": "read_content p50 / trivial give p50",
+            "write_over_trivial": "write_content p50 / trivial take p50",
+            "read_cpu_over_trivial_ms": "read_content server CPU − give's",
+            "write_cpu_over_trivial_ms": "write_content server CPU − take's",
             "overlay_minus_base_ms": "overlay read p50 − base read p50",
             "writes_per_s_8_clients": "write_content, 8 clients, PostgreSQL + fs",
         }
         return [_missing(run, "core", labels[k], g) for k, g in goals.items()]
-    echo = core["trivial"]["echo"]["p50_ms"]
+    give, take = baselines(core["trivial"])
+    named = {id(s): name for name, s in core["trivial"].items()}
+    read_base, write_base = named[id(give)], named[id(take)]
     out = []
     for backend, label in BACKENDS.items():
         b = core.get(backend)
         if b is None:
             continue
-        r = ratios(echo, b, digits=None)
+        r = ratios(core["trivial"], b, digits=None)
         read, overlay, write = b["read_base"]["p50_ms"], b["read_overlay"]["p50_ms"], b["write"]["p50_ms"]
+        read_cpu, write_cpu = b["read_base"]["server_cpu_ms_per_call"], b["write"]["server_cpu_ms_per_call"]
         out += [
             Target(
-                "core", f"read_content p50 / trivial echo p50, {label}", f"{num(read)} ms",
-                f"echo {num(echo)} ms", f"{r['read_over_trivial']:.2f}×", goals["read_over_trivial"],
+                "core", f"read_content p50 / trivial {read_base} p50, {label}", f"{num(read)} ms",
+                f"{read_base} {num(give['p50_ms'])} ms", f"{r['read_over_trivial']:.2f}×", goals["read_over_trivial"],
                 meets("read_over_trivial", r["read_over_trivial"]),
             ),
             Target(
-                "core", f"write_content p50 / trivial echo p50, {label}", f"{num(write)} ms",
-                f"echo {num(echo)} ms", f"{r['write_over_trivial']:.2f}×", goals["write_over_trivial"],
+                "core", f"write_content p50 / trivial {write_base} p50, {label}", f"{num(write)} ms",
+                f"{write_base} {num(take['p50_ms'])} ms", f"{r['write_over_trivial']:.2f}×", goals["write_over_trivial"],
                 meets("write_over_trivial", r["write_over_trivial"]),
+            ),
+            Target(
+                "core", f"read_content server CPU per call − {read_base}'s, {label}", f"{num(read_cpu)} ms",
+                f"{read_base} {num(give['server_cpu_ms_per_call'])} ms", f"{r['read_cpu_over_trivial_ms']:+.2f} ms",
+                goals["read_cpu_over_trivial_ms"], meets("read_cpu_over_trivial_ms", r["read_cpu_over_trivial_ms"]),
+            ),
+            Target(
+                "core", f"write_content server CPU per call − {write_base}'s, {label}", f"{num(write_cpu)} ms",
+                f"{write_base} {num(take['server_cpu_ms_per_call'])} ms", f"{r['write_cpu_over_trivial_ms']:+.2f} ms",
+                goals["write_cpu_over_trivial_ms"], meets("write_cpu_over_trivial_ms", r["write_cpu_over_trivial_ms"]),
             ),
             Target(
                 "core", f"overlay read p50 − base read p50, {label}", f"{num(overlay)} ms",
@@ -149,11 +168,14 @@ def core_targets(run: Run) -> list[Target]:
             ),
         ]  # fmt: skip
     if pg := core.get("postgres"):
-        rate = ratios(echo, pg, digits=None)["writes_per_s_8_clients"]
+        rate = ratios(core["trivial"], pg, digits=None)["writes_per_s_8_clients"]
         raw = core.get("postgres_raw_txn", {}).get("throughput")
         over_raw = core.get("raw_txn_ratios", {}).get("writes_per_s_over_raw_txns_per_s")
         baseline = f"plain asyncpg {num(raw['txns_per_s'], 0)} txns/s" if raw else "—"
         versus = f"{over_raw:.3f}×" if raw and over_raw is not None else "—"
+        if ceiling := core["trivial"].get("take_throughput"):
+            baseline += f"; trivial `take` {num(ceiling['calls_per_s'], 0)} calls/s"
+            versus += f"; {rate / ceiling['calls_per_s']:.2f}×"
         out.append(
             Target(
                 "core", "write_content, 8 clients, PostgreSQL + fs", f"{num(rate, 1)} writes/s",
@@ -494,7 +516,19 @@ def core_section(core: dict[str, Any]) -> list[str]:
             pct(s["other_processes_cpu_pct"]),
         ]
 
-    rows = [row("trivial FastMCP `echo`", core["trivial"]["echo"])]
+    trivial_titles = {
+        "echo": "trivial FastMCP `echo` (short text)",
+        "give": "trivial `give`: answers {kb} KB of text (a read's baseline)",
+        "take": "trivial `take`: accepts {kb} KB (a write's baseline)",
+    }
+    kb = cfg["lesson_bytes"] // 1024
+    rows = [
+        row(title.format(kb=kb), core["trivial"][tool])
+        for tool, title in trivial_titles.items()
+        if tool in core["trivial"]
+    ]
+    if t := core["trivial"].get("take_throughput"):
+        rows.append(row(f"trivial `take`, {t['clients']} clients: **{t['calls_per_s']} calls/s**", t))
     titles = {
         "read_base": "read_content (base)",
         "read_overlay": "read_content (overlay)",

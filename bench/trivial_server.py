@@ -2,7 +2,10 @@
 
 Same stack as `panaversity-fs serve`: `http_app(path="/mcp")` (streamable HTTP, stateful,
 host/origin protection on) under uvicorn with the same options, and a `/health` route. Only
-the tool differs: `echo(text)` returns a dict and touches nothing.
+the tools differ, and they touch nothing: `echo(text)` returns a dict; `give(size)` answers
+`size` bytes of text with a small structured result (the shape of a read); `take(text)` accepts
+a text and answers its size (the shape of a write). `give` and `take` are the payload-matched
+baselines a read and a write of the same size are compared with.
 
     python -m bench.trivial_server --port 8765
 """
@@ -13,6 +16,8 @@ import argparse
 
 import uvicorn
 from fastmcp import FastMCP
+from fastmcp.tools.base import ToolResult
+from mcp_types import TextContent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -26,11 +31,28 @@ def build() -> FastMCP:
         """Return `text` unchanged."""
         return {"text": text}
 
+    @mcp.tool
+    async def give(size: int) -> ToolResult:  # pyright: ignore[reportUnusedFunction]
+        """Return `size` bytes of text and a structured result naming the size."""
+        return ToolResult(
+            content=[TextContent(type="text", text=_text(size))], structured_content={"size": size}
+        )
+
+    @mcp.tool
+    async def take(text: str) -> dict:  # pyright: ignore[reportUnusedFunction]
+        """Accept `text`; return its size in bytes."""
+        return {"size": len(text.encode())}
+
     @mcp.custom_route("/health", methods=["GET"])
     async def health(_request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
         return JSONResponse({"status": "ok"})
 
     return mcp
+
+
+def _text(size: int) -> str:
+    line = "Variables name values; a name is bound with `=` and can be bound again later.\n"
+    return (line * (size // len(line) + 1))[:size]
 
 
 def main() -> None:

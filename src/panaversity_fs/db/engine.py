@@ -9,11 +9,13 @@ driver a ping is three round trips: pinging every checkout cost a read three and
 
 SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver would
 otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
-concurrent writers queue instead of sleeping in SQLite's busy handler. Its reads keep a
-deferred BEGIN (one snapshot for every statement of the read), except `select_once`: a single
-SELECT needs no transaction, and it runs on the event loop's own thread through a synchronous
-connection (a WAL reader never waits for writers), which saves the driver's thread hand-offs:
-most of a point read's cost. Any SQLite error there (a busy file) retries through the pool.
+concurrent writers queue instead of sleeping in SQLite's busy handler. A file database's
+statements run on the event loop's thread (`sqlite_inline`: no hand-off to a driver thread per
+call, busy waits asynchronous), and its WAL is checkpointed on a worker thread every
+`CHECKPOINT_EVERY` writes instead of inside a COMMIT. Its reads keep a deferred BEGIN (one
+snapshot for every statement of the read), except `select_once`: a single SELECT needs no
+transaction, and it runs through a synchronous autocommit connection, without SQLAlchemy's
+async adaptation. Any SQLite error there (a busy file) retries through the pool.
 
 A write transaction is a `WriteTransaction`: the connection plus what the statements inside
 learned about the transaction (its id on PostgreSQL, for settling a lost COMMIT) and what must
@@ -188,13 +190,16 @@ class Database:
         self._writes_since_checkpoint = 0
         self._checkpointing = asyncio.create_task(self._checkpoint(self._wal_file))
 
-    @staticmethod
-    async def _checkpoint(wal_file: str) -> None:
-        try:
-            await asyncio.to_thread(checkpoint, wal_file)
-        except sqlite3.Error:
-            # The next one copies what this one left; the WAL only grows meanwhile.
-            logger.warning("a WAL checkpoint failed", exc_info=True)
+    async def _checkpoint(self, wal_file: str) -> None:
+        assert self._sqlite_writer is not None
+        # Writes wait meanwhile (reads do not): SQLite starts the WAL over only if the next
+        # write begins with every frame copied, else the file grows for ever.
+        async with self._sqlite_writer:
+            try:
+                await asyncio.to_thread(checkpoint, wal_file)
+            except sqlite3.Error:
+                # The next one copies what this one left; the WAL only grows meanwhile.
+                logger.warning("a WAL checkpoint failed", exc_info=True)
 
     async def dispose(self) -> None:
         """Close every pooled connection (after a running WAL checkpoint)."""
