@@ -73,7 +73,9 @@ async def test_statements_run_on_the_loop_thread(sqlite_db: Database) -> None:
     assert threads == {threading.get_ident()}
 
 
-async def test_a_busy_file_is_waited_for_without_holding_the_loop(sqlite_db: Database, tmp_path: Path) -> None:
+async def test_a_busy_file_is_waited_for_without_holding_the_loop(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
     locked = threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(str(tmp_path / "inline.db"), 0.5, locked))
     holder.start()
