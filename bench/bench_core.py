@@ -76,7 +76,8 @@ TARGETS = {
     "read_cpu_over_trivial_ms": ("<=", 1.0),
     "write_cpu_over_trivial_ms": ("<=", 2.5),
     "overlay_minus_base_ms": ("<=", 1.0),
-    "writes_per_s_8_clients": (">=", 150.0),
+    "writes_per_s_8_clients": (">=", 250.0),
+    "sqlite_writes_per_s_8_clients": (">=", 150.0),
 }
 
 
@@ -375,6 +376,13 @@ def ratios(trivial: dict[str, Any], backend: dict[str, Any], digits: int | None 
     }
 
 
+def target_key(backend: str, metric: str) -> str:
+    """The `TARGETS` entry that judges `metric` on `backend` (8-client writes differ by database)."""
+    if backend == "sqlite" and metric == "writes_per_s_8_clients":
+        return "sqlite_writes_per_s_8_clients"
+    return metric
+
+
 def meets(metric: str, value: float) -> bool:
     """Whether `value` meets the target of `metric`."""
     op, target = TARGETS[metric]
@@ -448,17 +456,15 @@ def report(results: dict[str, Any]) -> str:
         "writes_per_s_8_clients": "writes/s, 8 clients",
     }
     for metric, label in labels.items():
-        op, target = TARGETS[metric]
         cells = []
+        goals: list[str] = []
         for k in present:
+            key = target_key(k, metric)
+            op, target = TARGETS[key]
+            goals.append(f"{op.replace('<=', '≤').replace('>=', '≥')} {target:g}")
             value = results["ratios"][k][metric]
-            verdict = "met" if meets(metric, value) else "**missed**"
-            if metric == "writes_per_s_8_clients" and k != "postgres":
-                verdict = "(target is for PostgreSQL)"
-            cells.append(f"{value:g} {verdict}")
-        lines.append(
-            f"| {label} | {op.replace('<=', '≤').replace('>=', '≥')} {target:g} | " + " | ".join(cells) + " |"
-        )
+            cells.append(f"{value:g} {'met' if meets(key, value) else '**missed**'}")
+        lines.append(f"| {label} | {' / '.join(dict.fromkeys(goals))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -547,7 +553,7 @@ async def _run(
 
     results["ratios"] = {name: ratios(results["trivial"], results[name]) for name, _ in backends}
     results["verdicts"] = {
-        name: {metric: meets(metric, value) for metric, value in r.items()}
+        name: {metric: meets(target_key(name, metric), value) for metric, value in r.items()}
         for name, r in results["ratios"].items()
     }
     if profiler.files:

@@ -104,7 +104,7 @@ def core_targets(run: Run) -> list[Target]:
     the ratios taken unrounded from the stored series; the raw-transaction ratio is the stored one.
     """
     from bench.bench_core import TARGETS as CORE_TARGETS
-    from bench.bench_core import baselines, meets, ratios
+    from bench.bench_core import baselines, meets, ratios, target_key
 
     def goal(metric: str, shown: str) -> str:
         op, value = CORE_TARGETS[metric]
@@ -117,6 +117,7 @@ def core_targets(run: Run) -> list[Target]:
         "write_cpu_over_trivial_ms": goal("write_cpu_over_trivial_ms", "+{:g} ms"),
         "overlay_minus_base_ms": goal("overlay_minus_base_ms", "{:+g} ms"),
         "writes_per_s_8_clients": goal("writes_per_s_8_clients", "{:g} writes/s"),
+        "sqlite_writes_per_s_8_clients": goal("sqlite_writes_per_s_8_clients", "{:g} writes/s"),
     }
     core = run.results.get("core")
     if core is None:
@@ -127,6 +128,7 @@ def core_targets(run: Run) -> list[Target]:
             "write_cpu_over_trivial_ms": "write_content server CPU − take's",
             "overlay_minus_base_ms": "overlay read p50 − base read p50",
             "writes_per_s_8_clients": "write_content, 8 clients, PostgreSQL + fs",
+            "sqlite_writes_per_s_8_clients": "write_content, 8 clients, SQLite + fs",
         }
         return [_missing(run, "core", labels[k], g) for k, g in goals.items()]
     give, take = baselines(core["trivial"])
@@ -167,19 +169,27 @@ def core_targets(run: Run) -> list[Target]:
                 meets("overlay_minus_base_ms", r["overlay_minus_base_ms"]),
             ),
         ]  # fmt: skip
-    if pg := core.get("postgres"):
-        rate = ratios(core["trivial"], pg, digits=None)["writes_per_s_8_clients"]
-        raw = core.get("postgres_raw_txn", {}).get("throughput")
+    ceiling = core["trivial"].get("take_throughput")
+    for backend, label in BACKENDS.items():
+        b = core.get(backend)
+        if b is None:
+            continue
+        rate = ratios(core["trivial"], b, digits=None)["writes_per_s_8_clients"]
+        key = target_key(backend, "writes_per_s_8_clients")
+        baselines_: list[str] = []
+        versus_: list[str] = []
+        raw = core.get("postgres_raw_txn", {}).get("throughput") if backend == "postgres" else None
         over_raw = core.get("raw_txn_ratios", {}).get("writes_per_s_over_raw_txns_per_s")
-        baseline = f"plain asyncpg {num(raw['txns_per_s'], 0)} txns/s" if raw else "—"
-        versus = f"{over_raw:.3f}×" if raw and over_raw is not None else "—"
-        if ceiling := core["trivial"].get("take_throughput"):
-            baseline += f"; trivial `take` {num(ceiling['calls_per_s'], 0)} calls/s"
-            versus += f"; {rate / ceiling['calls_per_s']:.2f}×"
+        if raw and over_raw is not None:
+            baselines_.append(f"plain asyncpg {num(raw['txns_per_s'], 0)} txns/s")
+            versus_.append(f"{over_raw:.3f}×")
+        if ceiling:
+            baselines_.append(f"trivial `take` {num(ceiling['calls_per_s'], 0)} calls/s")
+            versus_.append(f"{rate / ceiling['calls_per_s']:.2f}×")
         out.append(
             Target(
-                "core", "write_content, 8 clients, PostgreSQL + fs", f"{num(rate, 1)} writes/s",
-                baseline, versus, goals["writes_per_s_8_clients"], meets("writes_per_s_8_clients", rate),
+                "core", f"write_content, 8 clients, {label}", f"{num(rate, 1)} writes/s",
+                "; ".join(baselines_) or "—", "; ".join(versus_) or "—", goals[key], meets(key, rate),
             )
         )  # fmt: skip
     return out

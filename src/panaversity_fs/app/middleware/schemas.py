@@ -38,7 +38,7 @@ class PublishedTools(Middleware):
         call_next: CallNext[ListToolsRequest, Sequence[Tool]],
     ) -> Sequence[Tool]:
         """The tools this caller may call, with published schemas."""
-        tools = [self._published(tool) for tool in await call_next(context)]
+        tools = [self.published(tool) for tool in await call_next(context)]
         token = get_access_token()
         if token is None:
             return tools
@@ -48,7 +48,9 @@ class PublishedTools(Middleware):
             return []
         return [tool for tool in tools if offered(caller, tool.name)]
 
-    def _published(self, tool: Tool) -> Tool:
+    def published(self, tool: Tool) -> Tool:
+        """`tool` as `tools/list` shows it (made on the first call; the server makes every tool's
+        at start-up, so the first agent to list them does not wait for it)."""
         key = (tool.name, id(tool.parameters), id(tool.output_schema))
         done = self._done.get(key)
         if done is None:
