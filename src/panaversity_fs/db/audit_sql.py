@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.db.engine import WriteTransaction
@@ -42,18 +42,20 @@ async def lock_chain_head(tx: WriteTransaction) -> tuple[int, str]:
     Concurrent appenders queue here, so the chain never forks. Callers lock journal rows before
     this, never after: lock order is journal row, then chain head.
     """
-    columns: list[Any] = [audit_chain_head.c.seq, audit_chain_head.c.head_hash]
     postgres = tx.conn.dialect.name == "postgresql"
-    if postgres:
-        columns += [func.txid_current(), func.pg_backend_pid()]
-    head = (
-        await tx.conn.execute(
-            select(*columns).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update()
-        )
-    ).one()
+    head: tuple[Any, ...] = tuple((await tx.conn.execute(_LOCK_HEAD_PG if postgres else _LOCK_HEAD)).one())
     if postgres:
         tx.transaction_id = (int(head[2]), int(head[3]))
     return int(head[0]), str(head[1])
+
+
+_HEAD = [audit_chain_head.c.seq, audit_chain_head.c.head_hash]
+_LOCK_HEAD = select(*_HEAD).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update()
+_LOCK_HEAD_PG = (
+    select(*_HEAD, func.txid_current(), func.pg_backend_pid())
+    .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
+    .with_for_update()
+)
 
 
 async def insert_entries(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -63,7 +65,7 @@ async def insert_entries(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]
 
 async def move_chain_head(conn: AsyncConnection, seq: int, head_hash: str) -> None:
     """Record the new chain head (under the lock `lock_chain_head` took)."""
-    await conn.execute(_move_head(seq, head_hash))
+    await conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": head_hash})
 
 
 async def insert_and_move_head(
@@ -72,19 +74,28 @@ async def insert_and_move_head(
     """`insert_entries` then `move_chain_head`; on PostgreSQL one entry and the head move are a
     single statement (the insert as a data-modifying CTE): one round trip less per mutation."""
     if conn.dialect.name == "postgresql" and len(rows) == 1:
-        appended = insert(audit_log).values(dict(rows[0])).cte("appended")
-        await conn.execute(_move_head(seq, head_hash).add_cte(appended))
+        parameters = {f"e_{name}": value for name, value in rows[0].items()}
+        await conn.execute(_APPEND_ONE_PG, parameters | {"new_seq": seq, "new_hash": head_hash})
         return
     await insert_entries(conn, rows)
     await move_chain_head(conn, seq, head_hash)
 
 
-def _move_head(seq: int, head_hash: str) -> Update:
-    return (
-        update(audit_chain_head)
-        .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
-        .values(seq=seq, head_hash=head_hash)
+_MOVE_HEAD = (
+    update(audit_chain_head)
+    .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
+    .values(
+        seq=bindparam("new_seq", type_=audit_chain_head.c.seq.type),
+        head_hash=bindparam("new_hash", type_=audit_chain_head.c.head_hash.type),
     )
+)
+# One entry inserted (a data-modifying CTE) and the head moved, in one statement; every entry
+# column is a parameter `e_<column>`. Built once, like the rest of a write's statements.
+_APPEND_ONE_PG = _MOVE_HEAD.add_cte(
+    insert(audit_log)
+    .values({column.name: bindparam(f"e_{column.name}", type_=column.type) for column in audit_log.columns})
+    .cte("appended")
+)
 
 
 async def has_entry_hash(conn: AsyncConnection, entry_hash: str) -> bool:

@@ -227,13 +227,69 @@ async def compare_and_swap(
 
     Returns the row's new version, or None if its hash is not `expected` (or it is absent).
     """
-    result = await conn.execute(
+    statement = _CAS_BASE if key.user_id == BASE_USER else _CAS_OVERLAY
+    parameters = {
+        "k_book": key.book_id,
+        "k_path": key.path,
+        "k_user": key.user_id,
+        "k_expected": expected,
+        "v_sha256": new_hash,
+        "v_size": size,
+        "v_staging_key": staging_key,
+        "v_now": now,
+        "v_content_type": content_type,
+        **{f"v_{name}": value for name, value in author.values("update").items()},
+    }
+    result = await conn.execute(statement, parameters)
+    return result.scalar_one_or_none()
+
+
+def _bound(column: str) -> Any:
+    """A parameter `v_<column>` typed as `column` (so dates are stored as the column stores them)."""
+    return bindparam(f"v_{column}", type_=J[column].type)
+
+
+BY_KEY = and_(
+    J.book_id == bindparam("k_book"), J.path == bindparam("k_path"), J.user_id == bindparam("k_user")
+)
+"""`FileKey.where` with the key as parameters `k_book`, `k_path`, `k_user`."""
+
+
+def _cas_statement(overlay: bool) -> Any:
+    base = file_journal.alias("base")
+    base_hash = (
+        select(base.c.sha256)
+        .where(
+            base.c.book_id == bindparam("k_book"),
+            base.c.path == bindparam("k_path"),
+            base.c.user_id == BASE_USER,
+        )
+        .scalar_subquery()
+    )
+    return (
         update(file_journal)
-        .where(key.where(), J.sha256 == expected)
-        .values(_next_version(key, new_hash, size, staging_key, now, author.values("update"), content_type))
+        .where(BY_KEY, J.sha256 == bindparam("k_expected"))
+        .values(
+            operation=_bound("operation"),
+            agent_id=_bound("agent_id"),
+            base_sha256=base_hash if overlay else None,
+            content_type=_bound("content_type"),
+            sha256=_bound("sha256"),
+            size=_bound("size"),
+            version=J.version + 1,
+            last_written_at=bindparam("v_now", type_=J.last_written_at.type),
+            publish_pending=True,
+            staging_key=_bound("staging_key"),
+            pending_since=bindparam("v_now", type_=J.pending_since.type),
+        )
         .returning(J.version)
     )
-    return result.scalar_one_or_none()
+
+
+# Built once (as `_next_version` describes the values): building an UPDATE and its cache key
+# per call cost more CPU than running it on SQLite.
+_CAS_BASE = _cas_statement(overlay=False)
+_CAS_OVERLAY = _cas_statement(overlay=True)
 
 
 async def create(
