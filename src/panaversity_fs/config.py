@@ -177,7 +177,9 @@ class Settings(BaseSettings):
         description="Seconds to wait for a pooled connection.",
     )
     database_statement_timeout: float = Field(
-        15.0, gt=0, description="Seconds one database statement may run (PostgreSQL)."
+        15.0,
+        gt=0,
+        description="Seconds one database statement may run (PostgreSQL), or a SQLite write may wait for another process's lock.",
     )
     database_connect_timeout: float = Field(
         10.0,
