@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -109,20 +109,25 @@ _COLUMNS = (
 
 
 def _row(row: Any) -> JournalRow:
-    pending_since = row.pending_since
+    return _row_of(row._mapping)
+
+
+def _row_of(values: Mapping[str, Any]) -> JournalRow:
+    """A `JournalRow` from the values of `_COLUMNS` by name."""
+    pending_since = values["pending_since"]
     return JournalRow(
-        book_id=row.book_id,
-        path=row.path,
-        user_id=row.user_id,
-        sha256=row.sha256,
-        size=int(row.size),
-        version=int(row.version),
-        last_written_at=to_utc(row.last_written_at),
-        publish_pending=bool(row.publish_pending),
-        staging_key=row.staging_key,
+        book_id=values["book_id"],
+        path=values["path"],
+        user_id=values["user_id"],
+        sha256=values["sha256"],
+        size=int(values["size"]),
+        version=int(values["version"]),
+        last_written_at=to_utc(values["last_written_at"]),
+        publish_pending=bool(values["publish_pending"]),
+        staging_key=values["staging_key"],
         pending_since=to_utc(pending_since) if pending_since is not None else None,
-        content_type=row.content_type,
-        base_sha256=row.base_sha256,
+        content_type=values["content_type"],
+        base_sha256=values["base_sha256"],
     )
 
 
@@ -135,9 +140,20 @@ async def fetch(
 
 
 async def look_up(db: Database, book_id: str, path: str, user_ids: Sequence[str]) -> dict[str, JournalRow]:
-    """`fetch` as one statement outside a transaction: a read's hot path (`Database.select_once`)."""
-    rows = await db.select_once(_BY_USERS, _by_users(book_id, path, user_ids))
-    return {row.user_id: _row(row) for row in rows}
+    """`fetch` as one statement outside a transaction: a read's hot path (on SQLite
+    `Database.select_once`, on PostgreSQL a statement the driver prepares, `fetch_prepared`)."""
+    if db.is_sqlite:
+        rows = await db.select_once(_BY_USERS, _by_users(book_id, path, user_ids))
+        return {row.user_id: _row(row) for row in rows}
+    records = await db.fetch_prepared(_BY_USERS_PG, book_id, path, list(user_ids))
+    return {record["user_id"]: _row_of(record) for record in records}
+
+
+_BY_USERS_PG = (
+    f"SELECT {', '.join(column.name for column in _COLUMNS)} FROM {file_journal.name} "
+    "WHERE book_id = $1 AND path = $2 AND user_id = ANY($3::varchar[])"
+)
+"""`_BY_USERS` in PostgreSQL's own syntax, for `Database.fetch_prepared`."""
 
 
 def _by_users(book_id: str, path: str, user_ids: Sequence[str]) -> dict[str, Any]:
