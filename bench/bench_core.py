@@ -159,6 +159,22 @@ async def bench_trivial(
     return results
 
 
+async def for_seconds(
+    seconds: float, client: Callable[[int, float], Awaitable[None]], counts: list[int], noun: str
+) -> dict[str, Any]:
+    """Run `client(k, deadline)` for each of the `LOAD_CLIENTS` clients until `seconds` pass
+    (each counting its calls in `counts[k]`); return the wall time, the count and the rate."""
+    started = time.perf_counter()
+    await asyncio.gather(*(client(k, started + seconds) for k in range(LOAD_CLIENTS)))
+    wall = time.perf_counter() - started
+    return {
+        "clients": LOAD_CLIENTS,
+        "duration_s": round(wall, 3),
+        noun: sum(counts),
+        f"{noun}_per_s": round(sum(counts) / wall, 1),
+    }
+
+
 async def take_throughput(server: ServerProcess, seconds: float, lesson: str) -> dict[str, Any]:
     """8 connected clients calling `take` with a lesson in a loop for `seconds`: the ceiling the
     8-client write series is compared with."""
@@ -177,15 +193,7 @@ async def take_throughput(server: ServerProcess, seconds: float, lesson: str) ->
                 counts[k] += 1
 
         async def body() -> tuple[list[float], dict[str, Any]]:
-            started = time.perf_counter()
-            await asyncio.gather(*(caller(k, started + seconds) for k in range(LOAD_CLIENTS)))
-            wall = time.perf_counter() - started
-            return latencies, {
-                "clients": LOAD_CLIENTS,
-                "duration_s": round(wall, 3),
-                "calls": sum(counts),
-                "calls_per_s": round(sum(counts) / wall, 1),
-            }
+            return latencies, await for_seconds(seconds, caller, counts, "calls")
 
         phase = await measure(server, body)
     return phase.as_dict()
@@ -315,15 +323,8 @@ async def write_throughput(server: ServerProcess, seconds: float) -> dict[str, A
                 counts[k] += 1
 
         async def body() -> tuple[list[float], dict[str, Any]]:
-            started = time.perf_counter()
-            deadline = started + seconds
-            await asyncio.gather(*(writer(k, deadline) for k in range(LOAD_CLIENTS)))
-            wall = time.perf_counter() - started
-            return latencies, {
-                "clients": LOAD_CLIENTS,
-                "duration_s": round(wall, 3),
-                "writes": sum(counts),
-                "writes_per_s": round(sum(counts) / wall, 1),
+            rate = await for_seconds(seconds, writer, counts, "writes")
+            return latencies, rate | {
                 "per_client": counts,
                 "errors": len(errors),
                 "error_samples": sorted(set(errors))[:5],
