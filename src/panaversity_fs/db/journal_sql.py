@@ -194,29 +194,33 @@ def insert_if_absent(conn: AsyncConnection, table: Table) -> Insert:
 
 def _base_hash(key: FileKey) -> Any:
     """The current hash of the base file under an overlay key (NULL for a base key)."""
-    if key.user_id == BASE_USER:
-        return None
+    return None if key.user_id == BASE_USER else _base_hash_of(key.book_id, key.path)
+
+
+def _base_hash_of(book_id: Any, path: Any) -> Any:
+    """The current hash of the base file at `book_id`/`path` (values or bound parameters)."""
     base = file_journal.alias("base")
     return (
         select(base.c.sha256)
-        .where(base.c.book_id == key.book_id, base.c.path == key.path, base.c.user_id == BASE_USER)
+        .where(base.c.book_id == book_id, base.c.path == path, base.c.user_id == BASE_USER)
         .scalar_subquery()
     )
 
 
 def _next_version(
-    key: FileKey,
-    sha256: str | None,
-    size: int,
-    staging_key: str | None,
-    now: datetime,
-    author: dict[str, str],
-    content_type: str | None = None,
+    base_sha256: Any,
+    sha256: Any,
+    size: Any,
+    staging_key: Any,
+    now: Any,
+    author: dict[str, Any],
+    content_type: Any = None,
 ) -> dict[str, Any]:
-    """Column values of a committed change that still waits for its publish."""
+    """Column values of a committed change that still waits for its publish (values, or bound
+    parameters for a statement built once)."""
     return {
         **author,
-        "base_sha256": _base_hash(key),
+        "base_sha256": base_sha256,
         "content_type": content_type,
         "sha256": sha256,
         "size": size,
@@ -272,38 +276,26 @@ BY_KEY = and_(
 
 
 def _cas_statement(overlay: bool) -> Any:
-    base = file_journal.alias("base")
-    base_hash = (
-        select(base.c.sha256)
-        .where(
-            base.c.book_id == bindparam("k_book"),
-            base.c.path == bindparam("k_path"),
-            base.c.user_id == BASE_USER,
-        )
-        .scalar_subquery()
+    base_hash = _base_hash_of(bindparam("k_book"), bindparam("k_path")) if overlay else None
+    values = _next_version(
+        base_hash,
+        _bound("sha256"),
+        _bound("size"),
+        _bound("staging_key"),
+        bindparam("v_now", type_=J.last_written_at.type),
+        {"operation": _bound("operation"), "agent_id": _bound("agent_id")},
+        _bound("content_type"),
     )
     return (
         update(file_journal)
         .where(BY_KEY, J.sha256 == bindparam("k_expected"))
-        .values(
-            operation=_bound("operation"),
-            agent_id=_bound("agent_id"),
-            base_sha256=base_hash if overlay else None,
-            content_type=_bound("content_type"),
-            sha256=_bound("sha256"),
-            size=_bound("size"),
-            version=J.version + 1,
-            last_written_at=bindparam("v_now", type_=J.last_written_at.type),
-            publish_pending=True,
-            staging_key=_bound("staging_key"),
-            pending_since=bindparam("v_now", type_=J.pending_since.type),
-        )
+        .values(values)
         .returning(J.version)
     )
 
 
-# Built once (as `_next_version` describes the values): building an UPDATE and its cache key
-# per call cost more CPU than running it on SQLite.
+# Built once: building an UPDATE and its cache key per call cost more CPU than running it on
+# SQLite.
 _CAS_BASE = _cas_statement(overlay=False)
 _CAS_OVERLAY = _cas_statement(overlay=True)
 
@@ -347,7 +339,9 @@ async def create(
         update(file_journal)
         .where(key.where(), J.sha256.is_(None))
         .values(
-            _next_version(key, new_hash, size, staging_key, now, author.values("create"), content_type)
+            _next_version(
+                _base_hash(key), new_hash, size, staging_key, now, author.values("create"), content_type
+            )
             | {"storage_backend": backend}
         )
         .returning(J.version)
@@ -363,7 +357,7 @@ async def tombstone(conn: AsyncConnection, key: FileKey, now: datetime, author: 
     result = await conn.execute(
         update(file_journal)
         .where(key.where(), J.sha256.is_not(None))
-        .values(_next_version(key, None, 0, None, now, author.values("delete")))
+        .values(_next_version(_base_hash(key), None, 0, None, now, author.values("delete")))
         .returning(J.version)
     )
     return result.scalar_one_or_none()
