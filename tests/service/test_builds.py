@@ -232,6 +232,68 @@ async def test_pruning_keeps_the_most_recently_used_manifests(settings: Settings
     assert gone["target_found"] is False
 
 
+async def test_plan_pages_reproduce_the_whole_plan_even_when_the_book_changes_between_them(
+    settings: Settings,
+) -> None:
+    async with client(create_server(settings)) as c:
+        hashes = {lesson(n): await write(c, lesson(n), f"v1 of {n}") for n in range(1, 8)}
+        m1 = (await call(c, "plan_build", book_id=BOOK))["manifest_hash"]
+        for n in (1, 3, 5):
+            hashes[lesson(n)] = await write(c, lesson(n), f"v2 of {n}")
+        await call(c, "delete_content", book_id=BOOK, path=lesson(7))
+        hashes[lesson(9)] = await write(c, lesson(9), "new")
+        whole_listing = await call(c, "plan_build", book_id=BOOK)
+        whole_diff = await call(c, "plan_build", book_id=BOOK, target_manifest_hash=m1)
+        first = await call(c, "plan_build", book_id=BOOK, target_manifest_hash=m1, limit=2)
+        await write(c, lesson(10), "written between pages")
+        rest = await all_pages(
+            c, "plan_build", book_id=BOOK, target_manifest_hash=m1, limit=2, cursor=first["next_cursor"]
+        )
+        listing = await all_pages(c, "plan_build", book_id=BOOK, limit=3)
+    diff_pages = [first, *rest]
+    assert [len(page["files"]) for page in diff_pages] == [2, 2, 1]
+    assert [f for page in diff_pages for f in page["files"]] == whole_diff["files"]
+    assert [f["path"] for f in whole_diff["files"]] == [lesson(1), lesson(3), lesson(5), lesson(7), lesson(9)]
+    for page in diff_pages:
+        assert page["manifest_hash"] == whole_diff["manifest_hash"] and page["changed_count"] == 5
+        assert page["status"] == "changed" and page["target_found"] is True and page["total_files"] == 7
+    assert whole_diff["next_cursor"] is None and diff_pages[-1]["next_cursor"] is None
+    assert [len(page["files"]) for page in listing] == [3, 3, 2]
+    listed = [f for page in listing for f in page["files"]]
+    assert listed[:7] == whole_listing["files"] and listed[-1]["path"] == lesson(10)
+    assert {f["path"]: f["current_hash"] for f in whole_listing["files"]} == {
+        path: digest for path, digest in hashes.items() if path != lesson(7)
+    }
+
+
+async def test_plan_cursor_refused_for_other_arguments_or_once_its_manifest_is_pruned(
+    settings: Settings,
+) -> None:
+    tight = settings.model_copy(update={"manifest_snapshots_kept": 2})
+    async with client(create_server(tight)) as c:
+        for n in range(1, 4):
+            await write(c, lesson(n), f"{n}")
+        cursor = (await call(c, "plan_build", book_id=BOOK, limit=1))["next_cursor"]
+        assert cursor
+        cases: list[dict[str, Any]] = [
+            {"cursor": "garbage!"},
+            {"cursor": cursor, "target_manifest_hash": sha("other")},
+            {"cursor": cursor, "as_of": iso(datetime.now(UTC))},
+            {"limit": 0},
+            {"limit": 1001},
+        ]
+        for args in cases:
+            error = await error_of(c, "plan_build", book_id=BOOK, **args)
+            assert error["error"] == "INVALID_ARGUMENT", (args, error)
+        assert (await call(c, "plan_build", book_id=BOOK, cursor=cursor))["files"][0]["path"] == lesson(2)
+        for n in (4, 5):  # two newer manifests push the cursor's out (2 are kept)
+            await write(c, lesson(n), f"{n}")
+            await call(c, "plan_build", book_id=BOOK)
+        expired = await error_of(c, "plan_build", book_id=BOOK, cursor=cursor)
+    assert (expired["error"], expired["field"]) == ("INVALID_ARGUMENT", "cursor")
+    assert "again without cursor" in expired["message"]
+
+
 # -- delta_build --------------------------------------------------------------------------
 
 

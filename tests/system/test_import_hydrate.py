@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mcp_types
 from fastmcp import Client
 from sqlalchemy import func, select
@@ -18,7 +19,7 @@ from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.ops.cli import main
-from panaversity_fs.ops.hydrator import MANIFEST_NAME
+from panaversity_fs.ops.hydrator import MANIFEST_NAME, Hydrator
 from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.support import BOOK, assert_invariants, call, client
 
@@ -244,6 +245,25 @@ async def test_hydrate_downloads_only_what_changed(settings: Settings, tmp_path:
     assert (fourth["downloaded"], fourth["unchanged"]) == (1, len(expected) - 1)
     assert tree(local) == expected | {"content/01-Intro/01-Basics/99-my-notes.md": b"not managed by hydrate"}
     assert json.loads((local / MANIFEST_NAME).read_text())["manifest_hash"] == plan["manifest_hash"]
+
+
+async def test_hydrate_follows_every_page_of_the_plan(settings: Settings, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    for path, data in GOOD.items():
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_bytes(data)
+    assert import_book(settings, source)[0] == 0
+    local = tmp_path / "local"
+    local.mkdir()
+    with ServerProcess(settings, tmp_path / "server.log") as server:
+        async with http_client(server) as c, httpx.AsyncClient() as http:
+            report = await Hydrator(c, http, BOOK, local, server.url, page_size=2).run()
+            whole = await call(c, "plan_build", book_id=BOOK)
+    assert report.ok and sorted(report.downloaded) == sorted(GOOD) and len(GOOD) > 2 * 2
+    assert tree(local) == GOOD
+    stored = json.loads((local / MANIFEST_NAME).read_text())
+    assert stored["files"] == {p: sha(d) for p, d in GOOD.items()}
+    assert stored["manifest_hash"] == whole["manifest_hash"]
 
 
 async def test_hydrate_failure_keeps_the_old_manifest(settings: Settings, tmp_path: Path) -> None:

@@ -32,12 +32,13 @@ class BuildPlan(BaseModel):
     target_found: bool | None = Field(
         default=None, description="Whether the target manifest is known (None when no target was given)."
     )
-    files: list[PlannedFile]
-    changed_count: int
+    files: list[PlannedFile] = Field(description="This page of the plan's files, by path.")
+    changed_count: int = Field(description="Files in the whole plan (every page).")
     total_files: int = Field(description="Files in the current manifest.")
     warning: str | None = Field(
         None, description="Target unknown (never stored, or pruned): do a full build."
     )
+    next_cursor: str | None = Field(default=None, description="Pass back as `cursor` for the next page.")
 
 
 class ChangedFile(BaseModel):

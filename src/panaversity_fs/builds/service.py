@@ -29,12 +29,18 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
+PLAN_PAGE = 1000
+"""Files one `plan_build` page lists (its default and largest `limit`)."""
 FETCH_CONCURRENCY = 16
 """Storage reads one `delta_build` page with content runs at once."""
 
 UNKNOWN_TARGET_WARNING = (
     "target_manifest_hash is not a stored manifest of this book (never seen, or pruned): "
     "every current file is listed as added; do a full build and store manifest_hash"
+)
+EXPIRED_CURSOR = (
+    "cursor's manifests were pruned since the first page (many builds of this book in between): "
+    "call plan_build again without cursor"
 )
 
 
@@ -53,69 +59,138 @@ class BuildService:
     # -- plan_build ----------------------------------------------------------------------
 
     async def plan(
-        self, op: Operation, book_id: object, target_manifest_hash: object = None, as_of: object = None
+        self,
+        op: Operation,
+        book_id: object,
+        target_manifest_hash: object = None,
+        as_of: object = None,
+        cursor: object = None,
+        limit: object = None,
     ) -> BuildPlan:
-        """Compute the book's manifest (now, or at `as_of`), store it, and diff it against
-        `target_manifest_hash`.
+        """Compute the book's manifest (now, or at `as_of`), store it, diff it against
+        `target_manifest_hash`, and return the first `limit` files of the plan; with `cursor`,
+        the next page of the plan the first page made (read from its stored manifests, so the
+        pages of one plan agree whatever is written in between).
 
         Raises:
-            InvalidArgument: a malformed book id, target hash or as_of (or one older than retention).
+            InvalidArgument: a malformed book id, target hash, as_of (or one older than
+                retention), limit or cursor, or a cursor whose manifests were pruned since.
             NotFound: the book has no files (nothing is stored).
             Unavailable: the database failed.
         """
         with self._trail.read(op, book_id, "*"):
-            plan = await self._plan(book_id, target_manifest_hash, as_of)
-        self._metrics.delta_files.labels(self._metrics.book(plan.book_id)).observe(plan.changed_count)
+            plan = await self._plan(book_id, target_manifest_hash, as_of, cursor, limit)
+        if cursor is None:
+            self._metrics.delta_files.labels(self._metrics.book(plan.book_id)).observe(plan.changed_count)
         return plan
 
-    async def _plan(self, book_id: object, target_manifest_hash: object, as_of: object) -> BuildPlan:
+    async def _plan(
+        self, book_id: object, target_manifest_hash: object, as_of: object, cursor: object, limit: object
+    ) -> BuildPlan:
         book = check_book_id(book_id)
         target = check_hash(target_manifest_hash, "target_manifest_hash")
         moment = check_as_of(as_of, self._settings)
+        size = check_limit(limit, PLAN_PAGE, PLAN_PAGE)
+        query = cursors.query_digest("plan_build", book, target, moment.isoformat() if moment else None)
         try:
-            async with self._db.read() as conn:
-                if not await journal.book_exists(conn, book):
-                    raise unknown_book(book)
-                if moment is None:
-                    entries = await manifests.base_manifest(conn, book)
-                else:
-                    rows = await history.view_as_of(conn, book, None, moment)
-                    entries = [(row.path, row.sha256 or "") for row in rows]
-            current = dict(entries)
-            text = manifest.manifest_text(entries)
-            digest = manifest.manifest_hash(text)
-            async with self._db.write() as tx:
-                now = datetime.now(UTC)
-                await manifests.save_snapshot(tx.conn, book, digest, manifest.pack(text), len(current), now)
-                stored: bytes | None = None
-                protected = {digest}
-                if target is not None and target != digest:
-                    stored = await manifests.load_snapshot(tx.conn, book, target)
-                    if stored is not None:
-                        await manifests.touch_snapshot(tx.conn, book, target, now)
-                        protected.add(target)
-                await manifests.prune_snapshots(
-                    tx.conn, book, self._settings.manifest_snapshots_kept, protected
-                )
+            if cursor is None:
+                digest, current, previous = await self._snapshot(book, target, moment)
+                start = 0
+            else:
+                position = cursors.decode(cursor, query)
+                digest = check_hash(cursors.text_field(position, "m"), "cursor") or ""
+                start = cursors.int_field(position, "o")
+                current, previous = await self._stored(book, digest, target, position.get("f") is True)
         except DB_ERRORS as exc:
             raise database_failure(exc) from None
-        if target is None:
-            return _plan_result(book, digest, current, target, None, _all_added(current))
+        found = None if target is None else target == digest or previous is not None
         if target == digest:
-            return _plan_result(book, digest, current, target, True, [])
-        previous = _unpacked(stored) if stored is not None else None
-        if previous is None:
-            return _plan_result(book, digest, current, target, False, _all_added(current))
-        changes = [
-            PlannedFile(
-                path=change.path,
-                current_hash=change.current_hash,
-                target_hash=change.target_hash,
-                change_type=change.change_type,
-            )
-            for change in manifest.diff(current, previous)
-        ]
-        return _plan_result(book, digest, current, target, True, changes)
+            changes: list[manifest.ManifestChange] = []
+        elif previous is None:
+            changes = [
+                manifest.ManifestChange(path, sha, None, "added") for path, sha in sorted(current.items())
+            ]
+        else:
+            changes = manifest.diff(current, previous)
+        page = changes[start : start + size]
+        more = start + len(page) < len(changes)
+        position = {"m": digest, "o": start + len(page), "f": bool(found)}
+        return BuildPlan(
+            book_id=book,
+            status="unchanged" if found and not changes else "changed",
+            manifest_hash=digest,
+            target_manifest_hash=target,
+            target_found=found,
+            files=[
+                PlannedFile(
+                    path=change.path,
+                    current_hash=change.current_hash,
+                    target_hash=change.target_hash,
+                    change_type=change.change_type,
+                )
+                for change in page
+            ],
+            changed_count=len(changes),
+            total_files=len(current),
+            warning=UNKNOWN_TARGET_WARNING if found is False else None,
+            next_cursor=cursors.encode(query, position) if more else None,
+        )
+
+    async def _snapshot(
+        self, book: str, target: str | None, moment: datetime | None
+    ) -> tuple[str, dict[str, str], dict[str, str] | None]:
+        """The book's manifest now (or at `moment`), stored: its hash, its files, and the
+        target's files (None: no target, or not stored).
+
+        Raises:
+            NotFound: the book has no files.
+        """
+        async with self._db.read() as conn:
+            if not await journal.book_exists(conn, book):
+                raise unknown_book(book)
+            if moment is None:
+                entries = await manifests.base_manifest(conn, book)
+            else:
+                rows = await history.view_as_of(conn, book, None, moment)
+                entries = [(row.path, row.sha256 or "") for row in rows]
+        current = dict(entries)
+        text = manifest.manifest_text(entries)
+        digest = manifest.manifest_hash(text)
+        async with self._db.write() as tx:
+            now = datetime.now(UTC)
+            await manifests.save_snapshot(tx.conn, book, digest, manifest.pack(text), len(current), now)
+            stored: bytes | None = None
+            protected = {digest}
+            if target is not None and target != digest:
+                stored = await manifests.load_snapshot(tx.conn, book, target)
+                if stored is not None:
+                    await manifests.touch_snapshot(tx.conn, book, target, now)
+                    protected.add(target)
+            await manifests.prune_snapshots(tx.conn, book, self._settings.manifest_snapshots_kept, protected)
+        return digest, current, _unpacked(stored) if stored is not None else None
+
+    async def _stored(
+        self, book: str, digest: str, target: str | None, target_found: bool
+    ) -> tuple[dict[str, str], dict[str, str] | None]:
+        """The files of the stored manifest `digest` and of the target (None: not found when
+        the plan began), both marked used.
+
+        Raises:
+            InvalidArgument: either manifest was pruned (or is corrupt) since the first page.
+        """
+        wanted = [digest] + ([target] if target_found and target is not None and target != digest else [])
+        unpacked: list[dict[str, str] | None] = []
+        async with self._db.write() as tx:
+            now = datetime.now(UTC)
+            for manifest_hash in wanted:
+                blob = await manifests.load_snapshot(tx.conn, book, manifest_hash)
+                unpacked.append(_unpacked(blob) if blob is not None else None)
+                await manifests.touch_snapshot(tx.conn, book, manifest_hash, now)
+        current = unpacked[0]
+        previous = unpacked[1] if len(unpacked) > 1 else None
+        if current is None or (len(unpacked) > 1 and previous is None):
+            raise InvalidArgument(EXPIRED_CURSOR, field="cursor")
+        return current, previous
 
     # -- delta_build ---------------------------------------------------------------------
 
@@ -249,34 +324,6 @@ def _changed_file(row: JournalRow) -> ChangedFile:
         last_modified=row.last_written_at.isoformat(),
         source="overlay" if overlay else "base",
         user_id=row.user_id if overlay else None,
-    )
-
-
-def _all_added(current: dict[str, str]) -> list[PlannedFile]:
-    return [
-        PlannedFile(path=path, current_hash=sha, target_hash=None, change_type="added")
-        for path, sha in current.items()
-    ]
-
-
-def _plan_result(
-    book: str,
-    digest: str,
-    current: dict[str, str],
-    target: str | None,
-    found: bool | None,
-    files: list[PlannedFile],
-) -> BuildPlan:
-    return BuildPlan(
-        book_id=book,
-        status="unchanged" if found and not files else "changed",
-        manifest_hash=digest,
-        target_manifest_hash=target,
-        target_found=found,
-        files=files,
-        changed_count=len(files),
-        total_files=len(current),
-        warning=UNKNOWN_TARGET_WARNING if found is False else None,
     )
 
 

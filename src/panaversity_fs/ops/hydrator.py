@@ -158,8 +158,10 @@ class Hydrator:
         server: str,
         progress: Callable[[int, int], None] | None = None,
         token: str | None = None,
+        page_size: int | None = None,
     ) -> None:
         self._client = client
+        self._page = {"limit": page_size} if page_size is not None else {}
         self._http = http
         self._book = book_id
         self._folder = folder
@@ -184,7 +186,7 @@ class Hydrator:
         report = HydrateReport(self._book, self._server)
         stored = load_manifest(self._folder, self._book)
         target = stored["manifest_hash"] if stored else None
-        plan = await self._call("plan_build", book_id=self._book, target_manifest_hash=target)
+        plan = await self._whole_plan(target)
         report.status = plan["status"]
         report.manifest_hash = plan["manifest_hash"]
         report.total_files = plan["total_files"]
@@ -220,6 +222,23 @@ class Hydrator:
             }
             write_atomically(self._folder / MANIFEST_NAME, json.dumps(body, indent=1).encode("utf-8"))
         return report
+
+    async def _whole_plan(self, target: str | None) -> dict[str, Any]:
+        """`plan_build`'s first page with the files of every page.
+
+        Raises:
+            HydrateError: the server refused a page.
+        """
+        plan = await self._call("plan_build", book_id=self._book, target_manifest_hash=target)
+        files: list[dict[str, Any]] = list(plan["files"])
+        cursor = plan.get("next_cursor")
+        while cursor:
+            page = await self._call(
+                "plan_build", book_id=self._book, target_manifest_hash=target, cursor=cursor
+            )
+            files.extend(page["files"])
+            cursor = page.get("next_cursor")
+        return {**plan, "files": files}
 
     async def _fetch_all(self, wanted: dict[str, str], report: HydrateReport) -> None:
         gate = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)

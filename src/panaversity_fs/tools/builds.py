@@ -11,7 +11,7 @@ from pydantic import Field
 from panaversity_fs.app.context import current_operation
 from panaversity_fs.app.resources import ServerState
 from panaversity_fs.builds.results import BuildPlan, ChangeFeed
-from panaversity_fs.builds.service import MAX_LIMIT
+from panaversity_fs.builds.service import MAX_LIMIT, PLAN_PAGE
 from panaversity_fs.tools import results
 from panaversity_fs.tools.hints import READ_ONLY, RECORDS
 from panaversity_fs.tools.params import SHA256, BookId, Count, Cursor, Flag, Moment, UserId, page_size, text
@@ -24,9 +24,13 @@ def register(mcp: FastMCP, state: ServerState) -> None:
         book_id: BookId,
         target_manifest_hash: Annotated[str | None, text(SHA256, "manifest_hash of your last build.")] = None,
         as_of: Moment = None,
+        cursor: Cursor = None,
+        limit: Annotated[Count, page_size(PLAN_PAGE)] = PLAN_PAGE,
     ) -> ToolResult:
         """Diff the book (as_of: as it was) with your last build's manifest."""
-        plan = await state.require().builds.plan(current_operation(), book_id, target_manifest_hash, as_of)
+        plan = await state.require().builds.plan(
+            current_operation(), book_id, target_manifest_hash, as_of, cursor, limit
+        )
         return results.plain(plan)
 
     async def delta_build(
