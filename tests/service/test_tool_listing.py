@@ -11,6 +11,8 @@ from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings
 from tests.support import client
 
+LESSON = "content/01-Part/01-Chapter/01-lesson.md"
+
 
 async def test_schemas_are_published_at_start_up_not_by_the_first_listing(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
@@ -31,3 +33,27 @@ async def test_schemas_are_published_at_start_up_not_by_the_first_listing(
     assert len(made) == at_start  # neither listing made any
     assert [t.model_dump() for t in first] == [t.model_dump() for t in second]
     assert all("$ref" not in str(tool.inputSchema) for tool in first)
+
+
+async def test_published_output_schemas_are_lean_and_results_follow_them(settings: Settings) -> None:
+    async with client(create_server(settings)) as c:
+        tools = await c.list_tools()
+        await c.call_tool("write_content", {"book_id": "lean-book", "path": LESSON, "content": "# hi"})
+        plan = await c.call_tool("plan_build", {"book_id": "lean-book"})  # the client validates it
+    outputs = [tool.output_schema for tool in tools if tool.output_schema]
+    assert len(outputs) == len(tools)
+    assert not [found for schema in outputs for found in wordy(schema)]
+    assert plan.structured_content and plan.structured_content["total_files"] == 1
+
+
+def wordy(schema: Any) -> list[Any]:
+    """The titles and the `anyOf`s of bare types anywhere in `schema`."""
+    if isinstance(schema, list):
+        return [found for item in schema for found in wordy(item)]
+    if not isinstance(schema, dict):
+        return []
+    found: list[Any] = [value for key, value in schema.items() if key == "title" and isinstance(value, str)]
+    options = schema.get("anyOf", [])
+    if options and all(isinstance(o, dict) and list(o) == ["type"] for o in options):
+        found.append(options)
+    return found + [found for value in schema.values() for found in wordy(value)]

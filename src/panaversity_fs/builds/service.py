@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -104,20 +105,21 @@ class BuildService:
         except DB_ERRORS as exc:
             raise database_failure(exc) from None
         found = None if target is None else target == digest or previous is not None
+        page: list[manifest.ManifestChange] = []
         if target == digest:
-            changes: list[manifest.ManifestChange] = []
-        elif previous is None:
-            changes = [
-                manifest.ManifestChange(path, sha, None, "added") for path, sha in sorted(current.items())
-            ]
+            changed = 0
+        elif previous is None:  # every file is added; `current` is in manifest order already
+            changed = len(current)
+            listed = itertools.islice(current.items(), start, start + size)
+            page = [manifest.ManifestChange(path, sha, None, "added") for path, sha in listed]
         else:
             changes = manifest.diff(current, previous)
-        page = changes[start : start + size]
-        more = start + len(page) < len(changes)
+            changed, page = len(changes), changes[start : start + size]
+        more = start + len(page) < changed
         position = {"m": digest, "o": start + len(page), "f": bool(found)}
         return BuildPlan(
             book_id=book,
-            status="unchanged" if found and not changes else "changed",
+            status="unchanged" if found and not changed else "changed",
             manifest_hash=digest,
             target_manifest_hash=target,
             target_found=found,
@@ -130,7 +132,7 @@ class BuildService:
                 )
                 for change in page
             ],
-            changed_count=len(changes),
+            changed_count=changed,
             total_files=len(current),
             warning=UNKNOWN_TARGET_WARNING if found is False else None,
             next_cursor=cursors.encode(query, position) if more else None,
@@ -153,8 +155,8 @@ class BuildService:
             else:
                 rows = await history.view_as_of(conn, book, None, moment)
                 entries = [(row.path, row.sha256 or "") for row in rows]
-        current = dict(entries)
         text = manifest.manifest_text(entries)
+        current = manifest.unpack_text(text)
         digest = manifest.manifest_hash(text)
         async with self._db.write() as tx:
             now = datetime.now(UTC)

@@ -49,7 +49,7 @@ def pack(text: str) -> bytes:
 
 
 def unpack(blob: bytes) -> dict[str, str]:
-    """Return `{path: sha256}` of a stored manifest.
+    """Return `{path: sha256}` of a stored manifest, in its (byte-wise path) order.
 
     Raises:
         ValueError: the blob is not a stored manifest.
@@ -58,6 +58,15 @@ def unpack(blob: bytes) -> dict[str, str]:
         text = zlib.decompress(blob).decode("utf-8")
     except (zlib.error, UnicodeDecodeError) as exc:
         raise ValueError("stored manifest is corrupt") from exc
+    return unpack_text(text)
+
+
+def unpack_text(text: str) -> dict[str, str]:
+    """Return `{path: sha256}` of a manifest text, in its order.
+
+    Raises:
+        ValueError: a line is not `{path}:{sha256}`.
+    """
     if not text:
         return {}
     files: dict[str, str] = {}
