@@ -55,6 +55,8 @@ LIBRARIES = (
     "aiosqlite",
     "opendal",
     "uvicorn",
+    "uvloop",
+    "httptools",
     "starlette",
     "pydantic",
     "httpx",
