@@ -133,10 +133,7 @@ async def test_import_journals_good_files_and_reports_the_rest(settings: Setting
 async def test_import_updates_changed_files_and_dry_run_changes_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "book"
-    for path, data in GOOD.items():
-        (folder / path).parent.mkdir(parents=True, exist_ok=True)
-        (folder / path).write_bytes(data)
+    folder = write_tree(tmp_path / "book", GOOD)
     code, first = import_book(settings, folder, "--agent", "book-migrator")
     assert code == 0 and first["created"] == len(GOOD) and first["rejected_files"] == []
     lesson = "content/01-Intro/01-Basics/01-hello.md"
@@ -168,6 +165,19 @@ def test_import_bad_arguments_exit_2(tmp_path: Path) -> None:
 # -- hydrate ------------------------------------------------------------------------------
 
 
+def write_tree(folder: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (book path -> bytes) under `folder`; return it."""
+    for path, data in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    return folder
+
+
+def import_good(settings: Settings, tmp_path: Path) -> None:
+    """Import the GOOD files into BOOK, as `panaversity-fs import` does."""
+    assert import_book(settings, write_tree(tmp_path / "source", GOOD))[0] == 0
+
+
 def hydrate(server: ServerProcess, settings: Settings, folder: Path) -> tuple[int, dict[str, Any]]:
     done = run_cli(settings_env(settings), "hydrate", BOOK, str(folder), "--server", server.url, "--json")
     assert done.returncode in (0, 1), done.stderr
@@ -189,11 +199,7 @@ def http_client(server: ServerProcess) -> Client[Any]:
 
 
 async def test_hydrate_downloads_only_what_changed(settings: Settings, tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    for path, data in GOOD.items():
-        (source / path).parent.mkdir(parents=True, exist_ok=True)
-        (source / path).write_bytes(data)
-    assert import_book(settings, source)[0] == 0
+    import_good(settings, tmp_path)
     local = tmp_path / "local"
     changed = "content/01-Intro/01-Basics/01-hello.md"
     deleted = "content/01-Intro/02-Types/01-numbers.md"
@@ -248,11 +254,7 @@ async def test_hydrate_downloads_only_what_changed(settings: Settings, tmp_path:
 
 
 async def test_hydrate_follows_every_page_of_the_plan(settings: Settings, tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    for path, data in GOOD.items():
-        (source / path).parent.mkdir(parents=True, exist_ok=True)
-        (source / path).write_bytes(data)
-    assert import_book(settings, source)[0] == 0
+    import_good(settings, tmp_path)
     local = tmp_path / "local"
     local.mkdir()
     with ServerProcess(settings, tmp_path / "server.log") as server:
@@ -267,11 +269,7 @@ async def test_hydrate_follows_every_page_of_the_plan(settings: Settings, tmp_pa
 
 
 async def test_hydrate_failure_keeps_the_old_manifest(settings: Settings, tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    for path, data in GOOD.items():
-        (source / path).parent.mkdir(parents=True, exist_ok=True)
-        (source / path).write_bytes(data)
-    assert import_book(settings, source)[0] == 0
+    import_good(settings, tmp_path)
     local = tmp_path / "local"
     blocked = "content/01-Intro/02-Types/01-numbers.md"
     (local / blocked).mkdir(parents=True)  # a folder where a file must go: the rename fails

@@ -91,7 +91,7 @@ class BuildService:
         book = check_book_id(book_id)
         target = check_hash(target_manifest_hash, "target_manifest_hash")
         moment = check_as_of(as_of, self._settings)
-        size = check_limit(limit, PLAN_PAGE, PLAN_PAGE)
+        page_size = check_limit(limit, PLAN_PAGE, PLAN_PAGE)
         query = cursors.query_digest("plan_build", book, target, moment.isoformat() if moment else None)
         try:
             if cursor is None:
@@ -110,13 +110,14 @@ class BuildService:
             changed = 0
         elif previous is None:  # every file is added; `current` is in manifest order already
             changed = len(current)
-            listed = itertools.islice(current.items(), start, start + size)
+            listed = itertools.islice(current.items(), start, start + page_size)
             page = [manifest.ManifestChange(path, sha, None, "added") for path, sha in listed]
         else:
             changes = manifest.diff(current, previous)
-            changed, page = len(changes), changes[start : start + size]
-        more = start + len(page) < changed
-        position = {"m": digest, "o": start + len(page), "f": bool(found)}
+            changed, page = len(changes), changes[start : start + page_size]
+        next_cursor = None
+        if start + len(page) < changed:
+            next_cursor = cursors.encode(query, {"m": digest, "o": start + len(page), "f": bool(found)})
         return BuildPlan(
             book_id=book,
             status="unchanged" if found and not changed else "changed",
@@ -135,7 +136,7 @@ class BuildService:
             changed_count=changed,
             total_files=len(current),
             warning=UNKNOWN_TARGET_WARNING if found is False else None,
-            next_cursor=cursors.encode(query, position) if more else None,
+            next_cursor=next_cursor,
         )
 
     async def _snapshot(
