@@ -253,15 +253,31 @@ async def test_hydrate_downloads_only_what_changed(settings: Settings, tmp_path:
     assert json.loads((local / MANIFEST_NAME).read_text())["manifest_hash"] == plan["manifest_hash"]
 
 
+class NotedCalls:
+    """A real MCP client that notes the tool calls made through it."""
+
+    def __init__(self, client: Client[Any]) -> None:
+        self._client = client
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any], **options: Any) -> Any:
+        self.calls.append((tool, dict(arguments)))
+        return await self._client.call_tool(tool, arguments, **options)
+
+
 async def test_hydrate_follows_every_page_of_the_plan(settings: Settings, tmp_path: Path) -> None:
     import_good(settings, tmp_path)
     local = tmp_path / "local"
     local.mkdir()
     with ServerProcess(settings, tmp_path / "server.log") as server:
         async with http_client(server) as c, httpx.AsyncClient() as http:
-            report = await Hydrator(c, http, BOOK, local, server.url, page_size=2).run()
+            noted = NotedCalls(c)
+            report = await Hydrator(noted, http, BOOK, local, server.url, page_size=2).run()  # type: ignore[arg-type]
             whole = await call(c, "plan_build", book_id=BOOK)
-    assert report.ok and sorted(report.downloaded) == sorted(GOOD) and len(GOOD) > 2 * 2
+    pages = [arguments for tool, arguments in noted.calls if tool == "plan_build"]
+    assert len(GOOD) == 6 and len(pages) == 3 and all(page["limit"] == 2 for page in pages)
+    assert "cursor" not in pages[0] and all(page["cursor"] for page in pages[1:])
+    assert report.ok and sorted(report.downloaded) == sorted(GOOD)
     assert tree(local) == GOOD
     stored = json.loads((local / MANIFEST_NAME).read_text())
     assert stored["files"] == {p: sha(d) for p, d in GOOD.items()}

@@ -229,13 +229,12 @@ class Hydrator:
         Raises:
             HydrateError: the server refused a page.
         """
-        plan = await self._call("plan_build", book_id=self._book, target_manifest_hash=target)
+        asked = {"book_id": self._book, "target_manifest_hash": target, **self._page}
+        plan = await self._call("plan_build", **asked)
         files: list[dict[str, Any]] = list(plan["files"])
         cursor = plan.get("next_cursor")
         while cursor:
-            page = await self._call(
-                "plan_build", book_id=self._book, target_manifest_hash=target, cursor=cursor
-            )
+            page = await self._call("plan_build", **asked, cursor=cursor)
             files.extend(page["files"])
             cursor = page.get("next_cursor")
         return {**plan, "files": files}
