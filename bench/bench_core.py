@@ -349,10 +349,16 @@ def launch(
     return server
 
 
-def baselines(trivial: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The trivial series a read and a write are compared with: `give` and `take` (runs made
+def baseline_names(trivial: dict[str, Any]) -> tuple[str, str]:
+    """The trivial tools a read and a write are compared with: `give` and `take` (runs made
     before they existed compared both with the short `echo`)."""
-    return trivial.get("give", trivial["echo"]), trivial.get("take", trivial["echo"])
+    return ("give" if "give" in trivial else "echo", "take" if "take" in trivial else "echo")
+
+
+def baselines(trivial: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The series of `baseline_names`."""
+    read, write = baseline_names(trivial)
+    return trivial[read], trivial[write]
 
 
 def ratios(trivial: dict[str, Any], backend: dict[str, Any], digits: int | None = 3) -> dict[str, float]:
@@ -390,6 +396,15 @@ def meets(metric: str, value: float) -> bool:
     return value <= target if op == "<=" else value >= target
 
 
+def _console_row(title: str, s: dict[str, Any], note: str = "") -> str:
+    """One series as a row of the console table (`note` appended)."""
+    return (
+        f"{title:<34}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
+        f"{s['server_cpu_ms_per_call']:>17.2f}{s['client_cpu_ms_per_call']:>17.2f}"
+        f"{s['other_processes_cpu_pct']:>13.1f}{note}"
+    )
+
+
 def report(results: dict[str, Any]) -> str:
     """The human table, the markdown table of docs/benchmarks.md, and the targets."""
     lines: list[str] = []
@@ -400,38 +415,22 @@ def report(results: dict[str, Any]) -> str:
         f"{'other CPU %':>13}"
     )
     for tool in ("echo", "give", "take"):
-        s = results["trivial"].get(tool)
-        if s is not None:
-            lines.append(
-                f"{'trivial ' + tool:<34}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
-                f"{s['server_cpu_ms_per_call']:>17.2f}{s['client_cpu_ms_per_call']:>17.2f}"
-                f"{s['other_processes_cpu_pct']:>13.1f}"
-            )
+        if s := results["trivial"].get(tool):
+            lines.append(_console_row(f"trivial {tool}", s))
     if t := results["trivial"].get("take_throughput"):
-        lines.append(
-            f"{'trivial take, 8 clients':<34}{t['p50_ms']:>9.2f}{t['p95_ms']:>9.2f}"
-            f"{t['server_cpu_ms_per_call']:>17.2f}{t['client_cpu_ms_per_call']:>17.2f}"
-            f"{t['other_processes_cpu_pct']:>13.1f}   {t['calls_per_s']} calls/s"
-        )
+        lines.append(_console_row("trivial take, 8 clients", t, f"   {t['calls_per_s']} calls/s"))
     for key, label in names.items():
         backend = results.get(key)
         if backend is None:
             continue
         for series, title in (("read_base", "read"), ("read_overlay", "overlay read"), ("write", "write")):
-            s = backend[series]
-            lines.append(
-                f"{label + ' ' + title:<34}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
-                f"{s['server_cpu_ms_per_call']:>17.2f}{s['client_cpu_ms_per_call']:>17.2f}"
-                f"{s['other_processes_cpu_pct']:>13.1f}"
-            )
+            lines.append(_console_row(f"{label} {title}", backend[series]))
         t = backend["throughput"]
-        lines.append(
-            f"{label + ' 8-client writes':<34}{t['p50_ms']:>9.2f}{t['p95_ms']:>9.2f}"
-            f"{t['server_cpu_ms_per_call']:>17.2f}{t['client_cpu_ms_per_call']:>17.2f}"
-            f"{t['other_processes_cpu_pct']:>13.1f}"
+        note = (
             f"   {t['writes_per_s']} writes/s, {t['errors']} errors, server CPU {t['server_cpu_pct']}%,"
             f" client CPU {t['client_cpu_pct']}%"
         )
+        lines.append(_console_row(f"{label} 8-client writes", t, note))
     if raw := results.get("postgres_raw_txn"):
         for series, title in (("sequential", "raw asyncpg txn"), ("throughput", "raw asyncpg txn, 8 conns")):
             s = raw[series]

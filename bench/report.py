@@ -104,7 +104,7 @@ def core_targets(run: Run) -> list[Target]:
     the ratios taken unrounded from the stored series; the raw-transaction ratio is the stored one.
     """
     from bench.bench_core import TARGETS as CORE_TARGETS
-    from bench.bench_core import baselines, meets, ratios, target_key
+    from bench.bench_core import baseline_names, baselines, meets, ratios, target_key
 
     def goal(metric: str, shown: str) -> str:
         op, value = CORE_TARGETS[metric]
@@ -132,8 +132,7 @@ def core_targets(run: Run) -> list[Target]:
         }
         return [_missing(run, "core", labels[k], g) for k, g in goals.items()]
     give, take = baselines(core["trivial"])
-    named = {id(s): name for name, s in core["trivial"].items()}
-    read_base, write_base = named[id(give)], named[id(take)]
+    read_base, write_base = baseline_names(core["trivial"])
     out = []
     for backend, label in BACKENDS.items():
         b = core.get(backend)
@@ -176,20 +175,20 @@ def core_targets(run: Run) -> list[Target]:
             continue
         rate = ratios(core["trivial"], b, digits=None)["writes_per_s_8_clients"]
         key = target_key(backend, "writes_per_s_8_clients")
-        baselines_: list[str] = []
-        versus_: list[str] = []
+        compared: list[str] = []
+        versus: list[str] = []
         raw = core.get("postgres_raw_txn", {}).get("throughput") if backend == "postgres" else None
         over_raw = core.get("raw_txn_ratios", {}).get("writes_per_s_over_raw_txns_per_s")
         if raw and over_raw is not None:
-            baselines_.append(f"plain asyncpg {num(raw['txns_per_s'], 0)} txns/s")
-            versus_.append(f"{over_raw:.3f}×")
+            compared.append(f"plain asyncpg {num(raw['txns_per_s'], 0)} txns/s")
+            versus.append(f"{over_raw:.3f}×")
         if ceiling:
-            baselines_.append(f"trivial `take` {num(ceiling['calls_per_s'], 0)} calls/s")
-            versus_.append(f"{rate / ceiling['calls_per_s']:.2f}×")
+            compared.append(f"trivial `take` {num(ceiling['calls_per_s'], 0)} calls/s")
+            versus.append(f"{rate / ceiling['calls_per_s']:.2f}×")
         out.append(
             Target(
                 "core", f"write_content, 8 clients, {label}", f"{num(rate, 1)} writes/s",
-                "; ".join(baselines_) or "—", "; ".join(versus_) or "—", goals[key], meets(key, rate),
+                "; ".join(compared) or "—", "; ".join(versus) or "—", goals[key], meets(key, rate),
             )
         )  # fmt: skip
     return out

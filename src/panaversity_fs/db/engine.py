@@ -159,7 +159,7 @@ class Database:
         Raises:
             sqlalchemy.exc.OperationalError: the database failed (the driver's error inside).
         """
-        assert self._autocommit is not None, "fetch_prepared is for PostgreSQL"
+        assert not self.is_sqlite, "fetch_prepared is for PostgreSQL"
         try:
             pooled = await self.engine.raw_connection()
         except SQLAlchemyError:

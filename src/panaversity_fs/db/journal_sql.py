@@ -32,6 +32,10 @@ class FileKey:
         """The SQL predicate selecting this file's row."""
         return and_(J.book_id == self.book_id, J.path == self.path, J.user_id == self.user_id)
 
+    def bound(self) -> dict[str, str]:
+        """This key as the parameters of `BY_KEY` (the predicate of statements built once)."""
+        return {"k_book": self.book_id, "k_path": self.path, "k_user": self.user_id}
+
 
 @dataclass(frozen=True, slots=True)
 class Author:
@@ -249,9 +253,7 @@ async def compare_and_swap(
     """
     statement = _CAS_BASE if key.user_id == BASE_USER else _CAS_OVERLAY
     parameters = {
-        "k_book": key.book_id,
-        "k_path": key.path,
-        "k_user": key.user_id,
+        **key.bound(),
         "k_expected": expected,
         "v_sha256": new_hash,
         "v_size": size,

@@ -17,13 +17,7 @@ async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str |
     """Clear the pending flag if the pending change is still the one staged at `staging_key`,
     locking the row for the rest of the transaction (the caller moves the bytes before it
     commits); None if a newer change superseded it or it was published already."""
-    parameters = {
-        "k_book": key.book_id,
-        "k_path": key.path,
-        "k_user": key.user_id,
-        "pending_key": staging_key,
-    }
-    row = (await conn.execute(_FINISH, parameters)).first()
+    row = (await conn.execute(_FINISH, key.bound() | {"pending_key": staging_key})).first()
     return PublishClaim(row.sha256) if row is not None else None
 
 

@@ -3,11 +3,11 @@
 Every schema has its `$ref`s inlined (some clients cannot follow them) and is compacted: an
 optional argument is stated as its own type (`{"type": "string", "pattern": ...}`, absent when
 not given) rather than `anyOf [..., null]` with `default: null`, which said nothing more and
-cost a model a fifth of the catalogue. Output schemas
-state a nullable field as `"type": [..., "null"]` rather than `anyOf`, and carry no generated
-titles: the same rules, which the Python SDK client checks on every result at a third less
-CPU (a 10,000-entry result: 400 -> 270 ms). FastMCP's own `DereferenceRefsMiddleware` would redo
-this on every listing; tools never change after start-up, so each is made once.
+cost a model a fifth of the catalogue. Output schemas state a nullable field as
+`"type": [..., "null"]` rather than `anyOf`, and carry no generated titles: the same rules,
+which the Python SDK client checks on every result at a third less CPU (a 10,000-entry result:
+400 -> 270 ms). FastMCP's own `DereferenceRefsMiddleware` would redo this on every listing;
+tools never change after start-up, so each is made once.
 
 A caller sees only the tools its token allows (scope, and the user and book limits that refuse a
 tool outright); the server still refuses, audited, whatever is called anyway.
