@@ -227,13 +227,20 @@ class BlobStore:
         if self.on_call is not None:
             self.on_call(ok)
 
-    async def read(self, key: str) -> bytes:
-        """Return the bytes at `key`.
+    async def read(self, key: str, size: int | None = None) -> bytes:
+        """Return the bytes at `key`; given the object's known `size` (> 0), as a ranged read of
+        that many bytes (what it has, if the object is shorter).
+
+        OpenDAL's whole-object read allocates a 2 MiB buffer per call, which the mmap threshold
+        the server pins (`archive/malloc.py`) maps and unmaps every time: a 5 KB read costs
+        1.4 ms of CPU whole, 0.08 ms ranged.
 
         Raises:
             BlobNotFound: no object there.
             StorageError: the store failed.
         """
+        if size:
+            return await self.read_range(key, 0, size)
         return bytes(await self._run(lambda: self._operator.read(key)))
 
     async def read_range(self, key: str, offset: int, size: int) -> bytes:
