@@ -156,8 +156,8 @@ class BuildService:
             else:
                 rows = await history.view_as_of(conn, book, None, moment)
                 entries = [(row.path, row.sha256 or "") for row in rows]
-        text = manifest.manifest_text(entries)
-        current = manifest.unpack_text(text)
+        current = manifest.in_order(entries)
+        text = manifest.manifest_text(current.items())
         digest = manifest.manifest_hash(text)
         async with self._db.write() as tx:
             now = datetime.now(UTC)

@@ -31,9 +31,14 @@ COMPRESSION_LEVEL = 1
 """zlib level of stored manifests: hashes do not compress, so a higher level buys little."""
 
 
+def in_order(entries: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """`{path: sha256}` of `(path, sha256)` pairs with unique paths, in manifest order
+    (byte-wise by path: the code-point order of str is the byte order of its UTF-8)."""
+    return dict(sorted(entries, key=lambda item: item[0]))
+
+
 def manifest_text(entries: Iterable[tuple[str, str]]) -> str:
     """Return the manifest text of `(path, sha256)` pairs (sorted here, byte-wise)."""
-    # Code-point order of str is the byte order of its UTF-8 encoding.
     ordered = sorted(entries, key=lambda item: item[0])
     return "\n".join(f"{path}:{digest}" for path, digest in ordered)
 
@@ -58,15 +63,6 @@ def unpack(blob: bytes) -> dict[str, str]:
         text = zlib.decompress(blob).decode("utf-8")
     except (zlib.error, UnicodeDecodeError) as exc:
         raise ValueError("stored manifest is corrupt") from exc
-    return unpack_text(text)
-
-
-def unpack_text(text: str) -> dict[str, str]:
-    """Return `{path: sha256}` of a manifest text, in its order.
-
-    Raises:
-        ValueError: a line is not `{path}:{sha256}`.
-    """
     if not text:
         return {}
     files: dict[str, str] = {}
