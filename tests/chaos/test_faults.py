@@ -98,7 +98,7 @@ class Rig:
         _instrument(self.db, self.plan)
         plain = BlobStore.from_settings(settings)
         plain.close()
-        self.store = FaultyStore(plain._operator, settings.storage_backend, 4, 30)
+        self.store = FaultyStore(plain._operator, settings.storage_backend, 4, 30, plain.local)
         self.store.plan = self.plan
         metrics = Metrics()
         resources = build(settings, self.db, self.store, metrics, AuditRecorder(self.db, 0.01))

@@ -1,0 +1,110 @@
+"""The fs backend's hot-path calls (plain system calls, `storage.local`) keep OpenDAL's layout and
+guarantees: what one writes the other reads and lists, nothing is visible before its rename, a
+failed call leaves nothing behind, and a key outside the root is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from panaversity_fs.config import Settings
+from panaversity_fs.storage.blobs import BlobNotFound, BlobStore, StorageError
+from panaversity_fs.storage.local import TMP_FOLDER
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[BlobStore]:
+    settings = Settings(storage_backend="fs", storage_root=tmp_path / "store")
+    blobs = BlobStore.from_settings(settings)
+    assert blobs.local is not None
+    yield blobs
+    blobs.close()
+
+
+def _tmp_files(root: Path) -> list[str]:
+    return sorted(os.listdir(root / TMP_FOLDER))
+
+
+async def test_local_writes_are_opendals_objects_and_the_other_way_round(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    await store.write("books/b/content/01-a/01-b/01-c.md", b"local bytes")
+    operator = store._operator  # pyright: ignore[reportPrivateUsage]
+    assert bytes(operator.read("books/b/content/01-a/01-b/01-c.md")) == b"local bytes"
+    operator.write("books/b/static/img/x.png", b"opendal bytes")
+    assert await store.read("books/b/static/img/x.png") == b"opendal bytes"
+    listed = [(blob.key, blob.size) for blob in await store.list("books/b/")]
+    assert listed == [("books/b/content/01-a/01-b/01-c.md", 11), ("books/b/static/img/x.png", 13)]
+    assert _tmp_files(tmp_path / "store") == []
+
+
+async def test_ranges_read_what_the_object_has(store: BlobStore) -> None:
+    await store.write("books/b/r.md", b"0123456789")
+    assert await store.read("books/b/r.md", 10) == b"0123456789"
+    assert await store.read_range("books/b/r.md", 3, 4) == b"3456"
+    assert await store.read_range("books/b/r.md", 8, 100) == b"89"
+    assert await store.read_range("books/b/r.md", 10, 5) == b""
+    assert await store.read_range("books/b/r.md", 50, 5) == b""
+    await store.write("books/b/empty.md", b"")
+    assert await store.read("books/b/empty.md") == b""
+    with pytest.raises(BlobNotFound):
+        await store.read("books/b/missing.md", 10)
+    with pytest.raises(BlobNotFound):
+        await store.read("books/b/missing.md")
+
+
+async def test_publish_moves_into_new_folders_and_replaces(store: BlobStore, tmp_path: Path) -> None:
+    await store.write(".pfs/staging/one", b"first")
+    await store.publish(".pfs/staging/one", "books/b/deep/er/still/x.md")
+    await store.write(".pfs/staging/two", b"second")
+    await store.publish(".pfs/staging/two", "books/b/deep/er/still/x.md")
+    assert await store.read("books/b/deep/er/still/x.md") == b"second"
+    assert not await store.exists(".pfs/staging/one")
+    with pytest.raises(BlobNotFound):
+        await store.publish(".pfs/staging/one", "books/b/deep/er/still/x.md")
+    assert not (tmp_path / "store/books/b/deep/er/still/x.md").is_symlink()
+
+
+async def test_deleting_is_idempotent(store: BlobStore) -> None:
+    await store.write("books/b/d.md", b"x")
+    await store.delete("books/b/d.md")
+    await store.delete("books/b/d.md")
+    assert not await store.exists("books/b/d.md")
+
+
+@pytest.mark.parametrize(
+    "key", ["", "/etc/passwd", "books/../../escape", "books//b", "books/./b", "books/b/"]
+)
+async def test_keys_outside_the_root_are_refused_and_touch_nothing(
+    store: BlobStore, tmp_path: Path, key: str
+) -> None:
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(StorageError) as refused:
+        await store.write(key, b"x")
+    assert not isinstance(refused.value, BlobNotFound)
+    with pytest.raises(StorageError):
+        await store.read(key, 1)
+    with pytest.raises(StorageError):
+        await store.publish(".pfs/staging/none", key)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+async def test_a_failed_write_leaves_no_temporary_file_and_the_old_bytes(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    await store.write("books/b/file.md", b"old")
+    # A key under an existing file cannot be created: the write fails after staging its bytes.
+    with pytest.raises(StorageError):
+        await store.write("books/b/file.md/child.md", b"new")
+    assert _tmp_files(tmp_path / "store") == []
+    assert await store.read("books/b/file.md") == b"old"
+
+
+async def test_concurrent_writes_of_one_key_leave_one_whole_version(store: BlobStore) -> None:
+    versions = [bytes([65 + i]) * 50_000 for i in range(8)]
+    await asyncio.gather(*(store.write("books/b/race.md", data) for data in versions))
+    assert await store.read("books/b/race.md") in versions
