@@ -70,10 +70,17 @@ class FaultPlan:
 class FaultyStore(BlobStore):
     plan: FaultPlan
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
+    async def _run(self, fn: Callable[[], _T], undo: Callable[[], None] | None = None) -> _T:
+        if self.plan.tick("storage"):
+            if undo is not None:
+                undo()
+            raise StorageError("injected storage fault")
+        return await super()._run(fn, undo)
+
+    def _here(self, fn: Callable[[], _T]) -> _T:
         if self.plan.tick("storage"):
             raise StorageError("injected storage fault")
-        return await super()._run(fn)
+        return super()._here(fn)
 
 
 def _instrument(db: Database, plan: FaultPlan) -> None:
@@ -212,7 +219,12 @@ async def test_reads_never_see_a_pending_write_torn(backends: Backends) -> None:
     try:
         path = _path(1)
         old = await _existing(rig, path)
-        rig.plan.arm(2, True, frozenset({"storage"}))  # staging works; publishing fails
+        # Count the storage calls of a whole write (a fault never fires that late): the last
+        # one is its publish.
+        rig.plan.arm(10_000, True, frozenset({"storage"}))
+        await _existing(rig, _path(2))
+        calls = rig.plan.count
+        rig.plan.arm(calls, True, frozenset({"storage"}))  # staging works; publishing fails
         try:
             outcome = await rig.service.write(
                 op("write_content", AGENT), BOOK, path, "new content", expected_hash=old

@@ -108,3 +108,22 @@ async def test_concurrent_writes_of_one_key_leave_one_whole_version(store: BlobS
     versions = [bytes([65 + i]) * 50_000 for i in range(8)]
     await asyncio.gather(*(store.write("books/b/race.md", data) for data in versions))
     assert await store.read("books/b/race.md") in versions
+
+
+async def test_a_write_abandoned_while_its_bytes_reach_the_disk_leaves_nothing(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """Cancelled during the fsync on an I/O thread: the temporary files are closed and removed
+    once that thread is done with them, and nothing appears at the keys."""
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        write = asyncio.create_task(store.write_all([("books/b/a.md", b"a" * 4096), ("books/b/c.md", b"c")]))
+        await asyncio.sleep(0)  # the temporary files are written; the fsync is queued
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+    store.close()  # waits for the I/O threads, and so for the clean-up they run
+    assert _tmp_files(tmp_path / "store") == []
+    assert not (tmp_path / "store/books/b/a.md").exists()
+    assert not (tmp_path / "store/books/b/c.md").exists()
+    assert len(os.listdir("/proc/self/fd")) == descriptors

@@ -3,9 +3,9 @@
 OpenDAL's blocking `Operator` runs on a dedicated thread pool: it is faster than the async
 operator for whole-object reads on this kind of machine, and the async operator's Tokio threads
 can abort the interpreter at exit (measured: about one exit in 30), which the blocking one does
-not. Listing is the exception: see `BlobStore.__init__`. On a local folder, the hot path's
-writes, reads, publishes and deletes are plain system calls on the same threads
-(`storage.local`): a quarter of OpenDAL's CPU for the same work.
+not. Listing is the exception: see `BlobStore.__init__`. On a local folder the hot path's
+writes, reads, publishes and deletes are plain system calls instead (`storage.local`): a
+quarter of OpenDAL's CPU for the same work.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from opendal.file import File
 
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError, Unavailable
-from panaversity_fs.storage.local import TMP_FOLDER, LocalFiles
+from panaversity_fs.storage.local import TMP_FOLDER, LocalFiles, PendingWrite
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ UPLOAD_PREFIX = ".pfs/uploads/"
 """Where upload-URL bytes wait for their completion; `{expiry}-{uuid}`, removed once expired."""
 
 _T = TypeVar("_T")
+
+INLINE_READ_BYTES = 256 * 1024
+"""Reads of a local object of known size up to this many bytes run on the event loop (a page
+cache copy of a few microseconds); larger ones, and every S3 call, on the I/O threads."""
 
 DAL_ERRORS: tuple[type[Exception], ...] = tuple(
     value for value in vars(dal).values() if isinstance(value, type) and issubclass(value, Exception)
@@ -155,7 +159,7 @@ class BlobStore:
         timeout: float,
         local: LocalFiles | None = None,
     ):
-        """`local`: the same folder as `operator`'s (fs backend), for the hot-path calls."""
+        """`local`: the folder `operator` serves (fs backend), for the hot path's calls."""
         self.backend = backend
         self._operator = operator
         self._local = local
@@ -211,7 +215,9 @@ class BlobStore:
         """The fs backend's folder as plain files (None on s3)."""
         return self._local
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
+    async def _run(self, fn: Callable[[], _T], undo: Callable[[], None] | None = None) -> _T:
+        """Run `fn` on an I/O thread; if it fails, or the caller stops waiting for it, `undo`
+        runs once `fn` has returned (on that thread if it is still running)."""
         call = self._pool.submit(fn)
         self._in_flight.add(call)
         call.add_done_callback(self._in_flight.discard)
@@ -219,6 +225,23 @@ class BlobStore:
             return await self._answer(asyncio.wrap_future(call), self._timeout)
         except (dal.NotFound, FileNotFoundError) as exc:
             raise BlobNotFound(str(exc)) from None
+        finally:
+            if undo is not None and not _succeeded(call):
+                call.add_done_callback(lambda _: undo())
+
+    def _here(self, fn: Callable[[], _T]) -> _T:
+        """Run a quick local call on the calling thread (the event loop's), counting it and
+        mapping its errors as `run_file` does."""
+        try:
+            result = fn()
+        except FileNotFoundError as exc:
+            self._answered(True)
+            raise BlobNotFound(str(exc)) from None
+        except OSError as exc:
+            self._failed(type(exc).__name__)
+            raise StorageError(type(exc).__name__) from exc
+        self._answered(True)
+        return result
 
     async def _answer(
         self, work: Awaitable[_T], limit: float, timed_out: str = "storage call timed out"
@@ -261,9 +284,11 @@ class BlobStore:
             BlobNotFound: no object there.
             StorageError: the store failed.
         """
+        local = self._local
+        if local is not None and 0 < (size or 0) <= INLINE_READ_BYTES:
+            return self._here(lambda: local.read(key, 0, size))
         if size:
             return await self.read_range(key, 0, size)
-        local = self._local
         if local is not None:
             return await self.run_file(lambda: local.read(key))
         return bytes(await self._run(lambda: self._operator.read(key)))
@@ -302,24 +327,53 @@ class BlobStore:
         await self.write_all([(key, data)])
 
     async def write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Store each `(key, data)`, in order, in one storage call (one thread hand-off)."""
+        """Store each `(key, data)`, in order, in one storage call (one thread hand-off).
 
-        local = self._local
+        On a local folder: each object's bytes go to a temporary file here, one call on an I/O
+        thread waits until they are all on disk, then each is renamed into place here.
+        """
+        if self._local is not None:
+            await self._write_local(self._local, items)
+            return
 
         def write() -> None:
             for key, data in items:
-                if local is not None:
-                    local.write(key, data)
-                else:
-                    self._operator.write(key, data)
+                self._operator.write(key, data)
 
-        await (self._run(write) if local is None else self.run_file(write))
+        await self._run(write)
+
+    async def _write_local(self, local: LocalFiles, items: Sequence[tuple[str, bytes]]) -> None:
+        pending: list[PendingWrite] = []
+
+        def abandon() -> None:
+            for write in pending:
+                write.abandon()
+
+        try:
+            for key, data in items:
+                pending.append(self._here(lambda: local.begin_write(key, data)))  # noqa: B023
+        except BaseException:
+            abandon()
+            raise
+
+        def sync() -> None:
+            for write in pending:
+                write.sync()
+
+        await self.run_file(sync, abandon)
+        for done, write in enumerate(pending):
+            try:
+                self._here(write.finish)
+            except BaseException:
+                for rest in pending[done + 1 :]:
+                    rest.abandon()
+                raise
 
     async def publish(self, staging_key: str, key: str) -> None:
         """Make the staged object the object at `key` (rename where possible, else copy)."""
         local = self._local
         if local is not None:
-            await self.run_file(lambda: local.rename(staging_key, key))
+            self._here(lambda: local.rename(staging_key, key))
             return
         if self._can_rename:
             await self._run(lambda: self._operator.rename(staging_key, key))
@@ -331,7 +385,7 @@ class BlobStore:
         """Remove the object at `key`; removing a missing object is not an error."""
         local = self._local
         if local is not None:
-            await self.run_file(lambda: local.delete(key))
+            self._here(lambda: local.delete(key))
             return
         await self._run(lambda: self._operator.delete(key))
 
@@ -418,16 +472,16 @@ class BlobStore:
             raise StorageError(type(exc).__name__) from exc
         return PresignedRequest(signed.url, signed.method, dict(signed.headers))
 
-    async def run_file(self, fn: Callable[[], _T]) -> _T:
+    async def run_file(self, fn: Callable[[], _T], undo: Callable[[], None] | None = None) -> _T:
         """Run a call that reports failures as plain `OSError`s (an open `opendal.File`, the
-        local folder) on the I/O threads, mapping its errors.
+        local folder) on the I/O threads, mapping its errors; `undo` as for `_run`.
 
         Raises:
             BlobNotFound: no object there.
             StorageError: the store failed.
         """
         try:
-            return await self._run(fn)
+            return await self._run(fn, undo)
         except OSError as exc:
             if "NotFound" in str(exc):
                 raise BlobNotFound("object not found") from None
@@ -480,6 +534,10 @@ class BlobStore:
         running = [asyncio.wrap_future(call) for call in self._in_flight]
         if running:
             await asyncio.wait(running)
+
+
+def _succeeded(call: Future[Any]) -> bool:
+    return call.done() and not call.cancelled() and call.exception() is None
 
 
 def _retry_layer(retries: int) -> opendal.layers.RetryLayer:

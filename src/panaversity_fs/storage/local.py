@@ -10,7 +10,13 @@ OpenDAL's: objects are files under the root at their key, a write is invisible u
 rename, its bytes are on disk (fsync) before they are visible. Listing, copies, streaming and
 every other call stay with OpenDAL, on the same folder.
 
-The calls block: `BlobStore` runs them on its I/O threads.
+Which thread runs what (`BlobStore` decides): the calls that wait for the disk (fsync, reads
+of large or many objects) run on the I/O threads; the quick ones (opening and filling a
+temporary file, a rename, a small read, all answered from the page cache) run where they are
+called, on the event loop. Each system call a worker thread makes must take the interpreter's
+lock back when it returns, and the busy loop holds that lock for up to the 5 ms switch
+interval: a write made of five such calls on a worker thread wrote fewer files per second from
+8 clients than OpenDAL's single call, though it cost a quarter of the CPU.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import contextlib
 import errno
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 TMP_FOLDER = ".pfs/tmp"
 """Where writes put their bytes before the rename that makes them visible (OpenDAL's
 `atomic_write_dir` of the same store)."""
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 class LocalFiles:
@@ -44,32 +53,28 @@ class LocalFiles:
             raise OSError(errno.EINVAL, f"not an object key: {key!r}")
         return os.path.join(self._root, *parts)
 
-    def write(self, key: str, data: bytes) -> None:
-        """Store `data` at `key`, replacing any object there; readers see the old or the new
-        bytes, never part of them, and the new bytes are on disk before they are visible.
+    def begin_write(self, key: str, data: bytes) -> PendingWrite:
+        """Put `data` in a fresh temporary file for `key` (not yet on disk, not yet visible).
 
         Raises:
-            OSError: the file system refused.
+            OSError: the file system refused (nothing is left behind).
         """
         target = self._path(key)
         temporary = os.path.join(self._tmp, f"{os.path.basename(target)}.{uuid.uuid4().hex[:8]}")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(temporary, _CREATE, 0o666)
         except FileNotFoundError:
             os.makedirs(self._tmp, exist_ok=True)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(temporary, _CREATE, 0o666)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _rename_creating_parent(temporary, target)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         except BaseException:
+            os.close(fd)
             _remove(temporary)
             raise
+        return PendingWrite(fd, temporary, target)
 
     def read(self, key: str, offset: int = 0, size: int | None = None) -> bytes:
         """Return `size` bytes of the object at `key` from `offset` (all of them for None);
@@ -111,6 +116,43 @@ class LocalFiles:
             OSError: the file system refused.
         """
         _remove(self._path(key))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """An object's bytes in an open temporary file: `sync` makes them durable, `finish` makes
+    them the object (in that order), `abandon` drops them."""
+
+    fd: int
+    temporary: str
+    target: str
+
+    def sync(self) -> None:
+        """Wait until the bytes are on disk (blocking: run it on a worker thread).
+
+        Raises:
+            OSError: the file system refused.
+        """
+        os.fsync(self.fd)
+
+    def finish(self) -> None:
+        """Close the file and move it to its key, replacing any object there, atomically.
+
+        Raises:
+            OSError: the file system refused (the temporary file is removed).
+        """
+        os.close(self.fd)
+        try:
+            _rename_creating_parent(self.temporary, self.target)
+        except BaseException:
+            _remove(self.temporary)
+            raise
+
+    def abandon(self) -> None:
+        """Close and remove the temporary file (the object at the key is untouched)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        _remove(self.temporary)
 
 
 def _rename_creating_parent(source: str, target: str) -> None:
