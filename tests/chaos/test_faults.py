@@ -87,15 +87,17 @@ def _instrument(db: Database, plan: FaultPlan) -> None:
     def fail() -> None:
         raise OperationalError("injected", None, Injected("injected database fault"))
 
-    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
     def _before(*_args: Any) -> None:
         if plan.tick("database"):
             fail()
 
-    @event.listens_for(db.engine.sync_engine, "commit")
     def _commit(*_args: Any) -> None:
         if plan.tick("database"):
             fail()
+
+    for engine in db.transaction_engines:
+        event.listen(engine, "before_cursor_execute", _before)
+        event.listen(engine, "commit", _commit)
 
 
 class Rig:
@@ -250,12 +252,14 @@ async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
     rig = Rig(settings)
     armed = {"left": 0}
 
-    @event.listens_for(rig.db.engine.sync_engine, "commit")
     def _commit_then_fail(conn: Any) -> None:
         if armed["left"] == 1:
             armed["left"] = 0
             conn.connection.dbapi_connection.commit()
             raise OperationalError("COMMIT", None, Injected("connection lost after commit"))
+
+    for engine in rig.db.transaction_engines:
+        event.listen(engine, "commit", _commit_then_fail)
 
     try:
         for mode, expected_mode in (("create", "created"), ("update", "updated")):

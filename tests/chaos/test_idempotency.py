@@ -209,19 +209,21 @@ async def test_c8_an_unknown_commit_retried_under_its_key_lands_exactly_once(
     armed = {"left": 1}
     keyed = Operation(Caller(AGENT), "write_content", idempotency_key="c8-key")
 
-    @event.listens_for(rig.db.engine.sync_engine, "before_cursor_execute")
     def _mark_the_write(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         # PostgreSQL sends the entry's INSERT inside the chain head's UPDATE (a CTE).
         if "INSERT INTO AUDIT_LOG" in statement.upper():
             conn.info["test_appends_audit"] = True
 
-    @event.listens_for(rig.db.engine.sync_engine, "commit")
     def _commit_then_fail(conn: Any) -> None:
         if armed["left"] and conn.info.pop("test_appends_audit", False):  # the write's own transaction
             armed["left"] = 0
             conn.connection.dbapi_connection.commit()
             rig.plan.arm(1, False, frozenset({"database"}))  # the settling lookup fails as well
             raise OperationalError("COMMIT", None, Injected("connection lost after commit"))
+
+    for engine in rig.db.transaction_engines:
+        event.listen(engine, "before_cursor_execute", _mark_the_write)
+        event.listen(engine, "commit", _commit_then_fail)
 
     try:
         with pytest.raises(Unavailable) as unknown:

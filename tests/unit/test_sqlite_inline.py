@@ -62,9 +62,11 @@ async def _ticks_while(awaitable: Any) -> tuple[int, Any]:
 async def test_statements_run_on_the_loop_thread(sqlite_db: Database) -> None:
     threads: set[int] = set()
 
-    @event.listens_for(sqlite_db.engine.sync_engine, "before_cursor_execute")
     def _seen(*_args: Any) -> None:
         threads.add(threading.get_ident())
+
+    for engine in sqlite_db.transaction_engines:
+        event.listen(engine, "before_cursor_execute", _seen)
 
     async with sqlite_db.write() as tx:
         await tx.conn.execute(text("INSERT INTO t (k, v) VALUES (1, x'00')"))

@@ -60,7 +60,7 @@ def counted(db: Database) -> Iterator[list[str]]:
     def note(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         seen.append(statement.split()[0].upper())
 
-    engines = [db.engine.sync_engine, db.point_read_engine]
+    engines = [*db.transaction_engines, db.point_read_engine]
     for engine in engines:
         if engine is not None:
             event.listen(engine, "before_cursor_execute", note)

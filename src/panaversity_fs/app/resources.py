@@ -280,6 +280,7 @@ def _count_failures(db: Database, store: BlobStore, metrics: Metrics) -> None:
     def count(context: ExceptionContext) -> None:
         metrics.database_errors.labels(type(context.original_exception).__name__).inc()
 
-    event.listen(db.engine.sync_engine, "handle_error", count)
+    for engine in db.transaction_engines:
+        event.listen(engine, "handle_error", count)
     store.on_error = lambda kind: metrics.storage_errors.labels(kind).inc()
     store.on_call = lambda ok: metrics.storage_calls.labels("ok" if ok else "error").inc()

@@ -11,7 +11,7 @@ SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driv
 otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
 concurrent writers queue instead of sleeping in SQLite's busy handler. A file database's
 statements run on the event loop's thread (`sqlite_inline`: no hand-off to a driver thread per
-call, busy waits asynchronous), and its WAL is checkpointed on a worker thread every
+call, busy waits asynchronous; write transactions on a synchronous connection), and its WAL is checkpointed on a worker thread every
 `CHECKPOINT_EVERY` writes instead of inside a COMMIT. Its reads keep a deferred BEGIN (one
 snapshot for every statement of the read), except `select_once`: a single SELECT needs no
 transaction, and it runs through a synchronous autocommit connection, without SQLAlchemy's
@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from panaversity_fs.config import Settings
-from panaversity_fs.db.sqlite_inline import checkpoint, inline_creator
+from panaversity_fs.db.sqlite_inline import InlineWrites, begin_immediate, checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -93,10 +93,20 @@ class Database:
     """The process's engine plus `read()` / `write()` transaction scopes."""
 
     def __init__(
-        self, engine: AsyncEngine, point_reads: Engine | None = None, wal_file: str | None = None
+        self,
+        engine: AsyncEngine,
+        point_reads: Engine | None = None,
+        wal_file: str | None = None,
+        writer: Engine | None = None,
+        busy_timeout: float = 0.0,
     ) -> None:
+        """`point_reads` and `writer`: synchronous engines on the same SQLite file, for
+        `select_once` and for write transactions; `busy_timeout`: how long a write waits for
+        another connection's write lock."""
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self._writer = writer
+        self._busy_timeout = busy_timeout
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
         self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._point_reads = point_reads
@@ -110,12 +120,24 @@ class Database:
         """Build the engine described by `settings` (pool, timeouts, SQLite pragmas)."""
         engine = create_engine(settings)
         wal_file = sqlite_file(settings.database_url) if engine.dialect.name == "sqlite" else None
-        return cls(engine, _point_read_engine(engine, settings), wal_file)
+        return cls(
+            engine,
+            _point_read_engine(engine, settings),
+            wal_file,
+            _writer_engine(settings) if wal_file is not None else None,
+            settings.database_statement_timeout,
+        )
 
     @property
     def point_read_engine(self) -> Engine | None:
         """The synchronous SQLite engine `select_once` uses (None on PostgreSQL or in memory)."""
         return self._point_reads
+
+    @property
+    def transaction_engines(self) -> list[Engine]:
+        """The engines whose connections run transactions (for event listeners): the async
+        engine's, and on a SQLite file the write transactions' own."""
+        return [self.engine.sync_engine] + ([self._writer] if self._writer is not None else [])
 
     @asynccontextmanager
     async def read(self) -> AsyncGenerator[AsyncConnection, None]:
@@ -202,12 +224,27 @@ class Database:
                 tx = WriteTransaction(conn)
                 async with conn.begin():
                     yield tx
-        else:
+        elif self._writer is None:  # in memory: one pool of connections for everything
             async with self._sqlite_writer, self.engine.connect() as conn:
                 await conn.execution_options(**{_WRITE_OPTION: True})
                 tx = WriteTransaction(conn)
                 async with conn.begin():
                     yield tx
+        else:
+            async with self._sqlite_writer:
+                with self._writer.connect() as sync_conn:
+                    await begin_immediate(sync_conn, self._busy_timeout)
+                    tx = WriteTransaction(InlineWrites(self.engine, sync_conn))
+                    try:
+                        yield tx
+                    except BaseException:
+                        _roll_back(sync_conn)
+                        raise
+                    try:
+                        sync_conn.commit()
+                    except BaseException:
+                        _end_driver_transaction(sync_conn)
+                        raise
             self._count_toward_checkpoint()
         for action in tx._on_commit:  # pyright: ignore[reportPrivateUsage]
             action()
@@ -239,8 +276,9 @@ class Database:
         if self._checkpointing is not None:
             await self._checkpointing
         self._drop_point_connection()
-        if self._point_reads is not None:
-            self._point_reads.dispose()
+        for engine in (self._point_reads, self._writer):
+            if engine is not None:
+                engine.dispose()
         await self.engine.dispose()
 
 
@@ -327,6 +365,54 @@ def _point_read_engine(engine: AsyncEngine, settings: Settings) -> Engine | None
     return sync
 
 
+def _roll_back(conn: Connection) -> None:
+    """Roll back after a failure without hiding it (a broken connection cannot roll back; the
+    pool discards it)."""
+    try:
+        conn.rollback()
+    except SQLAlchemyError:
+        logger.debug("rolling back a failed write transaction failed", exc_info=True)
+
+
+def _end_driver_transaction(conn: Connection) -> None:
+    """Roll back what a failed COMMIT left open in SQLite: SQLAlchemy counts its transaction as
+    ended either way, and the pool would then skip its reset and hand the next write a
+    connection still inside this transaction."""
+    try:
+        driver: Any = conn.connection.driver_connection
+        if driver is not None and driver.in_transaction:
+            driver.rollback()
+    except (SQLAlchemyError, sqlite3.Error):
+        logger.debug("ending a failed write transaction failed", exc_info=True)
+
+
+def _writer_engine(settings: Settings) -> Engine:
+    """A synchronous engine on the SQLite file for write transactions: one connection (the
+    writes of a process are serialised anyway), run on the loop's thread, so it never waits in
+    SQLite's busy handler (`begin_immediate` waits asynchronously instead)."""
+    url = make_url(settings.database_url).set(drivername="sqlite+pysqlite")
+    sync = create_sync_engine(url, pool_size=1, max_overflow=0, connect_args={"check_same_thread": False})
+
+    @event.listens_for(sync, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_pragmas(dbapi_connection, busy_ms=0, inline=True)
+
+    return sync
+
+
+def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int, inline: bool) -> None:
+    # Take transaction control away from the driver: we emit BEGIN ourselves.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+    if inline:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
 def sqlite_file(url: str) -> str | None:
     """The file a SQLite URL names (None for an in-memory database)."""
     database = make_url(url).database
@@ -342,16 +428,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, settings: Settings, inline: bool)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the driver: we emit BEGIN ourselves.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        if inline:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        _sqlite_pragmas(dbapi_connection, busy_ms, inline)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
