@@ -216,18 +216,20 @@ class BlobStore:
         return self._local
 
     async def _run(self, fn: Callable[[], _T], undo: Callable[[], None] | None = None) -> _T:
-        """Run `fn` on an I/O thread; if it fails, or the caller stops waiting for it, `undo`
-        runs once `fn` has returned (on that thread if it is still running)."""
+        """Run `fn` on an I/O thread; if the caller does not get its result (it failed, timed
+        out, or the caller was cancelled, even just after `fn` returned), `undo` runs once `fn`
+        has returned (on that thread if it is still running)."""
         call = self._pool.submit(fn)
         self._in_flight.add(call)
         call.add_done_callback(self._in_flight.discard)
         try:
             return await self._answer(asyncio.wrap_future(call), self._timeout)
-        except (dal.NotFound, FileNotFoundError) as exc:
-            raise BlobNotFound(str(exc)) from None
-        finally:
-            if undo is not None and not _succeeded(call):
+        except BaseException as exc:
+            if undo is not None:
                 call.add_done_callback(lambda _: undo())
+            if isinstance(exc, dal.NotFound | FileNotFoundError):
+                raise BlobNotFound(str(exc)) from None
+            raise
 
     def _here(self, fn: Callable[[], _T]) -> _T:
         """Run a quick local call on the calling thread (the event loop's), counting it and
@@ -534,10 +536,6 @@ class BlobStore:
         running = [asyncio.wrap_future(call) for call in self._in_flight]
         if running:
             await asyncio.wait(running)
-
-
-def _succeeded(call: Future[Any]) -> bool:
-    return call.done() and not call.cancelled() and call.exception() is None
 
 
 def _retry_layer(retries: int) -> opendal.layers.RetryLayer:
