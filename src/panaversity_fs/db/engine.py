@@ -11,8 +11,8 @@ SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driv
 otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
 concurrent writers queue instead of sleeping in SQLite's busy handler. A file database's
 statements run on the event loop's thread (`sqlite_inline`: no hand-off to a driver thread per
-call, busy waits asynchronous; write transactions on a synchronous connection), and its WAL is checkpointed on a worker thread every
-`CHECKPOINT_EVERY` writes instead of inside a COMMIT. Its reads keep a deferred BEGIN (one
+call, busy waits asynchronous, write transactions on a synchronous connection), and its WAL is
+checkpointed on a worker thread every `CHECKPOINT_EVERY` writes instead of inside a COMMIT. Its reads keep a deferred BEGIN (one
 snapshot for every statement of the read), except `select_once`: a single SELECT needs no
 transaction, and it runs through a synchronous autocommit connection, without SQLAlchemy's
 async adaptation. Any SQLite error there (a busy file) retries through the pool.
