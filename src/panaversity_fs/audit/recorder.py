@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from panaversity_fs.audit.chain import compute_entry_hash
@@ -38,7 +38,7 @@ async def append_entries(tx: WriteTransaction, entries: Sequence[NewAuditEntry])
     for entry in entries:
         seq += 1
         # Stored and hashed in UTC: SQLite would keep the wall time and drop any other offset.
-        row = asdict(entry) | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
+        row = entry.values() | {"seq": seq, "chain_prev_hash": prev, "created_at": to_utc(entry.created_at)}
         row["entry_hash"] = prev = compute_entry_hash(row)
         rows.append(row)
     await audit_sql.insert_and_move_head(tx.conn, rows, seq, prev)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,14 @@ class NewAuditEntry:
     error_message: str | None = None
     execution_time_ms: int | None = None
     request_id: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The entry's columns by name (a shallow copy: every value is immutable, and
+        `dataclasses.asdict` deep-copied each one, ~0.1 ms per entry)."""
+        return {name: getattr(self, name) for name in _ENTRY_FIELDS}
+
+
+_ENTRY_FIELDS = tuple(field.name for field in fields(NewAuditEntry))
 
 
 async def lock_chain_head(tx: WriteTransaction) -> tuple[int, str]:
