@@ -118,8 +118,10 @@ async def test_an_abandoned_write_leaves_nothing(store: BlobStore, tmp_path: Pat
     exists exactly when the write returned."""
     descriptors = len(os.listdir("/proc/self/fd"))
     big = b"a" * (8 * 1024 * 1024)  # an fsync of milliseconds
-    for _ in range(5):
-        write = asyncio.create_task(store.write_all([("books/b/a.md", big), ("books/b/c.md", b"c")]))
+    outcomes: dict[str, bool] = {}
+    for attempt in range(5):
+        staging = f".pfs/staging/s{attempt}"  # written in place, like a write's staged bytes
+        write = asyncio.create_task(store.write_all([(staging, big), ("books/b/a.md", big)], fresh={staging}))
         await asyncio.sleep(0.002)  # the temporary files are written; the fsync is running
         write.cancel()
         if when == "as the fsync returns":
@@ -128,12 +130,26 @@ async def test_an_abandoned_write_leaves_nothing(store: BlobStore, tmp_path: Pat
             asyncio.get_running_loop().call_soon(time.sleep, 0.3)
         try:
             await write
-            completed = True
+            outcomes[staging] = True
         except asyncio.CancelledError:
-            completed = False
-        assert (tmp_path / "store/books/b/a.md").exists() == completed
+            outcomes[staging] = False
+        assert (tmp_path / "store/books/b/a.md").exists() == outcomes[staging]
         await store.delete("books/b/a.md")
-        await store.delete("books/b/c.md")
     store.close()  # waits for the I/O threads, and so for the clean-up they run
     assert _tmp_files(tmp_path / "store") == []
+    for staging, completed in outcomes.items():
+        assert (tmp_path / "store" / staging).exists() == completed
     assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+async def test_a_fresh_key_is_written_in_place_and_never_over_an_object(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    await store.write_all(
+        [(".pfs/staging/k", b"first"), ("books/b/v.md", b"first")], fresh={".pfs/staging/k"}
+    )
+    assert await store.read(".pfs/staging/k") == b"first"
+    with pytest.raises(StorageError):
+        await store.write_all([(".pfs/staging/k", b"second")], fresh={".pfs/staging/k"})
+    assert await store.read(".pfs/staging/k") == b"first"
+    assert _tmp_files(tmp_path / "store") == []

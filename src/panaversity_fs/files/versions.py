@@ -100,7 +100,7 @@ class VersionStore:
         Raises:
             StorageError: storage failed.
         """
-        await self._store.write_all([(staging_key, data), (version_key(sha256), data)])
+        await self._store.write_all([(staging_key, data), (version_key(sha256), data)], fresh={staging_key})
 
     async def keep_object(self, sha256: str, source: str) -> None:
         """Copy the object at `source` (bytes whose hash is `sha256`) into the version store.

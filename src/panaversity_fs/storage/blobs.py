@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -328,14 +328,16 @@ class BlobStore:
         """Store `data` at `key`, replacing any object there, atomically for readers."""
         await self.write_all([(key, data)])
 
-    async def write_all(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def write_all(self, items: Sequence[tuple[str, bytes]], fresh: Collection[str] = ()) -> None:
         """Store each `(key, data)`, in order, in one storage call (one thread hand-off).
 
         On a local folder: each object's bytes go to a temporary file here, one call on an I/O
-        thread waits until they are all on disk, then each is renamed into place here.
+        thread waits until they are all on disk, then each is renamed into place here. The
+        `fresh` keys (never used before, read by nobody before the caller commits to them:
+        staging keys) are written in place instead.
         """
         if self._local is not None:
-            await self._write_local(self._local, items)
+            await self._write_local(self._local, items, fresh)
             return
 
         def write() -> None:
@@ -344,7 +346,9 @@ class BlobStore:
 
         await self._run(write)
 
-    async def _write_local(self, local: LocalFiles, items: Sequence[tuple[str, bytes]]) -> None:
+    async def _write_local(
+        self, local: LocalFiles, items: Sequence[tuple[str, bytes]], fresh: Collection[str]
+    ) -> None:
         pending: list[PendingWrite] = []
 
         def abandon() -> None:
@@ -353,7 +357,7 @@ class BlobStore:
 
         try:
             for key, data in items:
-                pending.append(self._here(lambda: local.begin_write(key, data)))  # noqa: B023
+                pending.append(self._here(lambda: local.begin_write(key, data, key in fresh)))  # noqa: B023
         except BaseException:
             abandon()
             raise
