@@ -33,13 +33,15 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy import Executable
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+_T = TypeVar("_T")
 
 SQLITE_BUSY = 5
 """SQLite's primary result code for a database file locked by another connection."""
@@ -91,21 +93,7 @@ class InlineConnection(aiosqlite.Connection):
         """
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
-        deadline: float | None = None
-        pause = FIRST_RETRY
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc):
-                    raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self._busy_timeout
-                if now + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, LAST_RETRY)
+        return await while_busy(lambda: fn(*args, **kwargs), self._busy_timeout)
 
 
 class InlineWrites(AsyncConnection):
@@ -150,15 +138,32 @@ async def begin_immediate(conn: Connection, busy_timeout: float) -> None:
     Raises:
         sqlalchemy.exc.OperationalError: SQLite refused (still busy after `busy_timeout`).
     """
+
+    def begin() -> None:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except OperationalError:
+            conn.rollback()  # SQLAlchemy began its own transaction around the refused statement
+            raise
+
+    await while_busy(begin, busy_timeout)
+
+
+async def while_busy(attempt: Callable[[], _T], busy_timeout: float) -> _T:
+    """Return `attempt()`; while SQLite refuses it as busy (directly, or wrapped by SQLAlchemy),
+    sleep without holding the loop and try again, for up to `busy_timeout` seconds.
+
+    Raises:
+        sqlite3.Error, sqlalchemy.exc.OperationalError: what `attempt` raised last.
+    """
     deadline: float | None = None
     pause = FIRST_RETRY
     while True:
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            return
-        except OperationalError as exc:
-            conn.rollback()
-            if not isinstance(exc.orig, sqlite3.OperationalError) or not _busy(exc.orig):
+            return attempt()
+        except (sqlite3.OperationalError, OperationalError) as exc:
+            refusal = exc.orig if isinstance(exc, OperationalError) else exc
+            if not isinstance(refusal, sqlite3.OperationalError) or not _busy(refusal):
                 raise
             now = time.monotonic()
             if deadline is None:
