@@ -12,10 +12,11 @@ otherwise not begin a transaction before a SELECT), serialised in-process by a l
 concurrent writers queue instead of sleeping in SQLite's busy handler. A file database's
 statements run on the event loop's thread (`sqlite_inline`: no hand-off to a driver thread per
 call, busy waits asynchronous, write transactions on a synchronous connection), and its WAL is
-checkpointed on a worker thread every `CHECKPOINT_EVERY` writes instead of inside a COMMIT. Its reads keep a deferred BEGIN (one
-snapshot for every statement of the read), except `select_once`: a single SELECT needs no
-transaction, and it runs through a synchronous autocommit connection, without SQLAlchemy's
-async adaptation. Any SQLite error there (a busy file) retries through the pool.
+checkpointed on a worker thread every `CHECKPOINT_EVERY` writes instead of inside a COMMIT. Its
+reads keep a deferred BEGIN (one snapshot for every statement of the read), except
+`select_once`: a single SELECT needs no transaction, and it runs through a synchronous
+autocommit connection, without SQLAlchemy's async adaptation. Any SQLite error there (a busy
+file) retries through the pool.
 
 A write transaction is a `WriteTransaction`: the connection plus what the statements inside
 learned about the transaction (its id on PostgreSQL, for settling a lost COMMIT) and what must

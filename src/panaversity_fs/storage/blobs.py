@@ -236,14 +236,19 @@ class BlobStore:
         mapping its errors as `run_file` does."""
         try:
             result = fn()
-        except FileNotFoundError as exc:
-            self._answered(True)
-            raise BlobNotFound(str(exc)) from None
         except OSError as exc:
-            self._failed(type(exc).__name__)
-            raise StorageError(type(exc).__name__) from exc
+            raise self._file_failure(exc) from exc
         self._answered(True)
         return result
+
+    def _file_failure(self, exc: OSError) -> StorageError:
+        """The error of a call that failed with a plain `OSError`, counted: `BlobNotFound` for
+        a missing object (an answer), else `StorageError`."""
+        if isinstance(exc, FileNotFoundError) or "NotFound" in str(exc):
+            self._answered(True)
+            return BlobNotFound("object not found")
+        self._failed(type(exc).__name__)
+        return StorageError(type(exc).__name__)
 
     async def _answer(
         self, work: Awaitable[_T], limit: float, timed_out: str = "storage call timed out"
@@ -489,10 +494,7 @@ class BlobStore:
         try:
             return await self._run(fn, undo)
         except OSError as exc:
-            if "NotFound" in str(exc):
-                raise BlobNotFound("object not found") from None
-            self._failed(type(exc).__name__)
-            raise StorageError(type(exc).__name__) from exc
+            raise self._file_failure(exc) from exc
 
     async def exists(self, key: str) -> bool:
         """Whether an object exists at `key`."""

@@ -65,19 +65,23 @@ class LocalFiles:
         """
         target = self._path(key)
         if fresh:
-            try:
-                fd = os.open(target, _CREATE, 0o666)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                fd = os.open(target, _CREATE, 0o666)
-            return _filled(fd, target, target, data)
-        temporary = os.path.join(self._tmp, f"{os.path.basename(target)}.{uuid.uuid4().hex[:8]}")
+            temporary = target
+        else:
+            temporary = os.path.join(self._tmp, f"{os.path.basename(target)}.{uuid.uuid4().hex[:8]}")
         try:
             fd = os.open(temporary, _CREATE, 0o666)
         except FileNotFoundError:
-            os.makedirs(self._tmp, exist_ok=True)
+            os.makedirs(os.path.dirname(temporary), exist_ok=True)
             fd = os.open(temporary, _CREATE, 0o666)
-        return _filled(fd, temporary, target, data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            _remove(temporary)
+            raise
+        return PendingWrite(fd, temporary, target)
 
     def read(self, key: str, offset: int = 0, size: int | None = None) -> bytes:
         """Return `size` bytes of the object at `key` from `offset` (all of them for None);
@@ -123,8 +127,9 @@ class LocalFiles:
 
 @dataclass(frozen=True, slots=True)
 class PendingWrite:
-    """An object's bytes in an open temporary file: `sync` makes them durable, `finish` makes
-    them the object (in that order), `abandon` drops them."""
+    """An object's bytes in an open file (`temporary`; the key's own file for a fresh key):
+    `sync` makes them durable, `finish` makes them the object (in that order), `abandon` drops
+    them."""
 
     fd: int
     temporary: str
@@ -154,22 +159,11 @@ class PendingWrite:
             raise
 
     def abandon(self) -> None:
-        """Close and remove the temporary file (the object at the key is untouched)."""
+        """Close and remove the file written (a fresh key's own, else the temporary one; an
+        object at the key is then untouched)."""
         with contextlib.suppress(OSError):
             os.close(self.fd)
         _remove(self.temporary)
-
-
-def _filled(fd: int, temporary: str, target: str, data: bytes) -> PendingWrite:
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        _remove(temporary)
-        raise
-    return PendingWrite(fd, temporary, target)
 
 
 def _rename_creating_parent(source: str, target: str) -> None:
