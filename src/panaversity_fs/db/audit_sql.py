@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.db.driver_writes import built_once
 from panaversity_fs.db.engine import WriteTransaction
 from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
 from panaversity_fs.times import to_utc
@@ -59,7 +60,7 @@ async def lock_chain_head(tx: WriteTransaction) -> tuple[int, str]:
 
 _HEAD = [audit_chain_head.c.seq, audit_chain_head.c.head_hash]
 _LOCK_HEAD = select(*_HEAD).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update()
-_LOCK_HEAD_PG = (
+_LOCK_HEAD_PG = built_once(
     select(*_HEAD, func.txid_current(), func.pg_backend_pid())
     .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
     .with_for_update()
@@ -99,10 +100,14 @@ _MOVE_HEAD = (
 )
 # One entry inserted (a data-modifying CTE) and the head moved, in one statement; every entry
 # column is a parameter `e_<column>`. Built once, like the rest of a write's statements.
-_APPEND_ONE_PG = _MOVE_HEAD.add_cte(
-    insert(audit_log)
-    .values({column.name: bindparam(f"e_{column.name}", type_=column.type) for column in audit_log.columns})
-    .cte("appended")
+_APPEND_ONE_PG = built_once(
+    _MOVE_HEAD.add_cte(
+        insert(audit_log)
+        .values(
+            {column.name: bindparam(f"e_{column.name}", type_=column.type) for column in audit_log.columns}
+        )
+        .cte("appended")
+    )
 )
 
 

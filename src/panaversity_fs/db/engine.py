@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from panaversity_fs.config import Settings
+from panaversity_fs.db.driver_writes import DriverWrites
 from panaversity_fs.db.sqlite_inline import InlineWrites, begin_immediate, checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
@@ -222,7 +223,7 @@ class Database:
         `after_commit` actions run once the COMMIT succeeded."""
         if self._sqlite_writer is None:
             async with self.engine.connect() as conn:
-                tx = WriteTransaction(conn)
+                tx = WriteTransaction(DriverWrites(self.engine, conn.sync_connection))
                 async with conn.begin():
                     yield tx
         elif self._writer is None:  # in memory: one pool of connections for everything

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.db.driver_writes import built_once
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import file_journal
 from panaversity_fs.paths import BASE_USER, storage_key, version_key
@@ -298,8 +299,8 @@ def _cas_statement(overlay: bool) -> Any:
 
 # Built once: building an UPDATE and its cache key per call cost more CPU than running it on
 # SQLite.
-_CAS_BASE = _cas_statement(overlay=False)
-_CAS_OVERLAY = _cas_statement(overlay=True)
+_CAS_BASE = built_once(_cas_statement(overlay=False))
+_CAS_OVERLAY = built_once(_cas_statement(overlay=True))
 
 
 async def create(

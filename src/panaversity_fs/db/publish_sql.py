@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from panaversity_fs.db.driver_writes import built_once
 from panaversity_fs.db.journal_sql import BY_KEY, ROW_COLUMNS, FileKey, J, JournalRow, to_journal_row
 from panaversity_fs.db.schema import file_journal
 
@@ -22,7 +23,7 @@ async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str |
 
 
 # Built once: building it per call cost more CPU than running it on SQLite.
-_FINISH = (
+_FINISH = built_once(
     update(file_journal)
     .where(
         BY_KEY,

@@ -1,0 +1,169 @@
+"""PostgreSQL write transactions whose built-once statements asyncpg sends itself
+(`db/driver_writes.py`): the same answers, failures and listeners as SQLAlchemy's own path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from panaversity_fs.db import audit_sql, journal_sql, publish_sql
+from panaversity_fs.db.driver_writes import DriverWrites
+from panaversity_fs.db.engine import Database
+from tests.conftest import Backends
+
+ROW = {"k_book": "book", "k_path": "content/01-A/01-B/01-c.md", "k_user": "__base__"}
+
+
+@pytest.fixture
+async def pg_db(backends: Backends) -> AsyncIterator[Database]:
+    db = Database.from_settings(await backends.settings("postgres-fs", database_statement_timeout=5.0))
+    async with db.write() as tx:
+        await tx.conn.execute(
+            text(
+                "INSERT INTO file_journal (book_id, path, user_id, sha256, size, version, last_written_at,"
+                " storage_backend, publish_pending, staging_key, pending_since)"
+                " VALUES (:k_book, :k_path, :k_user, :sha, 5, 1, now(), 'fs', true, 'staged', now())"
+            ),
+            ROW | {"sha": "a" * 64},
+        )
+    yield db
+    await db.dispose()
+
+
+def _cas(sha256: str) -> dict[str, Any]:
+    return ROW | {
+        "k_expected": "a" * 64,
+        "v_sha256": sha256,
+        "v_size": 7,
+        "v_staging_key": "staged-2",
+        "v_now": datetime.now(UTC),
+        "v_content_type": None,
+        "v_operation": "update",
+        "v_agent_id": "agent",
+    }
+
+
+async def _pid(conn: AsyncConnection) -> int:
+    return int((await AsyncConnection.execute(conn, text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_built_once_statements_answer_as_through_sqlalchemy(pg_db: Database) -> None:
+    """Each kind of answer (a locked row with computed columns, an UPDATE's RETURNING, no row)
+    read through the driver equals SQLAlchemy's, keys included; both run in one transaction."""
+    async with pg_db.write() as tx:
+        assert isinstance(tx.conn, DriverWrites)
+        through_driver = (await tx.conn.execute(audit_sql._LOCK_HEAD_PG)).one()
+        through_sqlalchemy = (await AsyncConnection.execute(tx.conn, audit_sql._LOCK_HEAD_PG)).one()
+        assert tuple(through_driver) == tuple(through_sqlalchemy)
+        assert (
+            through_driver._fields
+            == through_sqlalchemy._fields
+            == ("seq", "head_hash", "txid_current_1", "pg_backend_pid_1")
+        )
+        assert through_driver[2] == through_sqlalchemy[2]  # one transaction
+        claim = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
+        assert claim is not None and claim.sha256 == "a" * 64
+        again = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
+        assert again is None  # the flag the driver's UPDATE cleared (a boolean literal bound) is seen
+        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+        assert version == 2
+    async with pg_db.read() as conn:
+        row = (await conn.execute(text("SELECT sha256, version, publish_pending FROM file_journal"))).one()
+    assert tuple(row) == ("b" * 64, 2, True)
+
+
+async def test_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and_writes_nothing(
+    pg_db: Database,
+) -> None:
+    seen: list[str] = []
+
+    def note(context: ExceptionContext) -> None:
+        seen.append(type(context.original_exception).__name__)
+
+    event.listen(pg_db.engine.sync_engine, "handle_error", note)
+    failures: list[BaseException] = []
+    for execute in (AsyncConnection.execute, DriverWrites.execute):
+        with pytest.raises(DBAPIError, match="value too long") as failed:
+            async with pg_db.write() as tx:
+                await execute(tx.conn, journal_sql._CAS_BASE, _cas("c" * 65))
+        failures.append(failed.value)
+    through_sqlalchemy, through_driver = failures
+    assert type(through_driver) is type(through_sqlalchemy)
+    assert type(through_driver.orig) is type(through_sqlalchemy.orig)
+    assert seen == ["Error", "Error"]  # the dialect's DBAPI error, once per path
+    async with pg_db.write() as tx:  # the connection is fine, the transaction was rolled back
+        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+    assert version == 2
+
+
+async def test_a_statement_cancelled_while_it_waits_discards_its_connection(pg_db: Database) -> None:
+    """A statement the driver was running when its caller was cancelled may still run on the
+    server: the connection is closed, never handed to the next transaction."""
+    async with pg_db.engine.connect() as blocker:
+        await blocker.execute(text("SELECT 1 FROM audit_chain_head FOR UPDATE"))  # holds the chain head
+        started = asyncio.Event()
+        pids: list[int] = []
+
+        async def waits_for_the_head() -> None:
+            async with pg_db.write() as tx:
+                pids.append(await _pid(tx.conn))
+                started.set()
+                await tx.conn.execute(audit_sql._LOCK_HEAD_PG)
+
+        task = asyncio.create_task(waits_for_the_head())
+        await started.wait()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await blocker.rollback()
+    async with pg_db.write() as tx:
+        assert await _pid(tx.conn) != pids[0]
+        head = (await tx.conn.execute(audit_sql._LOCK_HEAD_PG)).one()
+    assert head.seq >= 0
+    async with pg_db.read() as conn:
+        alive = await conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pids[0]}
+        )
+        for _ in range(50):
+            if alive.scalar_one() == 0:
+                break
+            await asyncio.sleep(0.05)
+            alive = await conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pids[0]}
+            )
+        else:
+            pytest.fail("the cancelled statement's connection was kept")
+
+
+async def test_a_fault_a_listener_raises_before_a_driver_statement_fails_the_transaction(
+    pg_db: Database,
+) -> None:
+    """`before_cursor_execute` listeners (the fault sweep's injection point) see driver statements."""
+    statements: list[str] = []
+
+    def refuse(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement.split()[0])
+        if statement.startswith("UPDATE file_journal"):
+            raise OperationalError(statement, None, RuntimeError("injected"))
+
+    event.listen(pg_db.engine.sync_engine, "before_cursor_execute", refuse)
+    try:
+        with pytest.raises(OperationalError, match="injected"):
+            async with pg_db.write() as tx:
+                await tx.conn.execute(audit_sql._LOCK_HEAD_PG)
+                await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))
+    finally:
+        event.remove(pg_db.engine.sync_engine, "before_cursor_execute", refuse)
+    assert statements == ["SELECT", "UPDATE"]
+    async with pg_db.read() as conn:
+        row = (await conn.execute(text("SELECT sha256, version FROM file_journal"))).one()
+    assert tuple(row) == ("a" * 64, 1)
