@@ -5,6 +5,7 @@ failed call leaves nothing behind, and a key outside the root is refused."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections.abc import AsyncIterator
@@ -67,7 +68,6 @@ async def test_publish_moves_into_new_folders_and_replaces(store: BlobStore, tmp
     assert not await store.exists(".pfs/staging/one")
     with pytest.raises(BlobNotFound):
         await store.publish(".pfs/staging/one", "books/b/deep/er/still/x.md")
-    assert not (tmp_path / "store/books/b/deep/er/still/x.md").is_symlink()
 
 
 async def test_deleting_is_idempotent(store: BlobStore) -> None:
@@ -152,4 +152,46 @@ async def test_a_fresh_key_is_written_in_place_and_never_over_an_object(
     with pytest.raises(StorageError):
         await store.write_all([(".pfs/staging/k", b"second")], fresh={".pfs/staging/k"})
     assert await store.read(".pfs/staging/k") == b"first"
+    assert _tmp_files(tmp_path / "store") == []
+
+
+async def test_the_same_bytes_for_two_keys_are_one_file(store: BlobStore, tmp_path: Path) -> None:
+    """A write's staged bytes and its version are the same bytes: written and synced once, the
+    version a hard link to the staged file (replacing an object there, or in a new folder)."""
+    root = tmp_path / "store"
+    data = b"shared bytes"
+    await store.write("books/b/v.md", b"older object")
+    await store.write_all([(".pfs/staging/s", data), ("books/b/v.md", data)], fresh={".pfs/staging/s"})
+    staged, kept = os.stat(root / ".pfs/staging/s"), os.stat(root / "books/b/v.md")
+    assert (kept.st_ino, kept.st_nlink) == (staged.st_ino, 2)
+    await store.publish(".pfs/staging/s", "books/b/final.md")
+    assert await store.read("books/b/v.md") == await store.read("books/b/final.md") == data
+    await store.write_all([(".pfs/staging/t", data), ("books/b/new/v.md", data)], fresh={".pfs/staging/t"})
+    assert os.stat(root / "books/b/new/v.md").st_ino == os.stat(root / ".pfs/staging/t").st_ino
+    assert _tmp_files(root) == []
+
+
+async def test_where_the_file_system_will_not_link_the_bytes_are_written_again(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    root = tmp_path / "store"
+    data = b"copied bytes"
+    await store.write_all([(".pfs/staging/s", data), ("books/b/v.md", data)], fresh={".pfs/staging/s"})
+    assert os.stat(root / "books/b/v.md").st_ino != os.stat(root / ".pfs/staging/s").st_ino
+    assert await store.read("books/b/v.md") == await store.read(".pfs/staging/s") == data
+    assert _tmp_files(root) == []
+
+
+async def test_a_refused_link_abandons_the_whole_write(store: BlobStore, tmp_path: Path) -> None:
+    await store.write("books/b/blocker", b"a file where a folder would be")
+    data = b"never stored"
+    with pytest.raises(StorageError):
+        await store.write_all(
+            [(".pfs/staging/u", data), ("books/b/blocker/v.md", data)], fresh={".pfs/staging/u"}
+        )
+    assert not (tmp_path / "store/.pfs/staging/u").exists()
     assert _tmp_files(tmp_path / "store") == []

@@ -34,11 +34,11 @@ async def test_storage_calls_are_counted_by_result(backends: Backends) -> None:
             sha256_hex(text),
             None,
         )
-        # two temporary files filled, one wait for their fsync, two renames into place, the publish
-        assert counted() == (before[0] + 6, before[1])
+        # the staging file filled, one wait for its fsync, the version's link to it, its close, the publish
+        assert counted() == (before[0] + 5, before[1])
         with pytest.raises(BlobNotFound):
             await resources.store.read("books/metrics-book/missing.md", 10)
-        assert counted() == (before[0] + 7, before[1])
+        assert counted() == (before[0] + 6, before[1])
         with pytest.raises(StorageError):
             await resources.store.read("books/../escape.md", 10)
-        assert counted() == (before[0] + 7, before[1] + 1)
+        assert counted() == (before[0] + 6, before[1] + 1)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ from opendal.file import File
 
 from panaversity_fs.config import Settings
 from panaversity_fs.errors import ConfigurationError, Unavailable
-from panaversity_fs.storage.local import TMP_FOLDER, LocalFiles, PendingWrite
+from panaversity_fs.storage.local import NO_HARD_LINKS, TMP_FOLDER, LocalFiles, PendingWrite
 
 logger = logging.getLogger(__name__)
 
@@ -334,12 +335,13 @@ class BlobStore:
         await self.write_all([(key, data)])
 
     async def write_all(self, items: Sequence[tuple[str, bytes]], fresh: Collection[str] = ()) -> None:
-        """Store each `(key, data)`, in order, in one storage call (one thread hand-off).
+        """Store each `(key, data)` in one storage call (one thread hand-off).
 
         On a local folder: each object's bytes go to a temporary file here, one call on an I/O
         thread waits until they are all on disk, then each is renamed into place here. The
         `fresh` keys (never used before, read by nobody before the caller commits to them:
-        staging keys) are written in place instead.
+        staging keys) are written in place instead. An item whose `data` is the very object of
+        an earlier item's is a hard link to that item's file (bytes written and synced once).
         """
         if self._local is not None:
             await self._write_local(self._local, items, fresh)
@@ -355,6 +357,8 @@ class BlobStore:
         self, local: LocalFiles, items: Sequence[tuple[str, bytes]], fresh: Collection[str]
     ) -> None:
         pending: list[PendingWrite] = []
+        first_of: dict[int, PendingWrite] = {}
+        again: list[tuple[PendingWrite, str, bytes]] = []
 
         def abandon() -> None:
             for write in pending:
@@ -362,7 +366,12 @@ class BlobStore:
 
         try:
             for key, data in items:
+                earlier = first_of.get(id(data))
+                if earlier is not None:
+                    again.append((earlier, key, data))
+                    continue
                 pending.append(self._here(lambda: local.begin_write(key, data, key in fresh)))  # noqa: B023
+                first_of[id(data)] = pending[-1]
         except BaseException:
             abandon()
             raise
@@ -372,6 +381,16 @@ class BlobStore:
                 write.sync()
 
         await self.run_file(sync, abandon)
+        try:
+            unlinked: list[tuple[str, bytes]] = []
+            for earlier, key, data in again:
+                if not self._here(partial(_linked, local, earlier, key)):
+                    unlinked.append((key, data))
+            if unlinked:
+                await self._write_local(local, unlinked, ())
+        except BaseException:
+            abandon()
+            raise
         for done, write in enumerate(pending):
             try:
                 self._here(write.finish)
@@ -542,6 +561,21 @@ class BlobStore:
         running = [asyncio.wrap_future(call) for call in self._in_flight]
         if running:
             await asyncio.wait(running)
+
+
+def _linked(local: LocalFiles, write: PendingWrite, key: str) -> bool:
+    """Link `key` to the file of `write`; False where the file system will not link it.
+
+    Raises:
+        OSError: the file system refused otherwise.
+    """
+    try:
+        local.link(write, key)
+    except OSError as exc:
+        if exc.errno in NO_HARD_LINKS:
+            return False
+        raise
+    return True
 
 
 def _retry_layer(retries: int) -> opendal.layers.RetryLayer:

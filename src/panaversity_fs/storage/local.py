@@ -83,6 +83,28 @@ class LocalFiles:
             raise
         return PendingWrite(fd, temporary, target)
 
+    def link(self, write: PendingWrite, key: str) -> None:
+        """Make the bytes of `write` (synced, not yet finished) the object at `key` too, without
+        copying them: a hard link to its file, replacing any object there atomically. Objects
+        are never changed in place, so two keys may share one file.
+
+        Raises:
+            OSError: the file system refused (one without hard links: EPERM, EXDEV, ENOTSUP).
+        """
+        target = self._path(key)
+        try:
+            _link_creating_parent(write.temporary, target)
+            return
+        except FileExistsError:
+            pass
+        temporary = os.path.join(self._tmp, f"{os.path.basename(target)}.{uuid.uuid4().hex[:8]}")
+        _link_creating_parent(write.temporary, temporary)
+        try:
+            os.rename(temporary, target)
+        except BaseException:
+            _remove(temporary)
+            raise
+
     def read(self, key: str, offset: int = 0, size: int | None = None) -> bytes:
         """Return `size` bytes of the object at `key` from `offset` (all of them for None);
         fewer if the object ends first, none if it ends before `offset`.
@@ -174,6 +196,21 @@ def _rename_creating_parent(source: str, target: str) -> None:
             raise
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(source, target)
+
+
+def _link_creating_parent(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        if not os.path.exists(source):
+            raise
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.link(source, target)
+
+
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+"""What `link` fails with where the file system will not link this file (the bytes must then be
+written again)."""
 
 
 def _remove(path: str) -> None:
