@@ -282,6 +282,39 @@ async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
         await rig.close()
 
 
+async def test_a_delete_whose_commit_answer_is_lost_is_settled_not_reported_failed(
+    backends: Backends,
+) -> None:
+    """PostgreSQL commits a delete, then the client loses the answer (its server restarted, the
+    connection dropped): the delete asks the database how its transaction ended, as a write does,
+    instead of answering UNAVAILABLE for a delete that happened (the crash campaign found it).
+    On SQLite a COMMIT that fails did not commit: no answer is lost there."""
+    rig = Rig(await backends.settings("postgres-s3"))
+    armed = {"left": 0}
+
+    def _commit_then_fail(conn: Any) -> None:
+        if armed["left"] == 1:
+            armed["left"] = 0
+            conn.connection.dbapi_connection.commit()
+            raise OperationalError("COMMIT", None, Injected("connection lost after commit"))
+
+    for engine in rig.db.transaction_engines:
+        event.listen(engine, "commit", _commit_then_fail)
+    try:
+        path = _path(3)
+        await _existing(rig, path)
+        armed["left"] = 1
+        outcome = await rig.service.delete(op("delete_content", AGENT), BOOK, path)
+        assert armed["left"] == 0, "the fault was not reached"
+        assert outcome.existed
+        row = await rig.row(path)
+        assert row is not None and row.sha256 is None and not row.publish_pending
+        assert (await check(rig.db, rig.store)).ok
+        assert (await verify_database(rig.db)).ok
+    finally:
+        await rig.close()
+
+
 async def test_a_commit_delayed_past_the_staging_deadline_writes_nothing(backends: Backends) -> None:
     """Lock waits can push a commit past the age at which recovery may remove its staged bytes
     (half the grace period): such a write is rolled back, answered UNAVAILABLE, and audited."""

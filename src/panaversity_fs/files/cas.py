@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -152,20 +152,25 @@ def write_outcome(target: Target, decision: WriteDecision, new_hash: str, size: 
     )
 
 
+_Decided = TypeVar("_Decided")
+
+
 async def resolve_unknown_commit(
     db: Database,
     target: Target,
-    staging_key: str,
-    decided: WriteOutcome | Replay | PanaversityFSError,
+    staging_key: str | None,
+    decided: _Decided,
     exc: BaseException,
     transaction: tuple[int, int] | None,
-) -> WriteOutcome | Replay | PanaversityFSError:
-    """Decide whether a transaction whose COMMIT failed took effect, without replaying it.
+) -> _Decided | PanaversityFSError:
+    """Decide whether a transaction whose COMMIT failed took effect, without replaying it;
+    return `decided` (what the transaction did) if it did.
 
     On PostgreSQL the transaction's own status is asked (`db.transactions.settle`),
-    which also stops a COMMIT still in flight from landing later. Otherwise the staging key,
-    unique to this attempt, tells: if the journal row points at it, the commit happened and
-    `decided` is what it did. A replay changed nothing either way.
+    which also stops a COMMIT still in flight from landing later. Otherwise (SQLite) a write's
+    staging key, unique to this attempt, tells: if the journal row points at it, the commit
+    happened. A delete has no such key, and on SQLite a COMMIT that failed did not commit. A
+    replay changed nothing either way.
     """
     if isinstance(decided, Replay):
         return decided
@@ -177,6 +182,8 @@ async def resolve_unknown_commit(
         if committed is False:
             return database_failure(exc)
         return _outcome_unknown()
+    if staging_key is None:
+        return database_failure(exc)
     try:
         async with db.read() as conn:
             rows = await journal.fetch(conn, target.book_id, target.path, [target.key.user_id])

@@ -331,19 +331,27 @@ class FileEngine:
         Raises:
             InvalidArgument: `idem`'s key was used for another request.
             Conflict: `expected` is given and is not the current hash.
-            Unavailable: the database failed; nothing was deleted.
+            Unavailable: the database failed; nothing was deleted (with `outcome_unknown`: a COMMIT
+                whose outcome cannot be told).
         """
+        decided: DeleteOutcome | Replay | PanaversityFSError | None = None
+        transaction: tuple[int, int] | None = None
         try:
             async with self._db.write() as tx:
                 decided = await self._decide_delete(tx, op, target, expected, idem)
+                transaction = tx.transaction_id
         except DB_ERRORS as exc:
-            self._metrics.delete_total.labels("error").inc()
-            raise database_failure(exc) from None
+            if decided is None:  # failed before COMMIT: nothing happened
+                self._metrics.delete_total.labels("error").inc()
+                raise database_failure(exc) from None
+            decided = await resolve_unknown_commit(self._db, target, None, decided, exc, transaction)
         if isinstance(decided, Replay):
             self._metrics.replays.labels(op.name).inc()
             return decided.deleted()
         if isinstance(decided, PanaversityFSError):
-            self._metrics.delete_total.labels("refused").inc()
+            self._metrics.delete_total.labels(
+                "error" if isinstance(decided, Unavailable) else "refused"
+            ).inc()
             raise decided
         if decided.existed:
             await self._publisher.publish_or_defer(target.key, None)
