@@ -14,6 +14,11 @@ COMMIT, rollback, the pool's reset) stays SQLAlchemy's, and so does what follows
 statement's error reaches SQLAlchemy's own handling (its exception types, `handle_error`
 listeners, a lost or cancelled connection invalidated), and `before_cursor_execute` listeners
 see every statement, as they would on the usual path.
+
+This leans on parts of SQLAlchemy that are not public API (the compiled statement's bind
+processors and result columns, the asyncpg adapter's transaction and error translation, the
+connection's error handling); uv.lock pins the version, and `tests/unit/test_driver_writes.py`
+compares answers, failures and listeners with SQLAlchemy's own path.
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ def _fail(
     conn: AsyncConnection, adapter: Any, error: BaseException, sql: str, arguments: list[Any]
 ) -> NoReturn:
     """Hand a failed statement to SQLAlchemy's own handling: the driver's error becomes the
-    dialect's DBAPI error, then SQLAlchemy's (`DataError`, `OperationalError`, ...), listeners of
+    dialect's DBAPI error, then SQLAlchemy's (`DBAPIError`, `IntegrityError`, ...), listeners of
     `handle_error` see it, and a lost or cancelled connection is invalidated.
 
     Raises:

@@ -340,8 +340,9 @@ class BlobStore:
         On a local folder: each object's bytes go to a temporary file here, one call on an I/O
         thread waits until they are all on disk, then each is renamed into place here. The
         `fresh` keys (never used before, read by nobody before the caller commits to them:
-        staging keys) are written in place instead. An item whose `data` is the very object of
-        an earlier item's is a hard link to that item's file (bytes written and synced once).
+        staging keys) are written in place instead. An item (not fresh) whose `data` is the
+        very object of an earlier item's is a hard link to that item's file (bytes written and
+        synced once).
         """
         if self._local is not None:
             await self._write_local(self._local, items, fresh)
@@ -367,7 +368,7 @@ class BlobStore:
         try:
             for key, data in items:
                 earlier = first_of.get(id(data))
-                if earlier is not None:
+                if earlier is not None and key not in fresh:
                     again.append((earlier, key, data))
                     continue
                 pending.append(self._here(lambda: local.begin_write(key, data, key in fresh)))  # noqa: B023
