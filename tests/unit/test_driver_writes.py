@@ -167,3 +167,21 @@ async def test_a_fault_a_listener_raises_before_a_driver_statement_fails_the_tra
     async with pg_db.read() as conn:
         row = (await conn.execute(text("SELECT sha256, version FROM file_journal"))).one()
     assert tuple(row) == ("a" * 64, 1)
+
+
+async def test_a_publish_alone_commits_without_waiting_for_its_wal_flush(pg_db: Database) -> None:
+    """The publish transaction sets `synchronous_commit` off for itself (losing it in a database
+    crash leaves the row pending with the bytes in place, which readers and recovery accept);
+    the next transaction on the connection, a write's, waits for its flush again."""
+
+    async def setting(conn: AsyncConnection) -> str:
+        query = text("SELECT current_setting('synchronous_commit')")
+        return str((await AsyncConnection.execute(conn, query)).scalar_one())
+
+    async with pg_db.write() as tx:
+        assert await setting(tx.conn) == "on"
+        claim = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
+        assert claim is not None
+        assert await setting(tx.conn) == "off"
+    async with pg_db.write() as tx:
+        assert await setting(tx.conn) == "on"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.db.driver_writes import built_once
@@ -18,21 +20,32 @@ async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str |
     """Clear the pending flag if the pending change is still the one staged at `staging_key`,
     locking the row for the rest of the transaction (the caller moves the bytes before it
     commits); None if a newer change superseded it or it was published already."""
-    row = (await conn.execute(_FINISH, key.bound() | {"pending_key": staging_key})).first()
-    return PublishClaim(row.sha256) if row is not None else None
+    statement = _FINISH_PG if conn.dialect.name == "postgresql" else _FINISH
+    row = (await conn.execute(statement, key.bound() | {"pending_key": staging_key})).first()
+    return PublishClaim(row[0]) if row is not None else None
+
+
+def _finish(*also: ColumnElement[Any]) -> ReturningUpdate[Any]:
+    return (
+        update(file_journal)
+        .where(
+            BY_KEY,
+            J.publish_pending.is_(True),
+            J.staging_key.is_not_distinct_from(bindparam("pending_key", type_=J.staging_key.type)),
+        )
+        .values(publish_pending=False, staging_key=None, pending_since=None)
+        .returning(J.sha256, *also)
+    )
 
 
 # Built once: building it per call cost more CPU than running it on SQLite.
-_FINISH = built_once(
-    update(file_journal)
-    .where(
-        BY_KEY,
-        J.publish_pending.is_(True),
-        J.staging_key.is_not_distinct_from(bindparam("pending_key", type_=J.staging_key.type)),
-    )
-    .values(publish_pending=False, staging_key=None, pending_since=None)
-    .returning(J.sha256)
-)
+_FINISH = built_once(_finish())
+# On PostgreSQL the publish also commits without waiting for its WAL to reach the disk
+# (`synchronous_commit` off for this transaction only, set in the same round trip): a publish a
+# database crash loses leaves its row pending with the bytes already at the final key, which
+# readers (they verify the hash) and recovery (`Publisher._move`) accept. The write itself was
+# committed durably before; only this second flush wait per write is saved.
+_FINISH_PG = built_once(_finish(func.set_config("synchronous_commit", "off", True)))
 
 
 @dataclass(frozen=True, slots=True)
