@@ -243,13 +243,9 @@ async def test_reads_never_see_a_pending_write_torn(backends: Backends) -> None:
         await rig.close()
 
 
-@pytest.mark.parametrize("combo", PAIRS)
-async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
-    backends: Backends, combo: str
-) -> None:
-    """The database commits, then the client sees an error (e.g. the connection dropped)."""
-    settings = await backends.settings(combo)
-    rig = Rig(settings)
+def lose_commit_answers(rig: Rig) -> dict[str, int]:
+    """Make the next COMMIT of `rig`'s database happen, then fail as if its answer was lost,
+    once `left` is set to 1 in the returned dict (it is 0 again once that happened)."""
     armed = {"left": 0}
 
     def _commit_then_fail(conn: Any) -> None:
@@ -260,6 +256,17 @@ async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
 
     for engine in rig.db.transaction_engines:
         event.listen(engine, "commit", _commit_then_fail)
+    return armed
+
+
+@pytest.mark.parametrize("combo", PAIRS)
+async def test_commit_that_fails_after_committing_is_resolved_not_replayed(
+    backends: Backends, combo: str
+) -> None:
+    """The database commits, then the client sees an error (e.g. the connection dropped)."""
+    settings = await backends.settings(combo)
+    rig = Rig(settings)
+    armed = lose_commit_answers(rig)
 
     try:
         for mode, expected_mode in (("create", "created"), ("update", "updated")):
@@ -290,16 +297,7 @@ async def test_a_delete_whose_commit_answer_is_lost_is_settled_not_reported_fail
     instead of answering UNAVAILABLE for a delete that happened (the crash campaign found it).
     On SQLite a COMMIT that fails did not commit: no answer is lost there."""
     rig = Rig(await backends.settings("postgres-s3"))
-    armed = {"left": 0}
-
-    def _commit_then_fail(conn: Any) -> None:
-        if armed["left"] == 1:
-            armed["left"] = 0
-            conn.connection.dbapi_connection.commit()
-            raise OperationalError("COMMIT", None, Injected("connection lost after commit"))
-
-    for engine in rig.db.transaction_engines:
-        event.listen(engine, "commit", _commit_then_fail)
+    armed = lose_commit_answers(rig)
     try:
         path = _path(3)
         await _existing(rig, path)

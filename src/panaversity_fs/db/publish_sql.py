@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, func, select, update
-from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from panaversity_fs.db.driver_writes import built_once
 from panaversity_fs.db.journal_sql import BY_KEY, ROW_COLUMNS, FileKey, J, JournalRow, to_journal_row

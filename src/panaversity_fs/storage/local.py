@@ -27,6 +27,7 @@ import contextlib
 import errno
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,23 +190,22 @@ class PendingWrite:
 
 
 def _rename_creating_parent(source: str, target: str) -> None:
-    try:
-        os.rename(source, target)
-    except FileNotFoundError:
-        if not os.path.exists(source):
-            raise
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(source, target)
+    _creating_parent(os.rename, source, target)
 
 
 def _link_creating_parent(source: str, target: str) -> None:
+    _creating_parent(os.link, source, target)
+
+
+def _creating_parent(make: Callable[[str, str], None], source: str, target: str) -> None:
+    """`make(source, target)`, making the target's parent folders if they are missing."""
     try:
-        os.link(source, target)
+        make(source, target)
     except FileNotFoundError:
         if not os.path.exists(source):
             raise
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.link(source, target)
+        make(source, target)
 
 
 NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
