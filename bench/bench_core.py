@@ -1,7 +1,7 @@
 """Core benchmark: tool-call latency and write throughput of real `panaversity-fs serve` processes.
 
-    uv run python -m bench.bench_core            # full run (N=300 per latency series, 10 s load)
-    uv run python -m bench.bench_core --quick    # short run (N=60, 3 s load)
+    uv run python -m bench.bench_core            # full run (3 rounds; N=300 per latency series, 10 s load)
+    uv run python -m bench.bench_core --quick    # short run (1 round; N=60, 3 s load)
 
 Starts, one after another, each as its own subprocess on a free loopback port:
 
@@ -15,6 +15,12 @@ Starts, one after another, each as its own subprocess on a free loopback port:
 4. no server: plain asyncpg on that scratch database, an `UPDATE ... RETURNING` and an `INSERT`
    in one transaction (the least database work of a write), sequentially on one connection
    and from 8 connections: the same-run baseline of the PostgreSQL write series.
+
+The servers run in rounds (`--rounds`; 3 by default, 1 with `--quick`): each round starts
+fresh servers on fresh databases and measures every series, and each reported figure is the
+median of its rounds (the rounds themselves are kept in the JSON). On a noisy machine one busy
+minute then moves one round of every series, not the whole of one series: a ratio against a
+baseline measured minutes earlier would move with it.
 
 Every latency series uses one connected fastmcp `Client` over streamable HTTP and sequential
 calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call. Throughput
@@ -35,6 +41,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -469,7 +476,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 async def run(
-    args: argparse.Namespace, tmp: Path, pg_url: str | None, servers: list[ServerProcess]
+    args: argparse.Namespace, tmp: Path, pg_urls: list[str], servers: list[ServerProcess]
 ) -> dict[str, Any]:
     """Start each server in turn and measure it (SIGTERM cancels the run cleanly)."""
     loop = asyncio.get_running_loop()
@@ -477,14 +484,14 @@ async def run(
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return await _run(args, tmp, pg_url, servers)
+        return await _run(args, tmp, pg_urls, servers)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 async def _run(
-    args: argparse.Namespace, tmp: Path, pg_url: str | None, servers: list[ServerProcess]
+    args: argparse.Namespace, tmp: Path, pg_urls: list[str], servers: list[ServerProcess]
 ) -> dict[str, Any]:
     n = 60 if args.quick else 300
     load_seconds = 3.0 if args.quick else 10.0
@@ -508,35 +515,24 @@ async def _run(
             "background_cpu_pct_before": args.background_cpu_pct,
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
             "transport": "streamable HTTP, stateful, fastmcp Client mode=auto",
+            "rounds": args.rounds,
         },
         "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
     }
 
-    print("trivial FastMCP server")
-    trivial = launch(
-        "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
-    )
-    try:
-        results["trivial"] = await bench_trivial(trivial, n, load_seconds, profiler)
-    finally:
-        trivial.stop()
-
-    backends: list[tuple[str, str]] = []
-    if "sqlite" in args.backends:
-        backends.append(("sqlite", f"sqlite+aiosqlite:///{tmp / 'sqlite' / 'pfs.db'}"))
-    if "postgres" in args.backends and pg_url is not None:
-        backends.append(("postgres", pg_url))
-    for name, url in backends:
-        print(f"panaversity-fs on {name}")
-        root = tmp / name / "storage"
-        root.parent.mkdir(parents=True, exist_ok=True)
-        server = launch(name, profiler.wrap(["serve"]), server_env(url, root, args.log_level), tmp, servers)
-        try:
-            results[name] = await bench_pfs(server, n, load_seconds, profiler)
-        finally:
-            server.stop()
-        if server.process is not None and server.process.returncode not in (0, -signal.SIGTERM):
-            print(f"  warning: {name} server exited with {server.process.returncode}:\n{server.log_tail()}")
+    rounds: list[dict[str, Any]] = []
+    names: list[str] = []
+    for r in range(args.rounds):
+        measured = await _round(
+            args, tmp / f"round-{r + 1}", pg_urls[r] if pg_urls else None, servers, n, load_seconds, profiler
+        )
+        names = [name for name in measured if name != "trivial"]
+        rounds.append(measured)
+    for name in ("trivial", *names):
+        results[name] = median_of([measured[name] for measured in rounds])
+    if len(rounds) > 1:
+        results["rounds"] = rounds
+    pg_url = pg_urls[0] if pg_urls else None
 
     if pg_url is not None and "postgres" in results:
         print("plain asyncpg transactions on PostgreSQL (the write baseline)")
@@ -551,7 +547,7 @@ async def _run(
             ),
         }
 
-    results["ratios"] = {name: ratios(results["trivial"], results[name]) for name, _ in backends}
+    results["ratios"] = {name: ratios(results["trivial"], results[name]) for name in names}
     results["verdicts"] = {
         name: {metric: meets(target_key(name, metric), value) for metric, value in r.items()}
         for name, r in results["ratios"].items()
@@ -563,6 +559,63 @@ async def _run(
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["_stamp"] = stamp
     return results
+
+
+async def _round(
+    args: argparse.Namespace,
+    tmp: Path,
+    pg_url: str | None,
+    servers: list[ServerProcess],
+    n: int,
+    load_seconds: float,
+    profiler: Profiler,
+) -> dict[str, Any]:
+    """One round: the trivial server's series, then each backend's on a fresh server."""
+    measured: dict[str, Any] = {}
+    tmp.mkdir(parents=True, exist_ok=True)
+    print("trivial FastMCP server")
+    trivial = launch(
+        "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
+    )
+    try:
+        measured["trivial"] = await bench_trivial(trivial, n, load_seconds, profiler)
+    finally:
+        trivial.stop()
+    backends: list[tuple[str, str]] = []
+    if "sqlite" in args.backends:
+        backends.append(("sqlite", f"sqlite+aiosqlite:///{tmp / 'sqlite' / 'pfs.db'}"))
+    if "postgres" in args.backends and pg_url is not None:
+        backends.append(("postgres", pg_url))
+    for name, url in backends:
+        print(f"panaversity-fs on {name}")
+        root = tmp / name / "storage"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        server = launch(name, profiler.wrap(["serve"]), server_env(url, root, args.log_level), tmp, servers)
+        try:
+            measured[name] = await bench_pfs(server, n, load_seconds, profiler)
+        finally:
+            server.stop()
+        if server.process is not None and server.process.returncode not in (0, -signal.SIGTERM):
+            print(f"  warning: {name} server exited with {server.process.returncode}:\n{server.log_tail()}")
+    return measured
+
+
+def median_of(rounds: list[Any]) -> Any:
+    """The rounds' results as one: the median of every number (of whole numbers, the lower
+    median, itself one of them); the first round's value for anything else (flags, lists, text)."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {
+            key: median_of([r[key] for r in rounds if isinstance(r, dict) and key in r])
+            for key in first  # pyright: ignore[reportUnknownVariableType]
+        }
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first
+    if any(not isinstance(r, int | float) or isinstance(r, bool) for r in rounds):
+        return first
+    if all(isinstance(r, int) for r in rounds):
+        return statistics.median_low(rounds)  # counts stay whole numbers
+    return statistics.median(rounds)
 
 
 def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
@@ -595,24 +648,34 @@ def main(argv: list[str] | None = None) -> int:
         help="first wait up to SECONDS for other processes to leave the CPU idle (< 15%% of a core)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of every series, medians reported (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
         "--json", type=Path, help="write the results here (default bench/results/core-*.json)"
     )
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     tmp = Path(tempfile.mkdtemp(prefix="pfs-bench-"))
     servers: list[ServerProcess] = []
-    pg_name = f"pfs_bench_{os.getpid()}"
-    pg_url: str | None = None
+    pg_names = [f"pfs_bench_{os.getpid()}_{r + 1}" for r in range(args.rounds)]
+    pg_urls: list[str] = []
     interrupted = False
     try:
         quiet = wait_quiet(args.wait_quiet)
         print(f"background CPU before the run: {quiet[-1]}% of one core ({len(quiet)} samples)")
         args.background_cpu_pct = quiet
         if "postgres" in args.backends:
-            pg_url = asyncio.run(create_pg_database(pg_name))
-        results = asyncio.run(run(args, tmp, pg_url, servers))
+            for name in pg_names:
+                pg_urls.append(asyncio.run(create_pg_database(name)))
+        results = asyncio.run(run(args, tmp, pg_urls, servers))
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         print("interrupted: stopping the servers and cleaning up", file=sys.stderr)
         interrupted = True
@@ -624,11 +687,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
-        if pg_url is not None:
+        for name in pg_names[: len(pg_urls)]:
             try:
-                asyncio.run(drop_pg_database(pg_name))
+                asyncio.run(drop_pg_database(name))
             except Exception as exc:
-                print(f"warning: could not drop database {pg_name}: {exc}", file=sys.stderr)
+                print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
     if interrupted:
         return 143

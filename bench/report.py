@@ -526,6 +526,11 @@ def core_section(core: dict[str, Any]) -> list[str]:
         f"{cfg['load_clients']} clients for {cfg['load_seconds']:g} s in the throughput rows; "
         f"{cfg['lesson_bytes'] // 1024} KB lessons; server log level {cfg['server_log_level']}."
     )
+    if cfg.get("rounds", 1) > 1:
+        head += (
+            f" Every series ran in {cfg['rounds']} rounds (the baselines, then each backend, on fresh"
+            " servers and databases each round); each figure is the median of its rounds."
+        )
 
     def row(label: str, s: dict[str, Any], server: bool = True) -> list[str]:
         return [
