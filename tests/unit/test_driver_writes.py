@@ -127,8 +127,7 @@ async def test_a_statement_cancelled_while_it_waits_discards_its_connection(pg_d
         await blocker.rollback()
     async with pg_db.write() as tx:
         assert await _pid(tx.conn) != pids[0]
-        head = (await tx.conn.execute(audit_sql._LOCK_HEAD_PG)).one()
-    assert head.seq >= 0
+        await tx.conn.execute(audit_sql._LOCK_HEAD_PG)  # the head is free again: nothing holds it
     async with pg_db.read() as conn:
         alive = await conn.execute(
             text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pids[0]}
