@@ -111,17 +111,24 @@ async def test_concurrent_writes_of_one_key_leave_one_whole_version(store: BlobS
     assert await store.read("books/b/race.md") in versions
 
 
+@pytest.mark.parametrize("bytes_of_the_object", ["the staged bytes (a link)", "other bytes (a file)"])
 @pytest.mark.parametrize("when", ["during the fsync", "as the fsync returns"])
-async def test_an_abandoned_write_leaves_nothing(store: BlobStore, tmp_path: Path, when: str) -> None:
+async def test_an_abandoned_write_leaves_nothing(
+    store: BlobStore, tmp_path: Path, when: str, bytes_of_the_object: str
+) -> None:
     """Cancelled while its fsync runs on an I/O thread, or while that thread finishes: the
     temporary files are closed and removed once the thread is done with them, and the object
-    exists exactly when the write returned."""
+    exists exactly when the write returned (whether it would be a link to the staged file or
+    a file of its own)."""
     descriptors = len(os.listdir("/proc/self/fd"))
     big = b"a" * (8 * 1024 * 1024)  # an fsync of milliseconds
+    other = big if bytes_of_the_object.endswith("(a link)") else b"b" * len(big)
     outcomes: dict[str, bool] = {}
     for attempt in range(5):
         staging = f".pfs/staging/s{attempt}"  # written in place, like a write's staged bytes
-        write = asyncio.create_task(store.write_all([(staging, big), ("books/b/a.md", big)], fresh={staging}))
+        write = asyncio.create_task(
+            store.write_all([(staging, big), ("books/b/a.md", other)], fresh={staging})
+        )
         await asyncio.sleep(0.002)  # the temporary files are written; the fsync is running
         write.cancel()
         if when == "as the fsync returns":

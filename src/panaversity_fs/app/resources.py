@@ -283,6 +283,6 @@ def _count_failures(db: Database, store: BlobStore, metrics: Metrics) -> None:
     for engine in db.transaction_engines:
         event.listen(engine, "handle_error", count)
     store.on_error = lambda kind: metrics.storage_errors.labels(kind).inc()
-    # Resolved once: a write makes six storage calls, and `labels` takes a lock each time.
+    # Resolved once: a write makes five storage calls, and `labels` takes a lock each time.
     answered, failed = metrics.storage_calls.labels("ok"), metrics.storage_calls.labels("error")
     store.on_call = lambda ok: (answered if ok else failed).inc()

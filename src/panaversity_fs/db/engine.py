@@ -6,6 +6,8 @@ chain) with statement and lock timeouts. Its reads run in autocommit: under READ
 statement takes its own snapshot anyway, so BEGIN and COMMIT would only add two round trips.
 A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (with this
 driver a ping is three round trips: pinging every checkout cost a read three and a write six).
+Inside a write transaction the write path's own statements are sent by the driver itself
+(`driver_writes.DriverWrites`); the transaction stays SQLAlchemy's.
 
 SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver would
 otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
