@@ -4,6 +4,7 @@ call series, and what machine a result came from."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import platform
 import statistics
@@ -132,10 +133,13 @@ async def timed_series(
 ) -> list[float]:
     """Run `warmup` + `n` sequential calls; return the n timed durations (seconds).
 
-    `prepare(i)` builds the i-th call (arguments and all) outside the timed region.
+    `prepare(i)` builds the i-th call (arguments and all) outside the timed region. Inside
+    `measure`, the clocks start after the warm-up calls (`_warmed_up`).
     """
     samples: list[float] = []
     for i in range(warmup + n):
+        if i == warmup:
+            _warmed_up()
         op = prepare(i)
         started = time.perf_counter()
         await op()
@@ -171,23 +175,56 @@ class Phase:
         return out
 
 
+@dataclass(frozen=True)
+class _Clocks:
+    """The clocks a phase is measured with, read at one moment."""
+
+    wall: float
+    server_cpu: float
+    client_cpu: float
+    machine_cpu: float
+
+    @classmethod
+    def read(cls, server: ServerProcess) -> _Clocks:
+        return cls(time.perf_counter(), cpu_seconds(server.pid), time.process_time(), machine_busy_seconds())
+
+
+_restart_clocks: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "_restart_clocks", default=None
+)
+
+
+def _warmed_up() -> None:
+    """Restart the clocks of the `measure` this runs under, if any: the CPU of warm-up calls
+    must not be divided among the timed ones."""
+    restart = _restart_clocks.get()
+    if restart is not None:
+        restart()
+
+
 async def measure(
     server: ServerProcess, body: Callable[[], Awaitable[tuple[list[float], dict[str, Any]]]]
 ) -> Phase:
-    """Run `body`, recording wall time and the server's and this process's CPU time."""
-    server_cpu = cpu_seconds(server.pid)
-    client_cpu = time.process_time()
-    machine_cpu = machine_busy_seconds()
-    started = time.perf_counter()
-    samples, extra = await body()
-    wall = time.perf_counter() - started
-    machine_cpu = machine_busy_seconds() - machine_cpu
+    """Run `body`, recording wall time and the server's and this process's CPU time (from the
+    end of the warm-up when `body` runs a `timed_series`)."""
+    start = _Clocks.read(server)
+
+    def restart() -> None:
+        nonlocal start
+        start = _Clocks.read(server)
+
+    token = _restart_clocks.set(restart)
+    try:
+        samples, extra = await body()
+    finally:
+        _restart_clocks.reset(token)
+    end = _Clocks.read(server)
     return Phase(
         samples=samples,
-        wall_s=wall,
-        server_cpu_s=cpu_seconds(server.pid) - server_cpu,
-        client_cpu_s=time.process_time() - client_cpu,
-        machine_cpu_s=machine_cpu,
+        wall_s=end.wall - start.wall,
+        server_cpu_s=end.server_cpu - start.server_cpu,
+        client_cpu_s=end.client_cpu - start.client_cpu,
+        machine_cpu_s=end.machine_cpu - start.machine_cpu,
         extra=extra,
     )
 
