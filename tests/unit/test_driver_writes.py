@@ -1,5 +1,6 @@
-"""PostgreSQL write transactions whose built-once statements asyncpg sends itself
-(`db/driver_writes.py`): the same answers, failures and listeners as SQLAlchemy's own path."""
+"""Write transactions whose built-once statements the driver sends itself (asyncpg on
+PostgreSQL, sqlite3 on a SQLite file; `db/driver_writes.py`): the same answers, failures and
+listeners as SQLAlchemy's own path."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.db import audit_sql, journal_sql, publish_sql
-from panaversity_fs.db.driver_writes import DriverWrites
+from panaversity_fs.db.driver_writes import DriverWrites, built_once
 from panaversity_fs.db.engine import Database
+from panaversity_fs.db.sqlite_inline import InlineWrites
 from tests.conftest import Backends
 
 ROW = {"k_book": "book", "k_path": "content/01-A/01-B/01-c.md", "k_user": "__base__"}
@@ -184,3 +186,142 @@ async def test_a_publish_alone_commits_without_waiting_for_its_wal_flush(pg_db: 
         assert await setting(tx.conn) == "off"
     async with pg_db.write() as tx:
         assert await setting(tx.conn) == "on"
+
+
+# -- SQLite: the same statements sent by sqlite3 inside an `InlineWrites` transaction --------
+
+
+@pytest.fixture
+async def sqlite_db(backends: Backends) -> AsyncIterator[Database]:
+    db = Database.from_settings(await backends.settings("sqlite-fs"))
+    async with db.write() as tx:
+        await tx.conn.execute(
+            text(
+                "INSERT INTO file_journal (book_id, path, user_id, sha256, size, version, last_written_at,"
+                " storage_backend, publish_pending, staging_key, pending_since)"
+                " VALUES (:k_book, :k_path, :k_user, :sha, 5, 1, CURRENT_TIMESTAMP, 'fs', 1, 'staged',"
+                " CURRENT_TIMESTAMP)"
+            ),
+            ROW | {"sha": "a" * 64},
+        )
+    yield db
+    await db.dispose()
+
+
+def _sqlalchemy(conn: AsyncConnection) -> Any:
+    """SQLAlchemy's own execution of a statement on an `InlineWrites` transaction's connection."""
+    assert isinstance(conn, InlineWrites)
+    return conn._statements.execute  # pyright: ignore[reportPrivateUsage]
+
+
+def _entry(seq: int, prev: str) -> dict[str, Any]:
+    entry = {column.name: None for column in audit_sql.audit_log.columns} | {
+        "seq": seq,
+        "created_at": datetime.now(UTC),
+        "agent_id": "agent",
+        "operation": "write_content",
+        "book_id": "book",
+        "path": ROW["k_path"],
+        "user_id": "__base__",
+        "status": "success",
+        "chain_prev_hash": prev,
+        "entry_hash": f"{seq:064x}",
+    }
+    return {f"e_{name}": value for name, value in entry.items()}
+
+
+async def test_sqlite_built_once_statements_answer_as_through_sqlalchemy(sqlite_db: Database) -> None:
+    """The chain head, an entry inserted and the head moved, a publish, a compare-and-swap: the
+    driver's answers (keys included) equal SQLAlchemy's, in the one write transaction."""
+    async with sqlite_db.write() as tx:
+        assert isinstance(tx.conn, InlineWrites)
+        head = (await tx.conn.execute(audit_sql._LOCK_HEAD)).one()
+        assert tuple(head) == tuple(_sqlalchemy(tx.conn)(audit_sql._LOCK_HEAD).one())
+        assert head._fields == ("seq", "head_hash")
+        await tx.conn.execute(audit_sql._INSERT_ONE, _entry(head[0] + 1, head[1]))
+        await tx.conn.execute(
+            audit_sql._MOVE_HEAD, {"new_seq": head[0] + 1, "new_hash": f"{head[0] + 1:064x}"}
+        )
+        moved = _sqlalchemy(tx.conn)(audit_sql._LOCK_HEAD).one()
+        assert tuple(moved) == (head[0] + 1, f"{head[0] + 1:064x}")
+        claim = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
+        assert claim is not None and claim.sha256 == "a" * 64
+        again = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
+        assert again is None  # the flag the driver's UPDATE cleared (a boolean literal bound) is seen
+        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+        assert version == 2
+    async with sqlite_db.read() as conn:
+        row = (await conn.execute(text("SELECT sha256, version, publish_pending FROM file_journal"))).one()
+        entry = (await conn.execute(text("SELECT seq, created_at FROM audit_log ORDER BY seq DESC"))).first()
+    assert tuple(row) == ("b" * 64, 2, 1)
+    assert entry is not None and entry[0] == head[0] + 1
+    assert str(entry[1]).count(":") == 2  # a date bound as SQLAlchemy stores it (its bind processor)
+
+
+async def test_sqlite_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and_writes_nothing(
+    sqlite_db: Database,
+) -> None:
+    seen: list[str] = []
+
+    def note(context: ExceptionContext) -> None:
+        seen.append(type(context.original_exception).__name__)
+
+    for engine in sqlite_db.transaction_engines:
+        event.listen(engine, "handle_error", note)
+    failures: list[BaseException] = []
+    refused = _cas("b" * 64) | {"v_size": None}  # size is NOT NULL
+    for through_driver in (False, True):
+        with pytest.raises(IntegrityError, match="NOT NULL") as failed:
+            async with sqlite_db.write() as tx:
+                if through_driver:
+                    await tx.conn.execute(journal_sql._CAS_BASE, refused)
+                else:
+                    _sqlalchemy(tx.conn)(journal_sql._CAS_BASE, refused)
+        failures.append(failed.value)
+    through_sqlalchemy, through_driver = failures
+    assert type(through_driver) is type(through_sqlalchemy)
+    assert type(through_driver.orig) is type(through_sqlalchemy.orig)
+    assert seen == ["IntegrityError", "IntegrityError"]
+    async with sqlite_db.write() as tx:  # the transaction was rolled back; the next one works
+        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+    assert version == 2
+
+
+async def test_sqlite_a_fault_a_listener_raises_before_a_driver_statement_fails_the_transaction(
+    sqlite_db: Database,
+) -> None:
+    statements: list[str] = []
+
+    def refuse(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement.split()[0])
+        if statement.startswith("UPDATE file_journal"):
+            raise OperationalError(statement, None, RuntimeError("injected"))
+
+    for engine in sqlite_db.transaction_engines:
+        event.listen(engine, "before_cursor_execute", refuse)
+    try:
+        with pytest.raises(OperationalError, match="injected"):
+            async with sqlite_db.write() as tx:
+                await tx.conn.execute(audit_sql._LOCK_HEAD)
+                await tx.conn.execute(audit_sql._MOVE_HEAD, {"new_seq": 99, "new_hash": "f" * 64})
+                await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))
+    finally:
+        for engine in sqlite_db.transaction_engines:
+            event.remove(engine, "before_cursor_execute", refuse)
+    assert statements[-3:] == ["SELECT", "UPDATE", "UPDATE"]
+    async with sqlite_db.read() as conn:
+        row = (await conn.execute(text("SELECT sha256, version FROM file_journal"))).one()
+        head = (await conn.execute(select(audit_sql.audit_chain_head.c.seq))).scalar_one()
+    assert tuple(row) == ("a" * 64, 1)
+    assert head != 99  # the head move before the fault was rolled back with it
+
+
+async def test_a_built_once_statement_may_not_return_a_column_sqlalchemy_would_convert(
+    sqlite_db: Database,
+) -> None:
+    """SQLite stores a date as text, which SQLAlchemy turns back into a datetime; the driver
+    would not, so such a statement is refused when first planned rather than answering text."""
+    returns_a_date = built_once(select(journal_sql.J.last_written_at).where(journal_sql.BY_KEY))
+    with pytest.raises(AssertionError, match="last_written_at"):
+        async with sqlite_db.write() as tx:
+            await tx.conn.execute(returns_a_date, ROW)

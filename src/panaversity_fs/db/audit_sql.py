@@ -59,7 +59,7 @@ async def lock_chain_head(tx: WriteTransaction) -> tuple[int, str]:
 
 
 _HEAD = [audit_chain_head.c.seq, audit_chain_head.c.head_hash]
-_LOCK_HEAD = select(*_HEAD).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update()
+_LOCK_HEAD = built_once(select(*_HEAD).where(audit_chain_head.c.chain_id == GLOBAL_CHAIN).with_for_update())
 _LOCK_HEAD_PG = built_once(
     select(*_HEAD, func.txid_current(), func.pg_backend_pid())
     .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
@@ -82,15 +82,18 @@ async def insert_and_move_head(
 ) -> None:
     """`insert_entries` then `move_chain_head`; on PostgreSQL one entry and the head move are a
     single statement (the insert as a data-modifying CTE): one round trip less per mutation."""
-    if conn.dialect.name == "postgresql" and len(rows) == 1:
+    if len(rows) == 1:
         parameters = {f"e_{name}": value for name, value in rows[0].items()}
-        await conn.execute(_APPEND_ONE_PG, parameters | {"new_seq": seq, "new_hash": head_hash})
-        return
-    await insert_entries(conn, rows)
+        if conn.dialect.name == "postgresql":
+            await conn.execute(_APPEND_ONE_PG, parameters | {"new_seq": seq, "new_hash": head_hash})
+            return
+        await conn.execute(_INSERT_ONE, parameters)
+    else:
+        await insert_entries(conn, rows)
     await move_chain_head(conn, seq, head_hash)
 
 
-_MOVE_HEAD = (
+_MOVE_HEAD = built_once(
     update(audit_chain_head)
     .where(audit_chain_head.c.chain_id == GLOBAL_CHAIN)
     .values(
@@ -98,17 +101,15 @@ _MOVE_HEAD = (
         head_hash=bindparam("new_hash", type_=audit_chain_head.c.head_hash.type),
     )
 )
-# One entry inserted (a data-modifying CTE) and the head moved, in one statement; every entry
-# column is a parameter `e_<column>`. Built once, like the rest of a write's statements.
-_APPEND_ONE_PG = built_once(
-    _MOVE_HEAD.add_cte(
-        insert(audit_log)
-        .values(
-            {column.name: bindparam(f"e_{column.name}", type_=column.type) for column in audit_log.columns}
-        )
-        .cte("appended")
+# One entry inserted; every entry column is a parameter `e_<column>`. Built once, like the rest
+# of a write's statements.
+_INSERT_ONE = built_once(
+    insert(audit_log).values(
+        {column.name: bindparam(f"e_{column.name}", type_=column.type) for column in audit_log.columns}
     )
 )
+# PostgreSQL: the entry inserted (a data-modifying CTE) and the head moved in one statement.
+_APPEND_ONE_PG = built_once(_MOVE_HEAD.add_cte(_INSERT_ONE.cte("appended")))
 
 
 async def has_entry_hash(conn: AsyncConnection, entry_hash: str) -> bool:
