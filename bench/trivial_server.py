@@ -23,6 +23,8 @@ from mcp_types import TextContent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from panaversity_fs.app.server import header_schemas
+
 
 def build() -> FastMCP:
     """The trivial server."""
@@ -65,8 +67,9 @@ def main() -> None:
     mcp = build()
     # As `panaversity-fs serve` does (app/server.py): the SDK looks each called tool's input
     # schema up by name instead of running a whole `tools/list` before every `tools/call`
-    # (without it this server spent about a quarter of its CPU per call on that listing).
-    schemas = {tool.name: tool.parameters for tool in asyncio.run(mcp.list_tools(run_middleware=False))}
+    # (without it this server spent about a quarter of its CPU per call on that listing), and
+    # finds none where no tool declares an `Mcp-Param-*` header.
+    schemas = header_schemas(asyncio.run(mcp.list_tools(run_middleware=False)))
     getattr(mcp, "_mcp_server").get_tool_input_schema = schemas.get  # noqa: B009 - no public setter
     app = mcp.http_app(path="/mcp", host_origin_protection=True)
     config = uvicorn.Config(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastmcp import FastMCP
+from pydantic import Field
 
 from panaversity_fs.app.middleware import schemas
-from panaversity_fs.app.server import create_server
+from panaversity_fs.app.server import create_server, header_schemas
 from panaversity_fs.config import Settings
 from tests.support import client
 
@@ -57,3 +59,32 @@ def wordy(schema: Any) -> list[Any]:
     if options and all(isinstance(o, dict) and list(o) == ["type"] for o in options):
         found.append(options)
     return found + [found for value in schema.values() for found in wordy(value)]
+
+
+async def test_the_sdk_checks_param_headers_only_against_tools_that_declare_one(settings: Settings) -> None:
+    """A tool without an `x-mcp-header` property has nothing the SDK's `Mcp-Param-*` check could
+    refuse, so its schema is not handed over (the check walked it on every call); one that
+    declares a header keeps the check."""
+    mcp = create_server(settings)
+    async with client(mcp) as c:
+        ours = [tool.name for tool in await c.list_tools()]
+        lookup = getattr(mcp, "_mcp_server").get_tool_input_schema  # noqa: B009
+        assert ours and all(lookup(name) is None for name in ours)
+    routed = FastMCP("routed")
+
+    @routed.tool
+    async def by_region(
+        region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], n: int
+    ) -> int:
+        return n
+
+    plain = FastMCP("plain")
+
+    @plain.tool
+    async def add(n: int) -> int:
+        return n
+
+    tools = [*await routed.list_tools(run_middleware=False), *await plain.list_tools(run_middleware=False)]
+    kept = header_schemas(tools)
+    assert list(kept) == ["by_region"]
+    assert kept["by_region"]["properties"]["region"]["x-mcp-header"] == "Region"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.tools.base import Tool
+from mcp.shared.inbound import X_MCP_HEADER_KEY
 from starlette.applications import Starlette
 from starlette.middleware import Middleware as ASGIMiddleware
 
@@ -113,9 +116,16 @@ async def _prepare_tools(mcp: FastMCP, published: PublishedTools) -> None:
     tools = await mcp.list_tools(run_middleware=False)
     for tool in tools:
         published.published(tool)
-    schemas = {tool.name: tool.parameters for tool in tools}
     low_level: Any = getattr(mcp, "_mcp_server")  # noqa: B009 - FastMCP exposes no setter for this hook
-    low_level.get_tool_input_schema = schemas.get
+    low_level.get_tool_input_schema = header_schemas(tools).get
+
+
+def header_schemas(tools: Sequence[Tool]) -> dict[str, dict[str, Any]]:
+    """The input schemas the SDK must check a call's `Mcp-Param-*` headers against, by tool name:
+    only those that declare a header (`x-mcp-header`). A tool without one is left out: against
+    its schema the check can only pass, yet it walked the whole schema on every call (about
+    40 us of a read's CPU here)."""
+    return {tool.name: tool.parameters for tool in tools if X_MCP_HEADER_KEY in json.dumps(tool.parameters)}
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
