@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from panaversity_fs.app.middleware import LimitCalls
+from panaversity_fs.app.middleware import CallPipeline, LimitCalls
 from panaversity_fs.app.server import create_server
 from panaversity_fs.errors import RateLimited
 from panaversity_fs.limits import RateLimiter, TokenBuckets
@@ -73,7 +73,8 @@ async def test_s9_an_agent_over_its_write_budget_is_rate_limited_and_audited(bac
     server = create_server(settings)
     # The server's own limiter, on a clock the test moves: a slow machine cannot refill a budget.
     clock = FakeClock()
-    calls = next(m for m in server.middleware if isinstance(m, LimitCalls))
+    pipeline = next(m for m in server.middleware if isinstance(m, CallPipeline))
+    calls = next(m for m in pipeline.stages if isinstance(m, LimitCalls))
     calls.rates = RateLimiter(
         settings.rate_limit_reads_per_minute,
         settings.rate_limit_writes_per_minute,

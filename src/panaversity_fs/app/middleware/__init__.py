@@ -7,7 +7,7 @@
 5. `AuthorizeCalls`  the token's scope, user and book limits (denials audited, within a budget);
 6. `ApplyDeadlines`  the call's deadline.
 
-`PublishedTools` serves `tools/list`. The HTTP routes use the same pieces through
+They run as one FastMCP middleware (`CallPipeline`). `PublishedTools` serves `tools/list`. The HTTP routes use the same pieces through
 `app.http` (identity, access rules, error statuses, the log line and metrics).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastmcp.server.middleware import Middleware
 
 from panaversity_fs.app.middleware.access import AuthorizeCalls
+from panaversity_fs.app.middleware.calls import CallPipeline
 from panaversity_fs.app.middleware.deadline import ApplyDeadlines
 from panaversity_fs.app.middleware.errors import TranslateErrors
 from panaversity_fs.app.middleware.identity import IdentifyCallers
@@ -28,6 +29,7 @@ from panaversity_fs.config import Settings
 __all__ = [
     "ApplyDeadlines",
     "AuthorizeCalls",
+    "CallPipeline",
     "IdentifyCallers",
     "LimitCalls",
     "ObserveCalls",
@@ -38,15 +40,17 @@ __all__ = [
 
 
 def pipeline(state: ServerState, settings: Settings) -> tuple[list[Middleware], LimitCalls]:
-    """The middleware of a server, outermost first, and its limiter (for /metrics and tests)."""
+    """The middleware of a server (the call pipeline as one `CallPipeline`, then
+    `PublishedTools`) and its limiter (for /metrics and tests)."""
     limits = LimitCalls(state, settings)
-    chain: list[Middleware] = [
-        ObserveCalls(state),
-        TranslateErrors(),
-        IdentifyCallers(),
-        limits,
-        AuthorizeCalls(state, limits),
-        ApplyDeadlines(settings),
-        PublishedTools(),
-    ]
-    return chain, limits
+    calls = CallPipeline(
+        [
+            ObserveCalls(state),
+            TranslateErrors(),
+            IdentifyCallers(),
+            limits,
+            AuthorizeCalls(state, limits),
+            ApplyDeadlines(settings),
+        ]
+    )
+    return [calls, PublishedTools()], limits

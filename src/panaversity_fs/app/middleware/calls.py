@@ -3,7 +3,9 @@ call of `read_resource` with the book id, path and user id its URI names."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastmcp.resources.base import ResourceResult
@@ -57,3 +59,37 @@ class CallMiddleware(Middleware):
     async def around(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         """This middleware's work around one call (subclasses say what they raise)."""
         return await call_next(context)
+
+
+class CallPipeline(Middleware):
+    """Several middlewares, outermost first, run around each tool call and resource read as one
+    FastMCP middleware (their `on_call_tool` and `on_read_resource` hooks only).
+
+    FastMCP wraps each middleware it is given in several layers per message, and passes every
+    message through each one twice (its generic hooks, then its typed one): with six of ours,
+    about 50 us of CPU per call, against a few for the same hooks chained here."""
+
+    def __init__(self, stages: Sequence[Middleware]) -> None:
+        self.stages = tuple(stages)
+
+    async def on_call_tool(
+        self,
+        context: MiddlewareContext[CallToolRequestParams],
+        call_next: CallNext[CallToolRequestParams, ToolResult],
+    ) -> ToolResult:
+        """Run the tool call through every stage's `on_call_tool`."""
+        handler = call_next
+        for stage in reversed(self.stages):
+            handler = partial(stage.on_call_tool, call_next=handler)
+        return await handler(context)
+
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[ReadResourceRequestParams],
+        call_next: CallNext[ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        """Run the resource read through every stage's `on_read_resource`."""
+        handler = call_next
+        for stage in reversed(self.stages):
+            handler = partial(stage.on_read_resource, call_next=handler)
+        return await handler(context)
