@@ -316,12 +316,30 @@ async def test_sqlite_a_fault_a_listener_raises_before_a_driver_statement_fails_
     assert head != 99  # the head move before the fault was rolled back with it
 
 
-async def test_a_built_once_statement_may_not_return_a_column_sqlalchemy_would_convert(
+async def test_sqlite_dates_a_built_once_statement_returns_are_converted_as_sqlalchemy_converts_them(
     sqlite_db: Database,
 ) -> None:
-    """SQLite stores a date as text, which SQLAlchemy turns back into a datetime; the driver
-    would not, so such a statement is refused when first planned rather than answering text."""
+    """SQLite stores a date as text, which SQLAlchemy turns back into a datetime: so does the
+    driver's path, in a write transaction and in a point read."""
     returns_a_date = built_once(select(journal_sql.J.last_written_at).where(journal_sql.BY_KEY))
-    with pytest.raises(AssertionError, match="last_written_at"):
-        async with sqlite_db.write() as tx:
-            await tx.conn.execute(returns_a_date, ROW)
+    async with sqlite_db.write() as tx:
+        through_driver = (await tx.conn.execute(returns_a_date, ROW)).scalar_one()
+        through_sqlalchemy = _sqlalchemy(tx.conn)(returns_a_date, ROW).scalar_one()
+    assert isinstance(through_driver, datetime)
+    assert through_driver == through_sqlalchemy
+    contexts: list[object] = []
+
+    def note(_conn: Any, _cursor: Any, _statement: str, _parameters: Any, context: Any, _many: bool) -> None:
+        contexts.append(context)
+
+    point_reads = sqlite_db.point_read_engine
+    assert point_reads is not None
+    event.listen(point_reads, "before_cursor_execute", note)
+    try:
+        (point_read,) = await sqlite_db.select_once(returns_a_date, ROW)
+    finally:
+        event.remove(point_reads, "before_cursor_execute", note)
+    assert point_read[0] == through_driver
+    assert contexts == [None]  # sent by the driver: SQLAlchemy's own path has an execution context
+    rows = await journal_sql.look_up(sqlite_db, ROW["k_book"], ROW["k_path"], ["someone", "__base__"])
+    assert list(rows) == ["__base__"] and rows["__base__"].last_written_at.tzinfo is not None

@@ -1,4 +1,4 @@
-"""Write transactions whose hot statements the driver sends itself.
+"""Write transactions (and SQLite's point reads) whose hot statements the driver sends itself.
 
 Through SQLAlchemy's asyncio layer a statement costs about 0.1 ms of client CPU more than
 asyncpg's own `fetch` of the same SQL (a greenlet and its switches, an execution context, a
@@ -10,14 +10,15 @@ SQLAlchemy's execution still costs about 20 us a statement over `sqlite3`'s own 
 compare-and-swap UPDATE: 31 us against 11 us), and a write makes six.
 
 The statements of the write path are built once at import (`built_once`). Inside a write
-transaction (`DriverWrites` on PostgreSQL, `run_inline` from `InlineWrites` on SQLite), such a
-statement is compiled once for the dialect and sent by the driver (asyncpg prepares it once per
-connection); every other statement takes SQLAlchemy's usual path on the same connection and
-transaction. The transaction itself (BEGIN, COMMIT, rollback, the pool's reset) stays
-SQLAlchemy's, and so does what follows a failure: a statement's error reaches SQLAlchemy's own
-handling (its exception types, `handle_error` listeners, a lost or cancelled connection
-invalidated), and `before_cursor_execute` listeners see every statement, as they would on the
-usual path.
+transaction (`DriverWrites` on PostgreSQL, `run_inline` from `InlineWrites` on SQLite), and in
+SQLite's point reads (`Database.select_once`: a read's look-up), such a statement is compiled
+once for the dialect and sent by the driver (asyncpg prepares it once per connection), its
+answer converted as SQLAlchemy converts it (a date SQLite stores as text); every other statement
+takes SQLAlchemy's usual path on the same connection and transaction. The transaction itself
+(BEGIN, COMMIT, rollback, the pool's reset) stays SQLAlchemy's, and so does what follows a
+failure: a statement's error reaches SQLAlchemy's own handling (its exception types,
+`handle_error` listeners, a lost or cancelled connection invalidated), and
+`before_cursor_execute` listeners see every statement, as they would on the usual path.
 
 This leans on parts of SQLAlchemy that are not public API (the compiled statement's bind
 processors and result columns, the asyncpg adapter's transaction and error translation, the
@@ -27,7 +28,7 @@ compares answers, failures and listeners with SQLAlchemy's own path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -63,6 +64,9 @@ class _Plan:
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]
     keys: tuple[str, ...]
     """The names of the columns it returns, as SQLAlchemy names them."""
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """How SQLAlchemy turns a returned column's value into its type (a date SQLite stores as
+    text, for one), by column index."""
 
     @classmethod
     def compile(cls, statement: Any, dialect: Dialect) -> _Plan:
@@ -77,12 +81,13 @@ class _Plan:
             for index, name in enumerate(names)
             if name in compiled._bind_processors
         )
-        for column in compiled._result_columns:
-            # Rows are returned as the driver gives them: a column SQLAlchemy would convert
-            # (a date SQLite stores as text) must not be returned by a built-once statement.
-            assert column.type._cached_result_processor(dialect, None) is None, column.keyname
         keys = tuple(str(column.keyname) for column in compiled._result_columns)
-        return cls(compiled.string, names, fixed, processors, keys)
+        converters = tuple(
+            (index, convert)
+            for index, column in enumerate(compiled._result_columns)
+            if (convert := column.type._cached_result_processor(dialect, None)) is not None
+        )
+        return cls(compiled.string, names, fixed, processors, keys, converters)
 
     def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
         """The positional arguments for `parameters`.
@@ -94,6 +99,18 @@ class _Plan:
         for index, process in self.processors:
             values[index] = process(values[index])
         return values
+
+    def result(self, records: Iterable[Sequence[Any]]) -> Result[Any]:
+        """The statement's result from the rows the driver returned, converted as SQLAlchemy
+        would convert them."""
+        rows = [tuple(record) for record in records]
+        if self.converters:
+            for number, row in enumerate(rows):
+                values = list(row)
+                for index, convert in self.converters:
+                    values[index] = convert(values[index])
+                rows[number] = tuple(values)
+        return IteratorResult(SimpleResultMetaData(self.keys), iter(rows))
 
 
 def driver_plan(
@@ -136,7 +153,7 @@ def run_inline(sync: Connection, plan: _Plan, parameters: Mapping[str, Any] | No
     finally:
         if cursor is not None:
             cursor.close()
-    return IteratorResult(SimpleResultMetaData(plan.keys), iter(rows))
+    return plan.result(rows)
 
 
 class DriverWrites(AsyncConnection):
@@ -159,10 +176,9 @@ class DriverWrites(AsyncConnection):
         plan = driver_plan(statement, parameters, execution_options, self.dialect)
         if plan is None:
             return await super().execute(statement, parameters, execution_options=execution_options)
-        rows = await self._fetch(plan.sql, plan.arguments(parameters or {}))
-        return IteratorResult(SimpleResultMetaData(plan.keys), iter(rows))
+        return plan.result(await self._fetch(plan.sql, plan.arguments(parameters or {})))
 
-    async def _fetch(self, sql: str, arguments: list[Any]) -> list[tuple[Any, ...]]:
+    async def _fetch(self, sql: str, arguments: list[Any]) -> list[Any]:
         sync: Any = self.sync_connection
         pooled = sync.connection
         adapter: Any = pooled.dbapi_connection
@@ -174,7 +190,7 @@ class DriverWrites(AsyncConnection):
             records = await pooled.driver_connection.fetch(sql, *arguments)
         except BaseException as error:
             _fail(self, adapter, error, sql, arguments)
-        return [tuple(record) for record in records]
+        return records
 
 
 def _fail(

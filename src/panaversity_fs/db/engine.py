@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from panaversity_fs.config import Settings
-from panaversity_fs.db.driver_writes import DriverWrites
+from panaversity_fs.db.driver_writes import DriverWrites, driver_plan, run_inline
 from panaversity_fs.db.sqlite_inline import InlineWrites, begin_immediate, checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
@@ -165,7 +165,11 @@ class Database:
         """
         if self._point_reads is not None:
             try:
-                return self._point_connection().execute(statement, parameters).all()
+                conn = self._point_connection()
+                plan = driver_plan(statement, parameters, None, conn.dialect)
+                if plan is not None:
+                    return run_inline(conn, plan, parameters).all()
+                return conn.execute(statement, parameters).all()
             except OperationalError:
                 self._drop_point_connection()
         async with self.read() as conn:

@@ -148,7 +148,12 @@ async def look_up(db: Database, book_id: str, path: str, user_ids: Sequence[str]
     """`fetch` as one statement outside a transaction: a read's hot path (on SQLite
     `Database.select_once`, on PostgreSQL a statement the driver prepares, `fetch_prepared`)."""
     if db.is_sqlite:
-        rows = await db.select_once(_BY_USERS, _by_users(book_id, path, user_ids))
+        if len(user_ids) <= len(_BY_N_USERS):
+            statement = _BY_N_USERS[len(user_ids) - 1]
+            parameters = {"book_id": book_id, "path": path} | {f"user_{n}": u for n, u in enumerate(user_ids)}
+        else:
+            statement, parameters = _BY_USERS, _by_users(book_id, path, user_ids)
+        rows = await db.select_once(statement, parameters)
         return {row.user_id: _row(row) for row in rows}
     records = await db.fetch_prepared(_BY_USERS_PG, book_id, path, list(user_ids))
     return {record["user_id"]: _row_of(record) for record in records}
@@ -170,6 +175,18 @@ _BY_USERS = select(*_COLUMNS).where(
     J.book_id == bindparam("book_id"),
     J.path == bindparam("path"),
     J.user_id.in_(bindparam("user_ids", expanding=True)),
+)
+# A read's own look-ups (the base; an overlay and the base), which SQLite's point reads send
+# through the driver (`driver_writes`): no expanding parameter, so each is built once.
+_BY_N_USERS = tuple(
+    built_once(
+        select(*_COLUMNS).where(
+            J.book_id == bindparam("book_id"),
+            J.path == bindparam("path"),
+            J.user_id.in_([bindparam(f"user_{n}") for n in range(count)]),
+        )
+    )
+    for count in (1, 2)
 )
 
 
