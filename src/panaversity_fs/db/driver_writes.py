@@ -47,7 +47,8 @@ _PLANS: dict[tuple[int, str], _Plan] = {}
 
 def built_once(statement: _S) -> _S:
     """Mark `statement` (a module-level statement with bound parameters only, never rebuilt) as
-    one a write transaction may send through the driver; return it unchanged."""
+    one the driver may send itself (in a write transaction, or a SQLite point read); return it
+    unchanged."""
     _BUILT_ONCE[id(statement)] = statement
     return statement
 
@@ -132,7 +133,8 @@ def driver_plan(
 
 def run_inline(sync: Connection, plan: _Plan, parameters: Mapping[str, Any] | None) -> Result[Any]:
     """Run `plan` with `parameters` on the synchronous connection `sync` (SQLite) through its
-    DBAPI connection, in the transaction `sync` is in; return its (buffered) result.
+    DBAPI connection, in whatever transaction `sync` is in (none for a point read); return its
+    (buffered) result.
 
     Raises:
         KeyError: a parameter the statement needs is missing.

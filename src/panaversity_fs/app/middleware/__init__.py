@@ -7,8 +7,9 @@
 5. `AuthorizeCalls`  the token's scope, user and book limits (denials audited, within a budget);
 6. `ApplyDeadlines`  the call's deadline.
 
-They run as one FastMCP middleware (`CallPipeline`). `PublishedTools` serves `tools/list`. The HTTP routes use the same pieces through
-`app.http` (identity, access rules, error statuses, the log line and metrics).
+They run as one FastMCP middleware (`CallPipeline`). `PublishedTools` serves `tools/list`. The
+HTTP routes use the same pieces through `app.http` (identity, access rules, error statuses, the
+log line and metrics).
 """
 
 from __future__ import annotations
