@@ -10,34 +10,87 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.db import audit_sql, journal_sql, publish_sql
 from panaversity_fs.db.driver_writes import DriverWrites, built_once
 from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import file_journal
 from panaversity_fs.db.sqlite_inline import InlineWrites
 from tests.conftest import Backends
 
 ROW = {"k_book": "book", "k_path": "content/01-A/01-B/01-c.md", "k_user": "__base__"}
 
 
-@pytest.fixture
-async def pg_db(backends: Backends) -> AsyncIterator[Database]:
-    db = Database.from_settings(await backends.settings("postgres-fs", database_statement_timeout=5.0))
+async def _seeded(backends: Backends, combo: str) -> Database:
+    """A database for `combo` holding one pending base row (`ROW`, hash `a...a`, version 1)."""
+    db = Database.from_settings(await backends.settings(combo, database_statement_timeout=5.0))
+    now = datetime.now(UTC)
     async with db.write() as tx:
         await tx.conn.execute(
-            text(
-                "INSERT INTO file_journal (book_id, path, user_id, sha256, size, version, last_written_at,"
-                " storage_backend, publish_pending, staging_key, pending_since)"
-                " VALUES (:k_book, :k_path, :k_user, :sha, 5, 1, now(), 'fs', true, 'staged', now())"
-            ),
-            ROW | {"sha": "a" * 64},
+            insert(file_journal).values(
+                book_id=ROW["k_book"],
+                path=ROW["k_path"],
+                user_id=ROW["k_user"],
+                sha256="a" * 64,
+                size=5,
+                version=1,
+                last_written_at=now,
+                storage_backend="fs",
+                publish_pending=True,
+                staging_key="staged",
+                pending_since=now,
+            )
         )
+    return db
+
+
+@pytest.fixture
+async def pg_db(backends: Backends) -> AsyncIterator[Database]:
+    db = await _seeded(backends, "postgres-fs")
     yield db
     await db.dispose()
+
+
+@pytest.fixture
+async def sqlite_db(backends: Backends) -> AsyncIterator[Database]:
+    db = await _seeded(backends, "sqlite-fs")
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture(params=["postgres-fs", "sqlite-fs"])
+async def db(backends: Backends, request: pytest.FixtureRequest) -> AsyncIterator[Database]:
+    """Each backend's write transactions: asyncpg (`DriverWrites`) and sqlite3 (`InlineWrites`)."""
+    seeded = await _seeded(backends, request.param)
+    yield seeded
+    await seeded.dispose()
+
+
+async def _through_sqlalchemy(conn: AsyncConnection, statement: Any, parameters: Any = None) -> Any:
+    """`statement` run by SQLAlchemy's own path on a write transaction's connection."""
+    if isinstance(conn, InlineWrites):
+        return conn._statements.execute(statement, parameters)  # pyright: ignore[reportPrivateUsage]
+    return await AsyncConnection.execute(conn, statement, parameters)
+
+
+async def _publish_and_update(conn: AsyncConnection) -> None:
+    """In a write transaction: publish `ROW` (a second publish finds nothing left), then move it to
+    hash `b...b` by compare-and-swap; both through the driver."""
+    key = journal_sql.FileKey(*ROW.values())
+    claim = await publish_sql.finish_publish(conn, key, "staged")
+    assert claim is not None and claim.sha256 == "a" * 64
+    again = await publish_sql.finish_publish(conn, key, "staged")
+    assert again is None  # the flag the driver's UPDATE cleared (a boolean literal bound) is seen
+    version = (await conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+    assert version == 2
+
+
+def _lock_head(db: Database) -> Any:
+    return audit_sql._LOCK_HEAD if db.is_sqlite else audit_sql._LOCK_HEAD_PG
 
 
 def _cas(sha256: str) -> dict[str, Any]:
@@ -63,7 +116,7 @@ async def test_built_once_statements_answer_as_through_sqlalchemy(pg_db: Databas
     async with pg_db.write() as tx:
         assert isinstance(tx.conn, DriverWrites)
         through_driver = (await tx.conn.execute(audit_sql._LOCK_HEAD_PG)).one()
-        through_sqlalchemy = (await AsyncConnection.execute(tx.conn, audit_sql._LOCK_HEAD_PG)).one()
+        through_sqlalchemy = (await _through_sqlalchemy(tx.conn, audit_sql._LOCK_HEAD_PG)).one()
         assert tuple(through_driver) == tuple(through_sqlalchemy)
         assert (
             through_driver._fields
@@ -71,37 +124,37 @@ async def test_built_once_statements_answer_as_through_sqlalchemy(pg_db: Databas
             == ("seq", "head_hash", "txid_current_1", "pg_backend_pid_1")
         )
         assert through_driver[2] == through_sqlalchemy[2]  # one transaction
-        claim = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
-        assert claim is not None and claim.sha256 == "a" * 64
-        again = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
-        assert again is None  # the flag the driver's UPDATE cleared (a boolean literal bound) is seen
-        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
-        assert version == 2
+        await _publish_and_update(tx.conn)
     async with pg_db.read() as conn:
         row = (await conn.execute(text("SELECT sha256, version, publish_pending FROM file_journal"))).one()
     assert tuple(row) == ("b" * 64, 2, True)
 
 
 async def test_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and_writes_nothing(
-    pg_db: Database,
+    db: Database,
 ) -> None:
     seen: list[str] = []
 
     def note(context: ExceptionContext) -> None:
         seen.append(type(context.original_exception).__name__)
 
-    event.listen(pg_db.engine.sync_engine, "handle_error", note)
-    failures: list[BaseException] = []
-    for execute in (AsyncConnection.execute, DriverWrites.execute):
-        with pytest.raises(DBAPIError, match="value too long") as failed:
-            async with pg_db.write() as tx:
-                await execute(tx.conn, journal_sql._CAS_BASE, _cas("c" * 65))
+    for engine in db.transaction_engines:
+        event.listen(engine, "handle_error", note)
+    failures: list[IntegrityError] = []
+    refused = _cas("b" * 64) | {"v_size": None}  # size is NOT NULL
+    for through_driver in (False, True):
+        with pytest.raises(IntegrityError) as failed:
+            async with db.write() as tx:
+                if through_driver:
+                    await tx.conn.execute(journal_sql._CAS_BASE, refused)
+                else:
+                    await _through_sqlalchemy(tx.conn, journal_sql._CAS_BASE, refused)
         failures.append(failed.value)
-    through_sqlalchemy, through_driver = failures
-    assert type(through_driver) is type(through_sqlalchemy)
-    assert type(through_driver.orig) is type(through_sqlalchemy.orig)
-    assert seen == ["Error", "Error"]  # the dialect's DBAPI error, once per path
-    async with pg_db.write() as tx:  # the connection is fine, the transaction was rolled back
+    by_sqlalchemy, by_driver = failures
+    assert type(by_driver) is type(by_sqlalchemy)
+    assert type(by_driver.orig) is type(by_sqlalchemy.orig)
+    assert len(seen) == 2 and seen[0] == seen[1]  # the dialect's DBAPI error, once per path
+    async with db.write() as tx:  # the connection is fine, the transaction was rolled back
         version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
     assert version == 2
 
@@ -146,7 +199,7 @@ async def test_a_statement_cancelled_while_it_waits_discards_its_connection(pg_d
 
 
 async def test_a_fault_a_listener_raises_before_a_driver_statement_fails_the_transaction(
-    pg_db: Database,
+    db: Database,
 ) -> None:
     """`before_cursor_execute` listeners (the fault sweep's injection point) see driver statements."""
     statements: list[str] = []
@@ -156,18 +209,23 @@ async def test_a_fault_a_listener_raises_before_a_driver_statement_fails_the_tra
         if statement.startswith("UPDATE file_journal"):
             raise OperationalError(statement, None, RuntimeError("injected"))
 
-    event.listen(pg_db.engine.sync_engine, "before_cursor_execute", refuse)
+    for engine in db.transaction_engines:
+        event.listen(engine, "before_cursor_execute", refuse)
     try:
         with pytest.raises(OperationalError, match="injected"):
-            async with pg_db.write() as tx:
-                await tx.conn.execute(audit_sql._LOCK_HEAD_PG)
+            async with db.write() as tx:
+                await tx.conn.execute(_lock_head(db))
+                await tx.conn.execute(audit_sql._MOVE_HEAD, {"new_seq": 99, "new_hash": "f" * 64})
                 await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))
     finally:
-        event.remove(pg_db.engine.sync_engine, "before_cursor_execute", refuse)
-    assert statements == ["SELECT", "UPDATE"]
-    async with pg_db.read() as conn:
+        for engine in db.transaction_engines:
+            event.remove(engine, "before_cursor_execute", refuse)
+    assert statements[-3:] == ["SELECT", "UPDATE", "UPDATE"]
+    async with db.read() as conn:
         row = (await conn.execute(text("SELECT sha256, version FROM file_journal"))).one()
+        head = (await conn.execute(select(audit_sql.audit_chain_head.c.seq))).scalar_one()
     assert tuple(row) == ("a" * 64, 1)
+    assert head != 99  # the head move before the fault was rolled back with it
 
 
 async def test_a_publish_alone_commits_without_waiting_for_its_wal_flush(pg_db: Database) -> None:
@@ -189,29 +247,6 @@ async def test_a_publish_alone_commits_without_waiting_for_its_wal_flush(pg_db: 
 
 
 # -- SQLite: the same statements sent by sqlite3 inside an `InlineWrites` transaction --------
-
-
-@pytest.fixture
-async def sqlite_db(backends: Backends) -> AsyncIterator[Database]:
-    db = Database.from_settings(await backends.settings("sqlite-fs"))
-    async with db.write() as tx:
-        await tx.conn.execute(
-            text(
-                "INSERT INTO file_journal (book_id, path, user_id, sha256, size, version, last_written_at,"
-                " storage_backend, publish_pending, staging_key, pending_since)"
-                " VALUES (:k_book, :k_path, :k_user, :sha, 5, 1, CURRENT_TIMESTAMP, 'fs', 1, 'staged',"
-                " CURRENT_TIMESTAMP)"
-            ),
-            ROW | {"sha": "a" * 64},
-        )
-    yield db
-    await db.dispose()
-
-
-def _sqlalchemy(conn: AsyncConnection) -> Any:
-    """SQLAlchemy's own execution of a statement on an `InlineWrites` transaction's connection."""
-    assert isinstance(conn, InlineWrites)
-    return conn._statements.execute  # pyright: ignore[reportPrivateUsage]
 
 
 def _entry(seq: int, prev: str) -> dict[str, Any]:
@@ -236,84 +271,21 @@ async def test_sqlite_built_once_statements_answer_as_through_sqlalchemy(sqlite_
     async with sqlite_db.write() as tx:
         assert isinstance(tx.conn, InlineWrites)
         head = (await tx.conn.execute(audit_sql._LOCK_HEAD)).one()
-        assert tuple(head) == tuple(_sqlalchemy(tx.conn)(audit_sql._LOCK_HEAD).one())
+        assert tuple(head) == tuple((await _through_sqlalchemy(tx.conn, audit_sql._LOCK_HEAD)).one())
         assert head._fields == ("seq", "head_hash")
         await tx.conn.execute(audit_sql._INSERT_ONE, _entry(head[0] + 1, head[1]))
         await tx.conn.execute(
             audit_sql._MOVE_HEAD, {"new_seq": head[0] + 1, "new_hash": f"{head[0] + 1:064x}"}
         )
-        moved = _sqlalchemy(tx.conn)(audit_sql._LOCK_HEAD).one()
+        moved = (await _through_sqlalchemy(tx.conn, audit_sql._LOCK_HEAD)).one()
         assert tuple(moved) == (head[0] + 1, f"{head[0] + 1:064x}")
-        claim = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
-        assert claim is not None and claim.sha256 == "a" * 64
-        again = await publish_sql.finish_publish(tx.conn, journal_sql.FileKey(*ROW.values()), "staged")
-        assert again is None  # the flag the driver's UPDATE cleared (a boolean literal bound) is seen
-        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
-        assert version == 2
+        await _publish_and_update(tx.conn)
     async with sqlite_db.read() as conn:
         row = (await conn.execute(text("SELECT sha256, version, publish_pending FROM file_journal"))).one()
         entry = (await conn.execute(text("SELECT seq, created_at FROM audit_log ORDER BY seq DESC"))).first()
     assert tuple(row) == ("b" * 64, 2, 1)
     assert entry is not None and entry[0] == head[0] + 1
     assert str(entry[1]).count(":") == 2  # a date bound as SQLAlchemy stores it (its bind processor)
-
-
-async def test_sqlite_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and_writes_nothing(
-    sqlite_db: Database,
-) -> None:
-    seen: list[str] = []
-
-    def note(context: ExceptionContext) -> None:
-        seen.append(type(context.original_exception).__name__)
-
-    for engine in sqlite_db.transaction_engines:
-        event.listen(engine, "handle_error", note)
-    failures: list[BaseException] = []
-    refused = _cas("b" * 64) | {"v_size": None}  # size is NOT NULL
-    for through_driver in (False, True):
-        with pytest.raises(IntegrityError, match="NOT NULL") as failed:
-            async with sqlite_db.write() as tx:
-                if through_driver:
-                    await tx.conn.execute(journal_sql._CAS_BASE, refused)
-                else:
-                    _sqlalchemy(tx.conn)(journal_sql._CAS_BASE, refused)
-        failures.append(failed.value)
-    through_sqlalchemy, through_driver = failures
-    assert type(through_driver) is type(through_sqlalchemy)
-    assert type(through_driver.orig) is type(through_sqlalchemy.orig)
-    assert seen == ["IntegrityError", "IntegrityError"]
-    async with sqlite_db.write() as tx:  # the transaction was rolled back; the next one works
-        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
-    assert version == 2
-
-
-async def test_sqlite_a_fault_a_listener_raises_before_a_driver_statement_fails_the_transaction(
-    sqlite_db: Database,
-) -> None:
-    statements: list[str] = []
-
-    def refuse(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        statements.append(statement.split()[0])
-        if statement.startswith("UPDATE file_journal"):
-            raise OperationalError(statement, None, RuntimeError("injected"))
-
-    for engine in sqlite_db.transaction_engines:
-        event.listen(engine, "before_cursor_execute", refuse)
-    try:
-        with pytest.raises(OperationalError, match="injected"):
-            async with sqlite_db.write() as tx:
-                await tx.conn.execute(audit_sql._LOCK_HEAD)
-                await tx.conn.execute(audit_sql._MOVE_HEAD, {"new_seq": 99, "new_hash": "f" * 64})
-                await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))
-    finally:
-        for engine in sqlite_db.transaction_engines:
-            event.remove(engine, "before_cursor_execute", refuse)
-    assert statements[-3:] == ["SELECT", "UPDATE", "UPDATE"]
-    async with sqlite_db.read() as conn:
-        row = (await conn.execute(text("SELECT sha256, version FROM file_journal"))).one()
-        head = (await conn.execute(select(audit_sql.audit_chain_head.c.seq))).scalar_one()
-    assert tuple(row) == ("a" * 64, 1)
-    assert head != 99  # the head move before the fault was rolled back with it
 
 
 async def test_sqlite_dates_a_built_once_statement_returns_are_converted_as_sqlalchemy_converts_them(
@@ -324,7 +296,7 @@ async def test_sqlite_dates_a_built_once_statement_returns_are_converted_as_sqla
     returns_a_date = built_once(select(journal_sql.J.last_written_at).where(journal_sql.BY_KEY))
     async with sqlite_db.write() as tx:
         through_driver = (await tx.conn.execute(returns_a_date, ROW)).scalar_one()
-        through_sqlalchemy = _sqlalchemy(tx.conn)(returns_a_date, ROW).scalar_one()
+        through_sqlalchemy = (await _through_sqlalchemy(tx.conn, returns_a_date, ROW)).scalar_one()
     assert isinstance(through_driver, datetime)
     assert through_driver == through_sqlalchemy
     contexts: list[object] = []

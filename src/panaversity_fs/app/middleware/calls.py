@@ -78,10 +78,7 @@ class CallPipeline(Middleware):
         call_next: CallNext[CallToolRequestParams, ToolResult],
     ) -> ToolResult:
         """Run the tool call through every stage's `on_call_tool`."""
-        handler = call_next
-        for stage in reversed(self.stages):
-            handler = partial(stage.on_call_tool, call_next=handler)
-        return await handler(context)
+        return await self._chain("on_call_tool", call_next)(context)
 
     async def on_read_resource(
         self,
@@ -89,7 +86,11 @@ class CallPipeline(Middleware):
         call_next: CallNext[ReadResourceRequestParams, ResourceResult],
     ) -> ResourceResult:
         """Run the resource read through every stage's `on_read_resource`."""
+        return await self._chain("on_read_resource", call_next)(context)
+
+    def _chain(self, hook: str, call_next: CallNext[Any, Any]) -> CallNext[Any, Any]:
+        """`call_next` behind every stage's `hook`, the first stage outermost."""
         handler = call_next
         for stage in reversed(self.stages):
-            handler = partial(stage.on_read_resource, call_next=handler)
-        return await handler(context)
+            handler = partial(getattr(stage, hook), call_next=handler)
+        return handler
