@@ -148,7 +148,7 @@ async def look_up(db: Database, book_id: str, path: str, user_ids: Sequence[str]
     """`fetch` as one statement outside a transaction: a read's hot path (on SQLite
     `Database.select_once`, on PostgreSQL a statement the driver prepares, `fetch_prepared`)."""
     if db.is_sqlite:
-        if len(user_ids) <= len(_BY_N_USERS):
+        if 0 < len(user_ids) <= len(_BY_N_USERS):
             statement = _BY_N_USERS[len(user_ids) - 1]
             parameters = {"book_id": book_id, "path": path} | {f"user_{n}": u for n, u in enumerate(user_ids)}
         else:

@@ -17,8 +17,8 @@ a transaction can be refused so).
 Write transactions of a file database go further (`InlineWrites`): their statements run on a
 synchronous SQLAlchemy connection, still on the loop's thread, behind `AsyncConnection`'s
 `execute` (and the write path's statements built once go to `sqlite3` directly,
-`driver_writes`). SQLAlchemy's asyncio layer costs a greenlet and its switches per statement, about
-half of a statement's CPU here (a four-statement transaction: 416 us through it, 217 us
+`driver_writes`). SQLAlchemy's asyncio layer costs a greenlet and its switches per statement,
+about half of a statement's CPU here (a four-statement transaction: 416 us through it, 217 us
 without). Only `BEGIN IMMEDIATE` can meet a busy file there (the transaction then holds the
 write lock; `wal_autocheckpoint` is off, so a COMMIT never checkpoints), and it is retried
 asynchronously like the statements above (`begin_immediate`).
