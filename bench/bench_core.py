@@ -28,7 +28,7 @@ uses 8 clients (8 MCP sessions), each updating its own lesson with chained hashe
 Results: a table on stdout, the core table of docs/benchmarks.md (`report.core_section`), and
 bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy profile of the
 server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python -m
-bench.bench_core --profile pyspy`); `--profile cprofile` runs the PanaversityFS servers under
+bench.bench_core --profile pyspy`; `pyspy-gil` keeps only the GIL holder's samples); `--profile cprofile` runs the PanaversityFS servers under
 cProfile with the main thread's CPU clock, one .prof file per phase.
 """
 
@@ -636,9 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--profile",
-        choices=["pyspy", "cprofile"],
-        help="profile the servers per phase: py-spy (wall clock, needs py-spy on PATH) or "
-        "cProfile (CPU clock of the main thread)",
+        choices=["pyspy", "pyspy-gil", "cprofile"],
+        help="profile the servers per phase: py-spy (wall clock, needs py-spy on PATH), py-spy of "
+        "the GIL holder only (pyspy-gil: Python CPU, not fsync or socket waits) or cProfile (CPU "
+        "clock of the main thread)",
     )
     parser.add_argument(
         "--wait-quiet",

@@ -43,14 +43,19 @@ finally:
 """
 
 
+PY_SPY_MODES = ("pyspy", "pyspy-gil")
+"""py-spy of every thread not idle (wall clock), or only of the thread holding the GIL (its
+Python CPU: a thread waiting in fsync or for a socket does not count)."""
+
+
 class Profiler:
     """Optional per-phase profiles of the servers: py-spy (wall clock) or cProfile (CPU clock)."""
 
     def __init__(self, mode: str | None, out_dir: Path | None) -> None:
         self.mode = mode
         self.out_dir = out_dir
-        self.py_spy = shutil.which("py-spy") if mode == "pyspy" else None
-        if mode == "pyspy" and self.py_spy is None:
+        self.py_spy = shutil.which("py-spy") if mode in PY_SPY_MODES else None
+        if mode in PY_SPY_MODES and self.py_spy is None:
             raise SystemExit(
                 "--profile pyspy needs py-spy on PATH: uv run --with py-spy python -m bench.bench_core"
             )
@@ -97,6 +102,7 @@ class Profiler:
                 str(server.pid),
                 "--rate",
                 "250",
+                *(["--gil"] if self.mode == "pyspy-gil" else []),
                 "--format",
                 "raw",
                 "-o",
