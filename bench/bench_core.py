@@ -26,10 +26,11 @@ Every latency series uses one connected fastmcp `Client` over streamable HTTP an
 calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call. Throughput
 uses 8 clients (8 MCP sessions), each updating its own lesson with chained hashes.
 Results: a table on stdout, the core table of docs/benchmarks.md (`report.core_section`), and
-bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy profile of the
-server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python -m
-bench.bench_core --profile pyspy`; `pyspy-gil` keeps only the GIL holder's samples); `--profile cprofile` runs the PanaversityFS servers under
-cProfile with the main thread's CPU clock, one .prof file per phase.
+bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy
+profile of the server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python
+-m bench.bench_core --profile pyspy`; `pyspy-gil` keeps only the GIL holder's samples);
+`--profile cprofile` runs the PanaversityFS servers under cProfile with the main thread's CPU
+clock, one .prof file per phase.
 """
 
 from __future__ import annotations
@@ -356,6 +357,11 @@ def launch(
     return server
 
 
+def launch_trivial(tmp: Path, servers: list[ServerProcess]) -> ServerProcess:
+    """Start `bench/trivial_server.py` (the baselines) with `launch`; return it once healthy."""
+    return launch("trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers)
+
+
 def baseline_names(trivial: dict[str, Any]) -> tuple[str, str]:
     """The trivial tools a read and a write are compared with: `give` and `take` (runs made
     before they existed compared both with the short `echo`)."""
@@ -574,9 +580,7 @@ async def _round(
     measured: dict[str, Any] = {}
     tmp.mkdir(parents=True, exist_ok=True)
     print("trivial FastMCP server")
-    trivial = launch(
-        "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
-    )
+    trivial = launch_trivial(tmp, servers)
     try:
         measured["trivial"] = await bench_trivial(trivial, n, load_seconds, profiler)
     finally:

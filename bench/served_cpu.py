@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from bench.bench_core import BOOK, READ_LESSON, call, launch, lesson_text, make_client
+from bench.bench_core import BOOK, READ_LESSON, call, launch, launch_trivial, lesson_text, make_client
 from testkit.databases import create_pg_database, drop_pg_database
 from testkit.processes import ServerProcess, server_env
 
@@ -77,9 +77,7 @@ async def pfs_series(server: ServerProcess, calls: int) -> None:
 
 
 async def run(args: argparse.Namespace, tmp: Path, pg_url: str | None, servers: list[ServerProcess]) -> None:
-    trivial = launch(
-        "trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers
-    )
+    trivial = launch_trivial(tmp, servers)
     await trivial_series(trivial, args.calls)
     trivial.stop()
     backends = [("sqlite", f"sqlite+aiosqlite:///{tmp / 'pfs.db'}")] if "sqlite" in args.backends else []
