@@ -29,8 +29,9 @@ Results: a table on stdout, the core table of docs/benchmarks.md (`report.core_s
 bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy
 profile of the server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python
 -m bench.bench_core --profile pyspy`; `pyspy-gil` keeps only the GIL holder's samples);
-`--profile cprofile` runs the PanaversityFS servers under cProfile with the main thread's CPU
-clock, one .prof file per phase.
+`--profile cprofile` runs every server (the trivial one too, so a phase can be compared with its
+baseline function by function) under cProfile with the main thread's CPU clock, one .prof file
+per phase.
 """
 
 from __future__ import annotations
@@ -357,9 +358,15 @@ def launch(
     return server
 
 
-def launch_trivial(tmp: Path, servers: list[ServerProcess]) -> ServerProcess:
-    """Start `bench/trivial_server.py` (the baselines) with `launch`; return it once healthy."""
-    return launch("trivial", [sys.executable, "-m", "bench.trivial_server"], dict(os.environ), tmp, servers)
+def launch_trivial(
+    tmp: Path, servers: list[ServerProcess], profiler: Profiler | None = None
+) -> ServerProcess:
+    """Start `bench/trivial_server.py` (the baselines) with `launch` (under cProfile when
+    `profiler` says so); return it once healthy."""
+    argv = [sys.executable, "-m", "bench.trivial_server"]
+    if profiler is not None:
+        argv = profiler.wrap([], module="bench.trivial_server")
+    return launch("trivial", argv, dict(os.environ), tmp, servers)
 
 
 def baseline_names(trivial: dict[str, Any]) -> tuple[str, str]:
@@ -580,7 +587,7 @@ async def _round(
     measured: dict[str, Any] = {}
     tmp.mkdir(parents=True, exist_ok=True)
     print("trivial FastMCP server")
-    trivial = launch_trivial(tmp, servers)
+    trivial = launch_trivial(tmp, servers, profiler)
     try:
         measured["trivial"] = await bench_trivial(trivial, n, load_seconds, profiler)
     finally:

@@ -17,7 +17,7 @@ from testkit.processes import ServerProcess
 
 CPROFILE_LAUNCHER = """
 import cProfile, os, runpy, signal, sys, time
-out_dir, argv = sys.argv[1], sys.argv[2:]
+out_dir, module, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 state = {"prof": cProfile.Profile(time.thread_time)}
 
 def dump(_signum, _frame):
@@ -32,10 +32,10 @@ def dump(_signum, _frame):
     state["prof"].enable()
 
 signal.signal(signal.SIGUSR1, dump)
-sys.argv = ["panaversity-fs", *argv]
+sys.argv = [module, *argv]
 state["prof"].enable()
 try:
-    runpy.run_module("panaversity_fs", run_name="__main__", alter_sys=True)
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 except SystemExit:
     pass
 finally:
@@ -61,11 +61,11 @@ class Profiler:
             )
         self.files: list[str] = []
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        """The command that runs `panaversity-fs` with `argv` (under cProfile in cprofile mode)."""
+    def wrap(self, argv: list[str], module: str = "panaversity_fs") -> list[str]:
+        """The command that runs `python -m module` with `argv` (under cProfile in cprofile mode)."""
         if self.mode != "cprofile" or self.out_dir is None:
-            return [sys.executable, "-m", "panaversity_fs", *argv]
-        return [sys.executable, "-c", CPROFILE_LAUNCHER, str(self.out_dir), *argv]
+            return [sys.executable, "-m", module, *argv]
+        return [sys.executable, "-c", CPROFILE_LAUNCHER, str(self.out_dir), module, *argv]
 
     def _cprofile_dump(self, server: ServerProcess, name: str) -> None:
         assert self.out_dir is not None
@@ -76,11 +76,7 @@ class Profiler:
     @contextlib.contextmanager
     def phase(self, server: ServerProcess, phase: str) -> Any:
         """Profile `server` while the body runs (no-op without --profile)."""
-        if (
-            self.out_dir is None
-            or self.mode is None
-            or (self.mode == "cprofile" and server.name == "trivial")
-        ):
+        if self.out_dir is None or self.mode is None:
             yield
             return
         if self.mode == "cprofile":
