@@ -6,7 +6,8 @@ real servers:
 - `PostgresProxy`: a TCP relay in front of PostgreSQL. Modes: pass, latency, reset (every
   connection, now and while the mode lasts), reset after N more client bytes (a transaction cut
   midway), cut the connection that sends COMMIT (it frames the client's protocol messages to find
-  a simple `Query` or an extended `Parse` of COMMIT), and hang (nothing forwarded, sockets open).
+  a simple `Query` or an extended `Parse` of COMMIT, or the `Sync` that commits the server's
+  one-statement commit of an update), and hang (nothing forwarded, sockets open).
 - `S3Proxy`: an HTTP/1.1 proxy in front of an S3 server. Each request may draw a fault by method
   from a seeded random: 503 SlowDown, 500 InternalError, a body cut short (the full
   Content-Length, part of the body, then EOF), a reset midway through an upload, or the request
@@ -105,6 +106,12 @@ def is_commit(sql: str) -> bool:
     return " ".join(sql.strip().rstrip(";").upper().split()) in COMMIT_STATEMENTS
 
 
+def commits_alone(sql: str | None) -> bool:
+    """Whether `sql` is the server's one-statement commit of an update (`db/commit_sql.py`): sent
+    outside a transaction, it commits at the `Sync` that follows its `Execute`."""
+    return sql is not None and sql.startswith("WITH cas AS")
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 PgMode = Literal["pass", "latency", "reset", "reset_after", "commit", "hang"]
@@ -125,6 +132,10 @@ class _PgLink:
         self.cut = False
         """Set once the link is being cut: nothing more reaches the client."""
         self.startup = True
+        self.prepared: dict[bytes, str] = {}
+        """The SQL of each statement the client prepared (Parse), by name."""
+        self.commit_at_sync = False
+        """A one-statement commit was bound: the next Sync commits it."""
         self.opaque = False
         """TLS was negotiated: the messages can no longer be read."""
         self.pending = bytearray()
@@ -361,6 +372,14 @@ class PostgresProxy(_Threaded):
     def _forward_client(self, link: _PgLink, message: bytes, sql: str | None) -> bool:
         """Forward one client message, or cut the link; False once the link is cut."""
         commit = sql is not None and is_commit(sql)
+        kind = message[:1]
+        if not link.startup and kind == b"P" and sql is not None:
+            link.prepared[message[5:].split(b"\0", 1)[0]] = sql
+        elif not link.startup and kind == b"B":
+            statement = message[5:].split(b"\0", 2)[1]
+            link.commit_at_sync = commits_alone(link.prepared.get(statement))
+        elif not link.startup and kind == b"S" and link.commit_at_sync:
+            link.commit_at_sync, commit = False, True
         if commit:
             self.stats.commits_seen += 1
         if not link.startup and message[:1] in (b"Q", b"S"):

@@ -418,8 +418,10 @@ async def journal_hash(settings: Settings, path: str) -> str | None:
         pytest.param(1, True, 0.0, id="commit-lands"),
         pytest.param(1, False, 0.0, id="commit-lost"),
         pytest.param(1000, True, 0.0, id="every-commit-cut"),
-        # The COMMIT is still in flight when the server settles the outcome: txid_status says
-        # in progress, the backend is terminated, and the write either landed or never will.
+        # The COMMIT is still in flight when the server settles the outcome: the backend is
+        # terminated (a write transaction: txid_status says in progress; an update's one
+        # statement: its backend still waits for the Sync that commits it), and the write
+        # either landed or never will.
         pytest.param(1, True, 1.5, id="commit-lands-late"),
     ],
 )
@@ -431,7 +433,8 @@ async def test_pg_unknown_commit_outcome_is_resolved_and_never_applied_twice(
     deliver: bool,
     delay: float,
 ) -> None:
-    """COMMIT is sent and the connection cut before its answer (or instead of sending it).
+    """COMMIT is sent and the connection cut before its answer (or instead of sending it). On
+    PostgreSQL the update is one statement that commits at its `Sync`: that is what is cut.
 
     `every-commit-cut` also cuts the COMMIT of the server's settling query (whose answer still
     arrives first); `commit-lands-late` holds COMMIT back until after the server settled the

@@ -36,19 +36,21 @@ WRITE_BUDGET = {
     # audit entry, head update; publish transaction: (BEGIN), the pending flag cleared (locking
     # the row while the bytes move).
     "sqlite": ["SELECT", "BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "UPDATE"],
-    # PostgreSQL inserts the audit entry in the head update's statement (a data-modifying CTE);
-    # its early look is the driver's own prepared statement (counted with the round trips below).
-    "postgresql": ["UPDATE", "SELECT", "WITH", "UPDATE"],
+    # PostgreSQL commits an update in one statement, a transaction of its own: the
+    # compare-and-swap, the audit entry and the head move (db/commit_sql.py); its early look is
+    # the driver's own prepared statement (counted with the round trips below).
+    "postgresql": ["WITH", "UPDATE"],
 }
 # A read is one SELECT outside any transaction: on SQLite through the synchronous point-read
 # connection, on PostgreSQL sent by the driver itself (a round trip below).
 READ_BUDGET = {"sqlite": ["SELECT"], "postgresql": []}
 DRIVER_TRIPS = {
     # Every round trip asyncpg makes that it does not send as one of SQLAlchemy's own prepared
-    # statements: the point read (the early look of a write); BEGIN and COMMIT of the two write
-    # transactions; and the write path's statements, which the driver sends itself
-    # (db/driver_writes.py; counted in WRITE_BUDGET too). No ping (only after sitting idle).
-    "write": ["SELECT", "BEGIN", "UPDATE", "SELECT", "WITH", "COMMIT", "BEGIN", "UPDATE", "COMMIT"],
+    # statements: the point read (the early look of a write); the one-statement commit; BEGIN
+    # and COMMIT of the publish transaction; and the write path's statements, which the driver
+    # sends itself (db/driver_writes.py; counted in WRITE_BUDGET too). No ping (only after
+    # sitting idle).
+    "write": ["SELECT", "WITH", "BEGIN", "UPDATE", "COMMIT"],
     "read": ["SELECT"],
 }
 

@@ -52,6 +52,23 @@ def canonical_bytes(entry: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+_PREV_MARK = "chain-prev-hash-8d4e61f0c2a94b7f"
+_SEQ_MARK = "seq-3b9f1c7e52d046a8"
+
+
+def chain_template(entry: Mapping[str, Any]) -> tuple[bytes, bytes, bytes] | None:
+    """`entry`'s canonical serialisation (`seq` and `chain_prev_hash` ignored) cut around those two
+    values: `before + chain_prev_hash + between + str(seq) + after` is `canonical_bytes` of the
+    entry placed there. The database fills them in when the chain head is known only to it (the
+    one-statement commit, `db.commit_sql`). None if an argument happens to contain a marker."""
+    rendered = canonical_bytes({**entry, "chain_prev_hash": _PREV_MARK, "seq": _SEQ_MARK})
+    before, found, rest = rendered.partition(_PREV_MARK.encode())
+    between, found_seq, after = rest.partition(f'"{_SEQ_MARK}"'.encode())
+    if not found or not found_seq or _PREV_MARK.encode() in rest or _SEQ_MARK.encode() in after:
+        return None
+    return before, between, after
+
+
 def compute_entry_hash(entry: Mapping[str, Any]) -> str:
     """Return the lowercase hex sha256 of `entry`'s canonical serialisation."""
     return hashlib.sha256(canonical_bytes(entry)).hexdigest()

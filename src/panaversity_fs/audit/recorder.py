@@ -76,10 +76,13 @@ class AuditRecorder:
         return appended.seqs[0]
 
     def _count_at_commit(self, tx: WriteTransaction, entries: Sequence[NewAuditEntry]) -> None:
-        report = self.on_committed
-        if report is not None:
-            statuses = [entry.status for entry in entries]
-            tx.after_commit(lambda: report(statuses))
+        statuses = [entry.status for entry in entries]
+        tx.after_commit(lambda: self.count_committed(statuses))
+
+    def count_committed(self, statuses: list[str]) -> None:
+        """Report the statuses of entries a transaction committed (`on_committed`)."""
+        if self.on_committed is not None:
+            self.on_committed(statuses)
 
     def enqueue(self, entry: NewAuditEntry) -> None:
         """Queue a read's entry for the next batch."""

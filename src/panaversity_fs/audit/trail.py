@@ -23,13 +23,16 @@ from collections.abc import AsyncGenerator, Generator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from panaversity_fs.audit.chain import chain_template
 from panaversity_fs.audit.recorder import AuditRecorder
 from panaversity_fs.db.audit_sql import NewAuditEntry
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction
 from panaversity_fs.errors import PanaversityFSError
 from panaversity_fs.operation import Operation
 from panaversity_fs.paths import BASE_USER, describe_rejected_path
+from panaversity_fs.times import to_utc
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,21 @@ class AuditTrail:
         """Append the entry of a mutation (or of its refusal, decided in `tx`) inside `tx`;
         return its seq."""
         return await self.recorder.append(tx, entry(op, subject, prev_hash, new_hash, error))
+
+    def entry_alone(
+        self, op: Operation, subject: Subject, prev_hash: str, new_hash: str
+    ) -> tuple[dict[str, Any], tuple[bytes, bytes, bytes]] | None:
+        """The columns of a mutation's entry (but its place in the chain) and its
+        `chain_template`, for a statement that places it in the chain itself
+        (`db.commit_sql`); None if it cannot be cut so (then `append` it)."""
+        values = entry(op, subject, prev_hash, new_hash).values()
+        values["created_at"] = to_utc(values["created_at"])
+        template = chain_template(values)
+        return None if template is None else (values, template)
+
+    def appended_alone(self, status: str) -> None:
+        """Count an entry such a statement committed (as `append`'s are counted at commit)."""
+        self.recorder.count_committed([status])
 
     async def refused(
         self, op: Operation, subject: Subject, error: PanaversityFSError, current: str | None = None

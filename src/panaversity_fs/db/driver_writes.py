@@ -169,18 +169,21 @@ class DriverWrites(AsyncConnection):
         parameters: Any = None,
         *,
         execution_options: Any = None,
+        cancel_after: float | None = None,
     ) -> Result[Any]:
-        """Run `statement` in this transaction and return its (buffered) result.
+        """Run `statement` in this transaction and return its (buffered) result; `cancel_after`
+        (seconds before the driver cancels it) only for a statement built once.
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError: the database refused or failed.
         """
         plan = driver_plan(statement, parameters, execution_options, self.dialect)
         if plan is None:
+            assert cancel_after is None, "a cancel_after only for statements the driver sends"
             return await super().execute(statement, parameters, execution_options=execution_options)
-        return plan.result(await self._fetch(plan.sql, plan.arguments(parameters or {})))
+        return plan.result(await self._fetch(plan.sql, plan.arguments(parameters or {}), cancel_after))
 
-    async def _fetch(self, sql: str, arguments: list[Any]) -> list[Any]:
+    async def _fetch(self, sql: str, arguments: list[Any], cancel_after: float | None = None) -> list[Any]:
         sync: Any = self.sync_connection
         pooled = sync.connection
         adapter: Any = pooled.dbapi_connection
@@ -189,7 +192,7 @@ class DriverWrites(AsyncConnection):
                 sync.dispatch.before_cursor_execute(sync, None, sql, arguments, None, False)
             if adapter._transaction is None:  # SQLAlchemy's adapter begins on first use
                 await adapter._start_transaction()
-            records = await pooled.driver_connection.fetch(sql, *arguments)
+            records = await pooled.driver_connection.fetch(sql, *arguments, timeout=cancel_after)
         except BaseException as error:
             _fail(self, adapter, error, sql, arguments)
         return records

@@ -270,7 +270,23 @@ async def compare_and_swap(
     Returns the row's new version, or None if its hash is not `expected` (or it is absent).
     """
     statement = _CAS_BASE if key.user_id == BASE_USER else _CAS_OVERLAY
-    parameters = {
+    parameters = cas_parameters(key, expected, new_hash, size, staging_key, now, author, content_type)
+    result = await conn.execute(statement, parameters)
+    return result.scalar_one_or_none()
+
+
+def cas_parameters(
+    key: FileKey,
+    expected: str,
+    new_hash: str,
+    size: int,
+    staging_key: str,
+    now: datetime,
+    author: Author,
+    content_type: str | None,
+) -> dict[str, Any]:
+    """The parameters of `cas_statement` for `compare_and_swap`'s arguments."""
+    return {
         **key.bound(),
         "k_expected": expected,
         "v_sha256": new_hash,
@@ -280,8 +296,6 @@ async def compare_and_swap(
         "v_content_type": content_type,
         **{f"v_{name}": value for name, value in author.values("update").items()},
     }
-    result = await conn.execute(statement, parameters)
-    return result.scalar_one_or_none()
 
 
 def _bound(column: str) -> Any:
@@ -295,7 +309,9 @@ BY_KEY = and_(
 """`FileKey.where` with the key as parameters `k_book`, `k_path`, `k_user`."""
 
 
-def _cas_statement(overlay: bool) -> Any:
+def cas_statement(overlay: bool) -> Any:
+    """The compare-and-swap UPDATE of a live row (`cas_parameters`), returning its new version;
+    an overlay's row also records the base version it now differs from."""
     base_hash = _base_hash_of(bindparam("k_book"), bindparam("k_path")) if overlay else None
     values = _next_version(
         base_hash,
@@ -316,8 +332,8 @@ def _cas_statement(overlay: bool) -> Any:
 
 # Built once: building an UPDATE and its cache key per call cost more CPU than running it on
 # SQLite.
-_CAS_BASE = built_once(_cas_statement(overlay=False))
-_CAS_OVERLAY = built_once(_cas_statement(overlay=True))
+_CAS_BASE = built_once(cas_statement(overlay=False))
+_CAS_OVERLAY = built_once(cas_statement(overlay=True))
 
 
 async def create(

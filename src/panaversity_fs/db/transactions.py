@@ -7,15 +7,23 @@ aborted; while it says in progress (the COMMIT is still in flight, or the backen
 noticed the dead client yet), that backend is terminated, so the transaction cannot commit
 later, and asked again. A plain look at the data instead could run before a late COMMIT lands
 and wrongly conclude that nothing happened.
+
+A statement run as a transaction of its own (`run_alone`) has no id to ask about before it
+ends; if its connection is lost, its backend is waited for (and terminated while it still runs
+a statement) instead, after which a look at the data is final.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Executable, Row, text
 
+from panaversity_fs.db.driver_writes import DriverWrites
 from panaversity_fs.db.engine import DB_ERRORS, Database
+from panaversity_fs.errors import Unavailable
 
 SETTLE_ATTEMPTS = 6
 
@@ -49,3 +57,61 @@ async def settle(db: Database, transaction: tuple[int, int]) -> bool | None:
             return False  # aborted (or unknown to the server: it never committed)
         await asyncio.sleep(0.05 * (attempt + 1))
     return None
+
+
+async def run_alone(
+    db: Database, statement: Executable, parameters: dict[str, Any], cancel_after: float | None = None
+) -> Sequence[Row[Any]]:
+    """Run one built-once statement as a transaction of its own (PostgreSQL: autocommit, sent by
+    the driver as a write transaction's statements are); return its rows. `timeout`: seconds
+    before the driver cancels it.
+
+    When it fails it has ended before this raises, committed or not: if its connection was
+    lost, its backend is waited for, so it cannot commit later and the data tells what it did.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, OSError: the statement failed (it may have committed
+            only if its connection was lost after it was sent).
+        Unavailable: its connection was lost and whether its backend still runs it cannot be
+            told (`outcome_unknown`).
+    """
+    assert not db.is_sqlite, "run_alone is for PostgreSQL"
+    async with db.read() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        pid = int(driver.get_server_pid())
+        writes = DriverWrites(db.engine, conn.sync_connection)
+        try:
+            return (await writes.execute(statement, parameters, cancel_after=cancel_after)).all()
+        except DB_ERRORS:
+            # Settled while the connection is held (back in the pool it could run another
+            # statement), then discarded: a timed-out statement's cancel may still be in flight.
+            finished = await _backend_finished(db, pid)
+            if not conn.invalidated:
+                await conn.invalidate()
+            if not finished:
+                raise Unavailable(
+                    "the database failed while committing and the outcome is unknown; "
+                    "re-read the file before retrying",
+                    outcome_unknown=True,
+                ) from None
+            raise
+
+
+async def _backend_finished(db: Database, pid: int) -> bool:
+    """Wait until backend `pid` runs no statement (terminating it while it does); False if that
+    cannot be told."""
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            async with db.read() as conn:
+                running = (await conn.execute(_TERMINATE_IF_RUNNING, {"pid": pid})).first()
+        except DB_ERRORS:
+            return False
+        if running is None:
+            return True
+        await asyncio.sleep(0.05 * (attempt + 1))
+    return False
+
+
+_TERMINATE_IF_RUNNING = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :pid AND state <> 'idle'"
+)

@@ -185,14 +185,49 @@ async def resolve_unknown_commit(
     if staging_key is None:
         return database_failure(exc)
     try:
-        async with db.read() as conn:
-            rows = await journal.fetch(conn, target.book_id, target.path, [target.key.user_id])
+        row = await _row_pointing_at(db, target, staging_key)
     except DB_ERRORS:
         return _outcome_unknown()
-    row = rows.get(target.key.user_id)
-    if row is not None and row.staging_key == staging_key and not isinstance(decided, PanaversityFSError):
+    if row is not None and not isinstance(decided, PanaversityFSError):
         return decided
     return database_failure(exc)
+
+
+async def settle_alone(
+    db: Database,
+    target: Target,
+    staging_key: str,
+    expected: str,
+    new_hash: str,
+    size: int,
+    exc: BaseException,
+) -> WriteOutcome | PanaversityFSError:
+    """Whether an update committed by one statement (`db.commit_sql.swap_alone`) that failed took
+    effect: the statement has ended, so the row pointing at its unique staging key tells.
+
+    Raises nothing: an unreachable database gives an `outcome_unknown` Unavailable.
+    """
+    logger.warning("one-statement commit failed; settling it", exc_info=exc)
+    try:
+        row = await _row_pointing_at(db, target, staging_key)
+    except DB_ERRORS:
+        return _outcome_unknown()
+    if row is None:
+        return database_failure(exc)
+    return write_outcome(target, ("updated", expected, row.version), new_hash, size)
+
+
+async def _row_pointing_at(db: Database, target: Target, staging_key: str) -> journal.JournalRow | None:
+    """`target`'s journal row if it points at `staging_key` (the commit that staged there
+    happened, and nothing replaced it since).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, OSError: the database failed.
+    """
+    async with db.read() as conn:
+        rows = await journal.fetch(conn, target.book_id, target.path, [target.key.user_id])
+    row = rows.get(target.key.user_id)
+    return row if row is not None and row.staging_key == staging_key else None
 
 
 def _outcome_unknown() -> Unavailable:

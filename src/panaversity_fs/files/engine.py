@@ -8,13 +8,15 @@ Write protocol (every failure point has a defined outcome):
 3. `commit`, one database transaction: compare-and-swap the journal row (`UPDATE ... WHERE
    sha256 = :expected`, or an insert for a create), record the staging key as pending, append
    the audit entry. The commit is the single point where the write happens. A refusal found
-   here (lost race) is audited in the same transaction with the row locked.
+   here (lost race) is audited in the same transaction with the row locked. On PostgreSQL an
+   update without an idempotency key is committed by one statement that is its own
+   transaction (`db.commit_sql`); a swap it refuses changes nothing and goes this way.
 4. Publish: move the staged bytes to the path-addressed key under the row lock. Failure here
    does not undo the write: readers follow the pending staging key, and recovery publishes it.
 
 A commit whose outcome is unknown (connection lost during COMMIT) is settled by asking the
-database about the transaction, or by looking for the unique staging key in the journal; it is
-never blindly replayed. A delete is the same with a tombstone and no bytes.
+database about the transaction, or (once the statement surely ended) by looking for the unique
+staging key in the journal; it is never blindly replayed. A delete is the same with a tombstone and no bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 from panaversity_fs.audit.trail import AuditTrail, Subject
 from panaversity_fs.config import Settings
+from panaversity_fs.db import commit_sql
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
 from panaversity_fs.deadlines import deadline_passed
@@ -35,6 +38,7 @@ from panaversity_fs.files.cas import (
     foreseen_refusal,
     own_hash,
     resolve_unknown_commit,
+    settle_alone,
     write_outcome,
 )
 from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replayed, settle
@@ -243,23 +247,22 @@ class FileEngine:
         if late is not None:
             await self._trail.refused(op, _subject(staged.target), late)
             return late
+        if idem is None and staged.expected is not None and not self._db.is_sqlite:
+            alone = await self._commit_alone(op, staged, staged.expected)
+            if alone is not None:
+                return alone
         decided: WriteOutcome | Replay | PanaversityFSError | None = None
         transaction: tuple[int, int] | None = None
         try:
             async with self._db.write() as tx:
                 decided = await self._decide_write(tx, op, staged, idem)
                 transaction = tx.transaction_id
-                if (
-                    isinstance(decided, WriteOutcome)
-                    and datetime.now(UTC) - staged.staged_at > self._stage_deadline
-                ):
+                if isinstance(decided, WriteOutcome) and self._past_deadline(staged.staged_at):
                     # Lock waits made the commit late: recovery may already treat the staged
                     # bytes as abandoned, so this transaction must not point at them.
                     raise _StagedTooLong
         except _StagedTooLong:
-            late = Unavailable("the write waited too long for its commit; nothing was written, retry")
-            await self._trail.refused(op, _subject(staged.target), late)
-            return late
+            return await self._waited_too_long(op, staged)
         except DB_ERRORS as exc:
             if decided is None:  # failed before COMMIT: nothing happened
                 return database_failure(exc)
@@ -268,8 +271,59 @@ class FileEngine:
             )
         return decided
 
+    async def _commit_alone(
+        self, op: Operation, staged: StagedWrite, expected: str
+    ) -> WriteOutcome | PanaversityFSError | None:
+        """An update committed by one statement, a transaction of its own (PostgreSQL,
+        `db.commit_sql`: a round trip where a write transaction makes five); None if the swap was
+        refused or the entry cannot be cut for it: nothing changed, and the write transaction
+        decides (and audits a refusal) as for any other write."""
+        target = staged.target
+        prepared = self._trail.entry_alone(op, _subject(target), expected, staged.sha256)
+        if prepared is None:
+            return None
+        entry, template = prepared
+        swap = journal.cas_parameters(
+            target.key,
+            expected,
+            staged.sha256,
+            staged.size,
+            staged.staging_key,
+            datetime.now(UTC),
+            author_of(op),
+            staged.content_type,
+        )
+        # Past the staging deadline recovery may treat the staged bytes as abandoned; a write
+        # transaction checks it before COMMIT, this statement is cancelled when it comes.
+        left = self._stage_deadline - (datetime.now(UTC) - staged.staged_at)
+        try:
+            swapped = await commit_sql.swap_alone(
+                self._db, target.key, swap, entry, template, left.total_seconds()
+            )
+        except PanaversityFSError as unknown:
+            return unknown
+        except DB_ERRORS as exc:
+            settled = await settle_alone(
+                self._db, target, staged.staging_key, expected, staged.sha256, staged.size, exc
+            )
+            if isinstance(settled, PanaversityFSError) and self._past_deadline(staged.staged_at):
+                return await self._waited_too_long(op, staged)  # cancelled at the deadline
+            return settled
+        if swapped is None:
+            return None
+        self._trail.appended_alone(entry["status"])
+        return write_outcome(target, ("updated", expected, swapped.version), staged.sha256, staged.size)
+
+    async def _waited_too_long(self, op: Operation, staged: StagedWrite) -> Unavailable:
+        late = Unavailable("the write waited too long for its commit; nothing was written, retry")
+        await self._trail.refused(op, _subject(staged.target), late)
+        return late
+
+    def _past_deadline(self, staged_at: datetime) -> bool:
+        return datetime.now(UTC) - staged_at > self._stage_deadline
+
     def _too_late(self, staged_at: datetime) -> Unavailable | None:
-        if datetime.now(UTC) - staged_at > self._stage_deadline:
+        if self._past_deadline(staged_at):
             return Unavailable("the upload took too long to commit; retry")
         if deadline_passed():
             return Unavailable("the call ran out of time before its commit; nothing was written, retry")
