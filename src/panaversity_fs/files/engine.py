@@ -30,7 +30,13 @@ from panaversity_fs.audit.trail import AuditTrail, Subject
 from panaversity_fs.config import Settings
 from panaversity_fs.db import commit_sql
 from panaversity_fs.db import journal_sql as journal
-from panaversity_fs.db.engine import DB_ERRORS, Database, WriteTransaction, database_failure
+from panaversity_fs.db.engine import (
+    COMMAND_TIMEOUT_MARGIN,
+    DB_ERRORS,
+    Database,
+    WriteTransaction,
+    database_failure,
+)
 from panaversity_fs.deadlines import deadline_passed
 from panaversity_fs.errors import Conflict, PanaversityFSError, Unavailable
 from panaversity_fs.files.cas import (
@@ -108,6 +114,7 @@ class FileEngine:
         self._trail = trail
         self._metrics = metrics
         self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
+        self._statement_limit = settings.database_statement_timeout + COMMAND_TIMEOUT_MARGIN
 
     async def replayed(self, idem: Idempotency | None) -> Replay | None:
         """The outcome an earlier call committed under `idem`'s key, if any (a cheap early look).
@@ -294,12 +301,12 @@ class FileEngine:
             staged.content_type,
         )
         # Past the staging deadline recovery may treat the staged bytes as abandoned; a write
-        # transaction checks it before COMMIT, this statement is cancelled when it comes.
+        # transaction checks it before COMMIT, this statement is cancelled when it comes (or when
+        # the driver would give up on any statement, whichever is first).
         left = self._stage_deadline - (datetime.now(UTC) - staged.staged_at)
+        cancel_after = min(left.total_seconds(), self._statement_limit)
         try:
-            swapped = await commit_sql.swap_alone(
-                self._db, target.key, swap, entry, template, left.total_seconds()
-            )
+            swapped = await commit_sql.swap_alone(self._db, target.key, swap, entry, template, cancel_after)
         except PanaversityFSError as unknown:
             return unknown
         except DB_ERRORS as exc:
