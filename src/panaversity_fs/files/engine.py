@@ -16,7 +16,8 @@ Write protocol (every failure point has a defined outcome):
 
 A commit whose outcome is unknown (connection lost during COMMIT) is settled by asking the
 database about the transaction, or (once the statement surely ended) by looking for the unique
-staging key in the journal; it is never blindly replayed. A delete is the same with a tombstone and no bytes.
+staging key in the journal; it is never blindly replayed. A delete is the same with a tombstone
+and no bytes.
 """
 
 from __future__ import annotations
