@@ -267,3 +267,29 @@ async def test_a_statement_whose_answer_is_lost_is_settled_from_the_data(pg: Res
     updates = [e for e in await _entries(pg) if e["path"] == _path(4) and e["status"] == "success"]
     assert len(updates) == 2  # the create and the update, once
     assert (await verify_database(pg.db)).ok
+
+
+async def test_an_update_whose_entry_cannot_be_cut_commits_in_a_write_transaction(pg: Resources) -> None:
+    """An agent id that holds the template's marker: the entry is appended by a write
+    transaction instead (the statement never runs), and the chain still verifies."""
+    current = await _create(pg, 5)
+    marked = Operation(Caller(chain._PREV_MARK), "write_content")  # pyright: ignore[reportPrivateUsage]
+    sent: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, sql: str, *_rest: Any) -> None:
+        sent.append(sql.split()[0].upper())
+
+    engine = pg.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        data = b"# marked\n"
+        outcome = await pg.files.write(marked, Target(BOOK, _path(5), None), data, sha256_hex(data), current)
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert outcome.version == 2
+    # The write transaction's statements (compare-and-swap, chain head, entry + head move), then
+    # the publish; the one statement would have been a single WITH before the publish.
+    assert sent == ["UPDATE", "SELECT", "WITH", "UPDATE"], sent
+    (entry,) = [e for e in await _entries(pg) if e["agent_id"] == chain._PREV_MARK]  # pyright: ignore[reportPrivateUsage]
+    assert (entry["prev_hash"], entry["new_hash"]) == (current, outcome.file_hash)
+    assert (await verify_database(pg.db)).ok
