@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from fastmcp import Client, FastMCP
@@ -11,7 +12,7 @@ from mcp_types import Implementation
 
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
-from panaversity_fs.db.audit_sql import AuditFilter, query_entries
+from panaversity_fs.db.audit_sql import AuditFilter, NewAuditEntry, query_entries
 from panaversity_fs.db.engine import Database
 from panaversity_fs.files.fsck import FsckReport, check
 from panaversity_fs.identity import Caller
@@ -197,3 +198,23 @@ async def audit_of(settings: Settings, limit: int = 1000, **filters: Any) -> lis
             return await query_entries(conn, AuditFilter(**filters), 0, limit)
     finally:
         await db.dispose()
+
+
+def audit_entry(**changes: Any) -> NewAuditEntry:
+    """An audit entry of a successful read of `content/01-A/01-B/00-x.md`, with `changes`."""
+    values: dict[str, Any] = {
+        "created_at": datetime.now(UTC),
+        "agent_id": "reader-1",
+        "operation": "read_content",
+        "book_id": "b1",
+        "path": "content/01-A/01-B/00-x.md",
+        "user_id": "__base__",
+        "prev_hash": None,
+        "new_hash": None,
+        "status": "success",
+        "error_code": None,
+        "error_message": None,
+        "execution_time_ms": 1,
+        "request_id": None,
+    }
+    return NewAuditEntry(**(values | changes))

@@ -41,6 +41,7 @@ from panaversity_fs.operation import Operation
 from panaversity_fs.times import to_utc
 from tests.conftest import Backends
 from tests.service.test_audit import ENTRIES, HEX64
+from tests.support import audit_entry
 
 BOOK = "alone-book"
 
@@ -73,21 +74,7 @@ def test_an_entry_holding_a_marker_is_cut_right_or_not_at_all(field: str, mark: 
     """A field holding a marker either leaves the cut right or makes it refused (then the entry
     is appended by a write transaction); a marker where it would be taken for the real value
     (in a field between the two) is refused."""
-    values = NewAuditEntry(
-        created_at=datetime.now(UTC),
-        agent_id="a",
-        operation="write_content",
-        book_id="b",
-        path="p",
-        user_id="__base__",
-        prev_hash=None,
-        new_hash=None,
-        status="success",
-        error_code=None,
-        error_message=None,
-        execution_time_ms=1,
-        request_id="r",
-    ).values() | {field: form.format(mark)}
+    values = audit_entry(operation="write_content", request_id="r").values() | {field: form.format(mark)}
     template = chain_template(values)
     if template is not None:
         joined = template[0] + b"0" * 64 + template[1] + b"9" + template[2]
@@ -159,10 +146,7 @@ async def test_a_refused_swap_changes_nothing_and_the_write_is_refused_as_before
     async with pg.db.read() as conn:
         head = await chain_head(conn)
     key = journal.FileKey(BOOK, _path(2), "__base__")
-    values = NewAuditEntry(
-        datetime.now(UTC), "a", "write_content", BOOK, key.path, "__base__", "f" * 64, "e" * 64,
-        "success", None, None, 1, "r",
-    ).values()  # fmt: skip
+    values = audit_entry(operation="write_content", book_id=BOOK, path=key.path).values()
     template = chain_template(values)
     assert template is not None
     swap = journal.cas_parameters(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
@@ -15,24 +14,11 @@ from panaversity_fs.config import Settings
 from panaversity_fs.db.audit_sql import NewAuditEntry
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_chain_head, audit_log
+from tests.support import audit_entry
 
 
 def _entry(n: int) -> NewAuditEntry:
-    return NewAuditEntry(
-        created_at=datetime.now(UTC),
-        agent_id="reader-1",
-        operation="read_content",
-        book_id="b1",
-        path=f"content/01-A/01-B/{n:02d}-x.md",
-        user_id="__base__",
-        prev_hash=None,
-        new_hash=None,
-        status="success",
-        error_code=None,
-        error_message=None,
-        execution_time_ms=1,
-        request_id=None,
-    )
+    return audit_entry(path=f"content/01-A/01-B/{n:02d}-x.md")
 
 
 async def _count(db: Database) -> int:

@@ -254,25 +254,14 @@ def _next_version(
     }
 
 
-async def compare_and_swap(
-    conn: AsyncConnection,
-    key: FileKey,
-    expected: str,
-    new_hash: str,
-    size: int,
-    staging_key: str,
-    now: datetime,
-    author: Author,
-    content_type: str | None = None,
-) -> int | None:
-    """Point a live row whose hash is `expected` at new staged bytes.
+async def compare_and_swap(conn: AsyncConnection, key: FileKey, swap: dict[str, Any]) -> int | None:
+    """Point `key`'s live row whose hash is the expected one at new staged bytes (`swap`:
+    `cas_parameters`).
 
-    Returns the row's new version, or None if its hash is not `expected` (or it is absent).
+    Returns the row's new version, or None if its hash is not the expected one (or it is absent).
     """
     statement = _CAS_BASE if key.user_id == BASE_USER else _CAS_OVERLAY
-    parameters = cas_parameters(key, expected, new_hash, size, staging_key, now, author, content_type)
-    result = await conn.execute(statement, parameters)
-    return result.scalar_one_or_none()
+    return (await conn.execute(statement, swap)).scalar_one_or_none()
 
 
 def cas_parameters(
@@ -285,7 +274,8 @@ def cas_parameters(
     author: Author,
     content_type: str | None,
 ) -> dict[str, Any]:
-    """The parameters of `cas_statement` for `compare_and_swap`'s arguments."""
+    """The parameters of `cas_statement`: point `key`'s live row whose hash is `expected` at
+    `new_hash`'s bytes staged at `staging_key`."""
     return {
         **key.bound(),
         "k_expected": expected,

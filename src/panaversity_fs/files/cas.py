@@ -90,9 +90,8 @@ async def apply_write(
         row = await journal.lock(conn, key)
         current = row.sha256 if row is not None else None
         return hash_required(current)
-    version = await journal.compare_and_swap(
-        conn, key, expected, new_hash, size, staging_key, now, author, content_type
-    )
+    swap = journal.cas_parameters(key, expected, new_hash, size, staging_key, now, author, content_type)
+    version = await journal.compare_and_swap(conn, key, swap)
     if version is not None:
         return ("updated", expected, version)
     row = await journal.lock(conn, key)
