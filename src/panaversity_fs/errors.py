@@ -146,6 +146,15 @@ class Unavailable(PanaversityFSError):
     http_status = 503
 
 
+def outcome_unknown() -> Unavailable:
+    """The answer of a change whose commit failed in a way that leaves it unknown whether it
+    happened (the database is unreachable to ask): the agent must look before it retries."""
+    return Unavailable(
+        "the database failed while committing and the outcome is unknown; re-read the file before retrying",
+        outcome_unknown=True,
+    )
+
+
 class Internal(PanaversityFSError):
     """An unexpected failure; details are in the server log under the request id."""
 

@@ -23,7 +23,7 @@ from sqlalchemy import Executable, Row, text
 
 from panaversity_fs.db.driver_writes import DriverWrites
 from panaversity_fs.db.engine import DB_ERRORS, Database
-from panaversity_fs.errors import Unavailable
+from panaversity_fs.errors import outcome_unknown
 
 SETTLE_ATTEMPTS = 6
 
@@ -63,8 +63,8 @@ async def run_alone(
     db: Database, statement: Executable, parameters: dict[str, Any], cancel_after: float | None = None
 ) -> Sequence[Row[Any]]:
     """Run one built-once statement as a transaction of its own (PostgreSQL: autocommit, sent by
-    the driver as a write transaction's statements are); return its rows. `timeout`: seconds
-    before the driver cancels it.
+    the driver as a write transaction's statements are); return its rows. `cancel_after`:
+    seconds before the driver cancels it.
 
     When it fails it has ended before this raises, committed or not: if its connection was
     lost, its backend is waited for, so it cannot commit later and the data tells what it did.
@@ -89,11 +89,7 @@ async def run_alone(
             if not conn.invalidated:
                 await conn.invalidate()
             if not finished:
-                raise Unavailable(
-                    "the database failed while committing and the outcome is unknown; "
-                    "re-read the file before retrying",
-                    outcome_unknown=True,
-                ) from None
+                raise outcome_unknown() from None
             raise
 
 

@@ -12,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db import transactions
 from panaversity_fs.db.engine import DB_ERRORS, Database, database_failure
-from panaversity_fs.errors import Conflict, HashRequired, NotFound, PanaversityFSError, Unavailable
+from panaversity_fs.errors import (
+    Conflict,
+    HashRequired,
+    NotFound,
+    PanaversityFSError,
+    outcome_unknown,
+)
 from panaversity_fs.files.idempotency import Replay
 from panaversity_fs.files.results import WriteOutcome
 from panaversity_fs.files.target import Target
@@ -180,13 +186,13 @@ async def resolve_unknown_commit(
             return decided
         if committed is False:
             return database_failure(exc)
-        return _outcome_unknown()
+        return outcome_unknown()
     if staging_key is None:
         return database_failure(exc)
     try:
         row = await _row_pointing_at(db, target, staging_key)
     except DB_ERRORS:
-        return _outcome_unknown()
+        return outcome_unknown()
     if row is not None and not isinstance(decided, PanaversityFSError):
         return decided
     return database_failure(exc)
@@ -210,7 +216,7 @@ async def settle_alone(
     try:
         row = await _row_pointing_at(db, target, staging_key)
     except DB_ERRORS:
-        return _outcome_unknown()
+        return outcome_unknown()
     if row is None:
         return database_failure(exc)
     return write_outcome(target, ("updated", expected, row.version), new_hash, size)
@@ -227,10 +233,3 @@ async def _row_pointing_at(db: Database, target: Target, staging_key: str) -> jo
         rows = await journal.fetch(conn, target.book_id, target.path, [target.key.user_id])
     row = rows.get(target.key.user_id)
     return row if row is not None and row.staging_key == staging_key else None
-
-
-def _outcome_unknown() -> Unavailable:
-    return Unavailable(
-        "the database failed while committing and the outcome is unknown; re-read the file before retrying",
-        outcome_unknown=True,
-    )
