@@ -28,10 +28,8 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,12 +38,11 @@ from typing import Any
 
 from sqlalchemy import insert, update
 
-from bench.bench_core import RESULTS, bench_trivial, call, launch, lesson_text, make_client
+from bench.bench_core import RESULTS, bench_trivial, call, launch, lesson_text, make_client, scratch_run
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import upgrade
 from panaversity_fs.db.schema import file_journal
-from testkit.databases import create_pg_database, drop_pg_database
 from testkit.measure import machine_info, measure, summary_ms, timed_series
 from testkit.processes import ServerProcess, server_env
 
@@ -290,20 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, help="write the results here (default bench/results/builds-*.json)"
     )
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="pfs-bench-builds-"))
-    servers: list[ServerProcess] = []
-    pg_name = f"pfs_bench_builds_{os.getpid()}"
-    pg_url: str | None = None
-    try:
-        if "postgres" in args.backends:
-            pg_url = asyncio.run(create_pg_database(pg_name))
-        results = asyncio.run(run(args, tmp, pg_url, servers))
-    finally:
-        for server in servers:
-            server.stop()
-        if pg_url is not None:
-            asyncio.run(drop_pg_database(pg_name))
-        shutil.rmtree(tmp, ignore_errors=True)
+    databases = [f"pfs_bench_builds_{os.getpid()}"] if "postgres" in args.backends else []
+    with scratch_run("pfs-bench-builds-", databases) as (tmp, pg_urls, servers):
+        results = asyncio.run(run(args, tmp, pg_urls[0] if pg_urls else None, servers))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.json or RESULTS / f"builds-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

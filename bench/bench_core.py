@@ -47,7 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -344,6 +344,31 @@ async def write_throughput(server: ServerProcess, seconds: float) -> dict[str, A
 
 
 # -- the run -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_run(
+    prefix: str, pg_names: Sequence[str]
+) -> Iterator[tuple[Path, list[str], list[ServerProcess]]]:
+    """A scratch folder, the PostgreSQL databases `pg_names` created (their URLs) and the list a
+    run adds its servers to; afterwards the servers are stopped, the databases dropped and the
+    folder removed, however the run ended."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    servers: list[ServerProcess] = []
+    urls: list[str] = []
+    try:
+        for name in pg_names:
+            urls.append(asyncio.run(create_pg_database(name)))
+        yield tmp, urls, servers
+    finally:
+        for server in servers:
+            server.stop()
+        for name in pg_names[: len(urls)]:
+            try:
+                asyncio.run(drop_pg_database(name))
+            except Exception as exc:
+                print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def launch(
@@ -675,36 +700,26 @@ def main(argv: list[str] | None = None) -> int:
     args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="pfs-bench-"))
-    servers: list[ServerProcess] = []
     pg_names = [f"pfs_bench_{os.getpid()}_{r + 1}" for r in range(args.rounds)]
-    pg_urls: list[str] = []
     interrupted = False
-    try:
-        quiet = wait_quiet(args.wait_quiet)
-        print(f"background CPU before the run: {quiet[-1]}% of one core ({len(quiet)} samples)")
-        args.background_cpu_pct = quiet
-        if "postgres" in args.backends:
-            for name in pg_names:
-                pg_urls.append(asyncio.run(create_pg_database(name)))
-        results = asyncio.run(run(args, tmp, pg_urls, servers))
-    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-        print("interrupted: stopping the servers and cleaning up", file=sys.stderr)
-        interrupted = True
-    except BaseException:
-        for server in servers:
-            if server.process is not None and server.process.poll() not in (None, 0, -signal.SIGTERM):
-                print(f"--- {server.name} log tail ---\n{server.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        for server in servers:
-            server.stop()
-        for name in pg_names[: len(pg_urls)]:
-            try:
-                asyncio.run(drop_pg_database(name))
-            except Exception as exc:
-                print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch_run("pfs-bench-", pg_names if "postgres" in args.backends else []) as (
+        tmp,
+        pg_urls,
+        servers,
+    ):
+        try:
+            quiet = wait_quiet(args.wait_quiet)
+            print(f"background CPU before the run: {quiet[-1]}% of one core ({len(quiet)} samples)")
+            args.background_cpu_pct = quiet
+            results = asyncio.run(run(args, tmp, pg_urls, servers))
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            print("interrupted: stopping the servers and cleaning up", file=sys.stderr)
+            interrupted = True
+        except BaseException:
+            for server in servers:
+                if server.process is not None and server.process.poll() not in (None, 0, -signal.SIGTERM):
+                    print(f"--- {server.name} log tail ---\n{server.log_tail()}", file=sys.stderr)
+            raise
     if interrupted:
         return 143
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,8 +25,16 @@ from typing import Any
 
 import psutil
 
-from bench.bench_core import BOOK, READ_LESSON, call, launch, launch_trivial, lesson_text, make_client
-from testkit.databases import create_pg_database, drop_pg_database
+from bench.bench_core import (
+    BOOK,
+    READ_LESSON,
+    call,
+    launch,
+    launch_trivial,
+    lesson_text,
+    make_client,
+    scratch_run,
+)
 from testkit.processes import ServerProcess, server_env
 
 WARMUP = 30
@@ -100,18 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
-    tmp = Path(tempfile.mkdtemp(prefix="pfs-cpu-"))
-    servers: list[ServerProcess] = []
-    database = f"pfs_cpu_{os.getpid()}"
-    pg_url = asyncio.run(create_pg_database(database)) if "postgres" in args.backends else None
-    try:
-        asyncio.run(run(args, tmp, pg_url, servers))
-    finally:
-        for server in servers:
-            server.stop()
-        if pg_url is not None:
-            asyncio.run(drop_pg_database(database))
-        shutil.rmtree(tmp, ignore_errors=True)
+    databases = [f"pfs_cpu_{os.getpid()}"] if "postgres" in args.backends else []
+    with scratch_run("pfs-cpu-", databases) as (tmp, pg_urls, servers):
+        asyncio.run(run(args, tmp, pg_urls[0] if pg_urls else None, servers))
     return 0
 
 

@@ -37,9 +37,6 @@ from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
 from panaversity_fs.db.transactions import run_alone
 from panaversity_fs.paths import BASE_USER
 
-_CHAINED = ("seq", "chain_prev_hash", "entry_hash")
-"""The columns of an audit entry the statement fills in from the chain head."""
-
 
 @dataclass(frozen=True, slots=True)
 class SwappedAlone:
@@ -109,7 +106,8 @@ async def swap_alone(
     """Compare-and-swap `key`'s row and append `entry` to the audit chain in one statement that
     commits on its own (PostgreSQL); None if the swap was refused (nothing changed).
 
-    `swap`: `cas_parameters`; `entry`: the audit entry's columns but the chained ones;
+    `swap`: `cas_parameters`; `entry`: the audit entry's columns but its place in the chain
+    (`NewAuditEntry.values()`);
     `template`: `chain_template` of the entry; `cancel_after`: seconds before the statement is
     cancelled.
 
@@ -118,7 +116,7 @@ async def swap_alone(
             (`transactions.run_alone`): the data tells whether it committed.
         Unavailable: whether it committed cannot be told (`outcome_unknown`).
     """
-    parameters = swap | {f"e_{name}": value for name, value in entry.items() if name not in _CHAINED}
+    parameters = swap | {f"e_{name}": value for name, value in entry.items()}
     parameters |= {"t_before": template[0], "t_between": template[1], "t_after": template[2]}
     statement = _SWAP_BASE if key.user_id == BASE_USER else _SWAP_OVERLAY
     rows = await run_alone(db, statement, parameters, cancel_after)
