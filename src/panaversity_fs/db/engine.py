@@ -7,7 +7,8 @@ statement takes its own snapshot anyway, so BEGIN and COMMIT would only add two 
 A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (with this
 driver a ping is three round trips: pinging every checkout cost a read three and a write six).
 Inside a write transaction the write path's own statements are sent by the driver itself
-(`driver_writes.DriverWrites`); the transaction stays SQLAlchemy's.
+(`driver_writes.DriverWrites`); the transaction stays SQLAlchemy's, except for one made of
+such statements only (`driver_write`: a publish), which the driver begins and commits.
 
 SQLite runs in WAL mode with real `BEGIN IMMEDIATE` write transactions (the driver would
 otherwise not begin a transaction before a SELECT), serialised in-process by a lock so
@@ -44,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from panaversity_fs.config import Settings
-from panaversity_fs.db.driver_writes import DriverWrites, driver_plan, run_inline
+from panaversity_fs.db.driver_writes import DriverWrites, driver_connection, driver_plan, run_inline
 from panaversity_fs.db.sqlite_inline import InlineWrites, begin_immediate, checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
@@ -256,6 +257,28 @@ class Database:
             self._count_toward_checkpoint()
         for action in tx._on_commit:  # pyright: ignore[reportPrivateUsage]
             action()
+
+    @asynccontextmanager
+    async def driver_write(self) -> AsyncGenerator[WriteTransaction, None]:
+        """`write()` for a transaction of statements built once only (`driver_writes.built_once`):
+        on PostgreSQL the driver begins and commits it (`driver_writes.driver_connection`)."""
+        if self._autocommit is None:
+            async with self.write() as tx:
+                yield tx
+            return
+        async with driver_connection(self.engine) as conn:
+            tx = WriteTransaction(conn)
+            yield tx
+        for action in tx._on_commit:  # pyright: ignore[reportPrivateUsage]
+            action()
+
+    @asynccontextmanager
+    async def driver_autocommit(self) -> AsyncGenerator[DriverWrites, None]:
+        """A PostgreSQL connection whose statements, built once only, are each a transaction of
+        their own, sent by the driver (`driver_writes.driver_connection`)."""
+        assert self._autocommit is not None, "driver_autocommit is for PostgreSQL"
+        async with driver_connection(self._autocommit) as conn:
+            yield conn
 
     def _count_toward_checkpoint(self) -> None:
         """Start a WAL checkpoint on a worker thread every `CHECKPOINT_EVERY` SQLite writes."""

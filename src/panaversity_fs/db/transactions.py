@@ -21,7 +21,6 @@ from typing import Any
 
 from sqlalchemy import Executable, Row, text
 
-from panaversity_fs.db.driver_writes import DriverWrites
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.errors import outcome_unknown
 
@@ -75,13 +74,11 @@ async def run_alone(
         Unavailable: its connection was lost and whether its backend still runs it cannot be
             told (`outcome_unknown`).
     """
-    assert not db.is_sqlite, "run_alone is for PostgreSQL"
-    async with db.read() as conn:
+    async with db.driver_autocommit() as conn:
         driver: Any = (await conn.get_raw_connection()).driver_connection
         pid = int(driver.get_server_pid())
-        writes = DriverWrites(db.engine, conn.sync_connection)
         try:
-            return (await writes.execute(statement, parameters, cancel_after=cancel_after)).all()
+            return (await conn.execute(statement, parameters, cancel_after=cancel_after)).all()
         except DB_ERRORS:
             # Settled while the connection is held (back in the pool it could run another
             # statement), then discarded: a timed-out statement's cancel may still be in flight.

@@ -62,7 +62,7 @@ class Publisher:
         superseded it. Storage or database errors propagate; the row then stays pending.
         """
         final_key = storage_key(key.book_id, key.path, key.user_id)
-        async with self._db.write() as tx:
+        async with self._db.driver_write() as tx:
             # The flag is cleared first and the bytes moved before COMMIT: a failed move rolls
             # the flag back; a move whose COMMIT is lost leaves the bytes in place, which the
             # next publish accepts (`_move`) and readers find at the final key.
