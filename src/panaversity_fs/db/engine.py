@@ -262,7 +262,7 @@ class Database:
     async def driver_write(self) -> AsyncGenerator[WriteTransaction, None]:
         """`write()` for a transaction of statements built once only (`driver_writes.built_once`):
         on PostgreSQL the driver begins and commits it (`driver_writes.driver_connection`)."""
-        if self._autocommit is None:
+        if self.is_sqlite:  # its write transactions already send statements synchronously
             async with self.write() as tx:
                 yield tx
             return
