@@ -40,6 +40,11 @@ async def _row(db: Database) -> tuple[str, int, bool]:
     return (str(row[0]), int(row[1]), bool(row[2]))
 
 
+async def _backend_of(conn: AsyncConnection) -> int:
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    return int(driver.get_server_pid())
+
+
 async def _pid(db: Database) -> int:
     async with db.driver_write() as tx:
         return int((await tx.conn.execute(HEAD)).one()[3])
@@ -167,6 +172,7 @@ async def test_a_cancelled_driver_write_rolls_back_and_its_waiting_statement_los
     assert await _row(db) == ("a" * 64, 1, True)
     assert await _pid(db) == pid
 
+    waiter: list[int] = []
     async with db.engine.connect() as blocker:
         await blocker.execute(text("SELECT 1 FROM audit_chain_head FOR UPDATE"))
         waiting = asyncio.Event()
@@ -174,6 +180,7 @@ async def test_a_cancelled_driver_write_rolls_back_and_its_waiting_statement_los
         async def waits_for_the_head() -> None:
             async with db.driver_write() as tx:
                 await tx.conn.execute(CAS, _cas("c" * 64))
+                waiter.append(await _backend_of(tx.conn))
                 waiting.set()
                 await tx.conn.execute(HEAD)
 
@@ -184,8 +191,15 @@ async def test_a_cancelled_driver_write_rolls_back_and_its_waiting_statement_los
         with pytest.raises(asyncio.CancelledError):
             await task
         await blocker.rollback()
-    assert await _pid(db) != pid
     assert await _row(db) == ("a" * 64, 1, True)
+    async with db.read() as conn:
+        for _ in range(100):
+            query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+            if (await conn.execute(query, {"pid": waiter[0]})).scalar_one() == 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the cancelled statement's connection was kept")
 
 
 async def test_a_statement_not_built_once_is_refused(db: Database) -> None:
