@@ -9,6 +9,8 @@ from typing import Any
 
 from fastmcp import Client, FastMCP
 from mcp_types import Implementation
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
@@ -218,3 +220,16 @@ def audit_entry(**changes: Any) -> NewAuditEntry:
         "request_id": None,
     }
     return NewAuditEntry(**(values | changes))
+
+
+def errors_seen(db: Database) -> list[str]:
+    """The type names of the errors `db`'s transaction engines hand their `handle_error`
+    listeners from now on (filled as they come)."""
+    seen: list[str] = []
+
+    def note(context: ExceptionContext) -> None:
+        seen.append(type(context.original_exception).__name__)
+
+    for engine in db.transaction_engines:
+        event.listen(engine, "handle_error", note)
+    return seen

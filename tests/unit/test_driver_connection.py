@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,7 +19,14 @@ from panaversity_fs.db import audit_sql, journal_sql, publish_sql
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.sqlite_inline import InlineWrites
 from tests.conftest import Backends
-from tests.unit.test_driver_writes import ROW, _cas, _seeded  # pyright: ignore[reportPrivateUsage]
+from tests.support import errors_seen
+from tests.unit.test_driver_writes import (  # pyright: ignore[reportPrivateUsage]
+    ROW,
+    _cas,
+    _seeded,
+    assert_backend_ends,
+    cancelled_while_it_waits,
+)
 
 HEAD = audit_sql._LOCK_HEAD_PG  # pyright: ignore[reportPrivateUsage]
 """A built-once statement answering (seq, head hash, txid, backend pid)."""
@@ -38,11 +44,6 @@ async def _row(db: Database) -> tuple[str, int, bool]:
     async with db.read() as conn:
         row = (await conn.execute(text("SELECT sha256, version, publish_pending FROM file_journal"))).one()
     return (str(row[0]), int(row[1]), bool(row[2]))
-
-
-async def _backend_of(conn: AsyncConnection) -> int:
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    return int(driver.get_server_pid())
 
 
 async def _pid(db: Database) -> int:
@@ -100,19 +101,14 @@ async def test_an_exception_in_the_body_rolls_back_and_keeps_the_connection(
             raise RuntimeError("storage failed")
     assert await _row(db) == ("a" * 64, 1, True)
     assert await _pid(db) == pid
-    assert not [r for r in caplog.records if r.levelno >= logging.DEBUG and "reset" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert db.engine.pool.checkedout() == 0  # pyright: ignore[reportAttributeAccessIssue]
 
 
 async def test_a_refused_statement_fails_as_through_sqlalchemy_and_discards_the_connection(
     db: Database,
 ) -> None:
-    seen: list[str] = []
-
-    def note(context: ExceptionContext) -> None:
-        seen.append(type(context.original_exception).__name__)
-
-    _listen(db, "handle_error", note)
+    seen = errors_seen(db)
     refused = _cas("b" * 64) | {"v_size": None}  # size is NOT NULL
     with pytest.raises(IntegrityError) as through_write:
         async with db.write() as tx:
@@ -172,34 +168,12 @@ async def test_a_cancelled_driver_write_rolls_back_and_its_waiting_statement_los
     assert await _row(db) == ("a" * 64, 1, True)
     assert await _pid(db) == pid
 
-    waiter: list[int] = []
-    async with db.engine.connect() as blocker:
-        await blocker.execute(text("SELECT 1 FROM audit_chain_head FOR UPDATE"))
-        waiting = asyncio.Event()
+    async def swap_first(conn: AsyncConnection) -> None:
+        await conn.execute(CAS, _cas("c" * 64))
 
-        async def waits_for_the_head() -> None:
-            async with db.driver_write() as tx:
-                await tx.conn.execute(CAS, _cas("c" * 64))
-                waiter.append(await _backend_of(tx.conn))
-                waiting.set()
-                await tx.conn.execute(HEAD)
-
-        task = asyncio.create_task(waits_for_the_head())
-        await waiting.wait()
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await blocker.rollback()
+    waiting = await cancelled_while_it_waits(db, db.driver_write, swap_first)
     assert await _row(db) == ("a" * 64, 1, True)
-    async with db.read() as conn:
-        for _ in range(100):
-            query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
-            if (await conn.execute(query, {"pid": waiter[0]})).scalar_one() == 0:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the cancelled statement's connection was kept")
+    await assert_backend_ends(db, waiting)
 
 
 async def test_a_statement_not_built_once_is_refused(db: Database) -> None:

@@ -5,22 +5,23 @@ listeners as SQLAlchemy's own path."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select, text
-from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from panaversity_fs.db import audit_sql, journal_sql, publish_sql
 from panaversity_fs.db.driver_writes import DriverWrites, built_once
-from panaversity_fs.db.engine import Database
+from panaversity_fs.db.engine import Database, WriteTransaction
 from panaversity_fs.db.schema import file_journal
 from panaversity_fs.db.sqlite_inline import InlineWrites
 from tests.conftest import Backends
+from tests.support import errors_seen
 
 ROW = {"k_book": "book", "k_path": "content/01-A/01-B/01-c.md", "k_user": "__base__"}
 
@@ -133,13 +134,7 @@ async def test_built_once_statements_answer_as_through_sqlalchemy(pg_db: Databas
 async def test_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and_writes_nothing(
     db: Database,
 ) -> None:
-    seen: list[str] = []
-
-    def note(context: ExceptionContext) -> None:
-        seen.append(type(context.original_exception).__name__)
-
-    for engine in db.transaction_engines:
-        event.listen(engine, "handle_error", note)
+    seen = errors_seen(db)
     failures: list[IntegrityError] = []
     refused = _cas("b" * 64) | {"v_size": None}  # size is NOT NULL
     for through_driver in (False, True):
@@ -159,16 +154,22 @@ async def test_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and
     assert version == 2
 
 
-async def test_a_statement_cancelled_while_it_waits_discards_its_connection(pg_db: Database) -> None:
-    """A statement the driver was running when its caller was cancelled may still run on the
-    server: the connection is closed, never handed to the next transaction."""
-    async with pg_db.engine.connect() as blocker:
+async def cancelled_while_it_waits(
+    db: Database,
+    transaction: Callable[[], AbstractAsyncContextManager[WriteTransaction]],
+    first: Callable[[AsyncConnection], Awaitable[object]] | None = None,
+) -> int:
+    """Hold the audit chain head on another connection, open `transaction`, run `first` in it,
+    then cancel it while its next statement waits for the head; return its backend's pid."""
+    pids: list[int] = []
+    async with db.engine.connect() as blocker:
         await blocker.execute(text("SELECT 1 FROM audit_chain_head FOR UPDATE"))  # holds the chain head
         started = asyncio.Event()
-        pids: list[int] = []
 
         async def waits_for_the_head() -> None:
-            async with pg_db.write() as tx:
+            async with transaction() as tx:
+                if first is not None:
+                    await first(tx.conn)
                 pids.append(await _pid(tx.conn))
                 started.set()
                 await tx.conn.execute(audit_sql._LOCK_HEAD_PG)
@@ -180,22 +181,28 @@ async def test_a_statement_cancelled_while_it_waits_discards_its_connection(pg_d
         with pytest.raises(asyncio.CancelledError):
             await task
         await blocker.rollback()
-    async with pg_db.write() as tx:
-        assert await _pid(tx.conn) != pids[0]
-        await tx.conn.execute(audit_sql._LOCK_HEAD_PG)  # the head is free again: nothing holds it
-    async with pg_db.read() as conn:
-        alive = await conn.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pids[0]}
-        )
-        for _ in range(50):
-            if alive.scalar_one() == 0:
-                break
+    return pids[0]
+
+
+async def assert_backend_ends(db: Database, pid: int) -> None:
+    """Fail unless PostgreSQL's backend `pid` is gone within 5 s."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+    async with db.read() as conn:
+        for _ in range(100):
+            if (await conn.execute(query, {"pid": pid})).scalar_one() == 0:
+                return
             await asyncio.sleep(0.05)
-            alive = await conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pids[0]}
-            )
-        else:
-            pytest.fail("the cancelled statement's connection was kept")
+    pytest.fail("the cancelled statement's connection was kept")
+
+
+async def test_a_statement_cancelled_while_it_waits_discards_its_connection(pg_db: Database) -> None:
+    """A statement the driver was running when its caller was cancelled may still run on the
+    server: the connection is closed, never handed to the next transaction."""
+    pid = await cancelled_while_it_waits(pg_db, pg_db.write)
+    async with pg_db.write() as tx:
+        assert await _pid(tx.conn) != pid
+        await tx.conn.execute(audit_sql._LOCK_HEAD_PG)  # the head is free again: nothing holds it
+    await assert_backend_ends(pg_db, pid)
 
 
 async def test_a_fault_a_listener_raises_before_a_driver_statement_fails_the_transaction(
