@@ -220,9 +220,9 @@ def classify(raw: object) -> BookPath:
     """
     path = canonicalize(raw)
     if path.startswith("content/"):
-        return content_path(path)
+        return _as_content(path)
     if path.startswith("static/"):
-        return asset_path(path)
+        return _as_asset(path)
     raise SchemaViolation(
         "path must start with content/ (lessons, summaries) or static/ (assets)",
         rule="content/{NN-Name}/{NN-Name}/{NN-name}(.summary)?.md or static/{type}/{file}",
@@ -240,7 +240,10 @@ def content_path(raw: object) -> BookPath:
         InvalidPath: the path is unsafe.
         SchemaViolation: it does not follow the lesson schema; the details name the rule.
     """
-    path = canonicalize(raw)
+    return _as_content(canonicalize(raw))
+
+
+def _as_content(path: str) -> BookPath:
     if CONTENT_PATH.fullmatch(path):
         return BookPath(path, "content")
     raise SchemaViolation(
@@ -287,7 +290,10 @@ def asset_path(raw: object) -> BookPath:
         InvalidPath: the path is unsafe.
         SchemaViolation: the asset type or a segment does not fit.
     """
-    path = canonicalize(raw)
+    return _as_asset(canonicalize(raw))
+
+
+def _as_asset(path: str) -> BookPath:
     segments = path.split("/")
     if (
         len(segments) >= 3

@@ -26,7 +26,7 @@ from tests.support import errors_seen
 ROW = {"k_book": "book", "k_path": "content/01-A/01-B/01-c.md", "k_user": "__base__"}
 
 
-async def _seeded(backends: Backends, combo: str) -> Database:
+async def seeded_database(backends: Backends, combo: str) -> Database:
     """A database for `combo` holding one pending base row (`ROW`, hash `a...a`, version 1)."""
     db = Database.from_settings(await backends.settings(combo, database_statement_timeout=5.0))
     now = datetime.now(UTC)
@@ -51,14 +51,14 @@ async def _seeded(backends: Backends, combo: str) -> Database:
 
 @pytest.fixture
 async def pg_db(backends: Backends) -> AsyncIterator[Database]:
-    db = await _seeded(backends, "postgres-fs")
+    db = await seeded_database(backends, "postgres-fs")
     yield db
     await db.dispose()
 
 
 @pytest.fixture
 async def sqlite_db(backends: Backends) -> AsyncIterator[Database]:
-    db = await _seeded(backends, "sqlite-fs")
+    db = await seeded_database(backends, "sqlite-fs")
     yield db
     await db.dispose()
 
@@ -66,7 +66,7 @@ async def sqlite_db(backends: Backends) -> AsyncIterator[Database]:
 @pytest.fixture(params=["postgres-fs", "sqlite-fs"])
 async def db(backends: Backends, request: pytest.FixtureRequest) -> AsyncIterator[Database]:
     """Each backend's write transactions: asyncpg (`DriverWrites`) and sqlite3 (`InlineWrites`)."""
-    seeded = await _seeded(backends, request.param)
+    seeded = await seeded_database(backends, request.param)
     yield seeded
     await seeded.dispose()
 
@@ -86,7 +86,7 @@ async def _publish_and_update(conn: AsyncConnection) -> None:
     assert claim is not None and claim.sha256 == "a" * 64
     again = await publish_sql.finish_publish(conn, key, "staged")
     assert again is None  # the flag the driver's UPDATE cleared (a boolean literal bound) is seen
-    version = (await conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+    version = (await conn.execute(journal_sql._CAS_BASE, cas_values("b" * 64))).scalar_one_or_none()
     assert version == 2
 
 
@@ -94,7 +94,7 @@ def _lock_head(db: Database) -> Any:
     return audit_sql._LOCK_HEAD if db.is_sqlite else audit_sql._LOCK_HEAD_PG
 
 
-def _cas(sha256: str) -> dict[str, Any]:
+def cas_values(sha256: str) -> dict[str, Any]:
     return ROW | {
         "k_expected": "a" * 64,
         "v_sha256": sha256,
@@ -136,7 +136,7 @@ async def test_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and
 ) -> None:
     seen = errors_seen(db)
     failures: list[IntegrityError] = []
-    refused = _cas("b" * 64) | {"v_size": None}  # size is NOT NULL
+    refused = cas_values("b" * 64) | {"v_size": None}  # size is NOT NULL
     for through_driver in (False, True):
         with pytest.raises(IntegrityError) as failed:
             async with db.write() as tx:
@@ -150,7 +150,7 @@ async def test_a_refused_value_fails_as_through_sqlalchemy_seen_by_listeners_and
     assert type(by_driver.orig) is type(by_sqlalchemy.orig)
     assert len(seen) == 2 and seen[0] == seen[1]  # the dialect's DBAPI error, once per path
     async with db.write() as tx:  # the connection is fine, the transaction was rolled back
-        version = (await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))).scalar_one_or_none()
+        version = (await tx.conn.execute(journal_sql._CAS_BASE, cas_values("b" * 64))).scalar_one_or_none()
     assert version == 2
 
 
@@ -223,7 +223,7 @@ async def test_a_fault_a_listener_raises_before_a_driver_statement_fails_the_tra
             async with db.write() as tx:
                 await tx.conn.execute(_lock_head(db))
                 await tx.conn.execute(audit_sql._MOVE_HEAD, {"new_seq": 99, "new_hash": "f" * 64})
-                await tx.conn.execute(journal_sql._CAS_BASE, _cas("b" * 64))
+                await tx.conn.execute(journal_sql._CAS_BASE, cas_values("b" * 64))
     finally:
         for engine in db.transaction_engines:
             event.remove(engine, "before_cursor_execute", refuse)
