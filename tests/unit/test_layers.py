@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "operation",
             "deadlines",
             "limits",
+            "after_response",
         ),
     ),
     ("database and storage", ("db", "storage")),

@@ -31,26 +31,30 @@ from tests.conftest import PAIRS, Backends
 
 LESSON = "content/01-Budget/01-Hot/01-path.md"
 WRITE_BUDGET = {
-    # the early look at the file's row (a stale expected_hash is refused before staging), outside
-    # any transaction; write transaction: (BEGIN), compare-and-swap (a trigger records the version), chain head,
-    # audit entry, head update; publish transaction: (BEGIN), the pending flag cleared (locking
-    # the row while the bytes move).
-    "sqlite": ["SELECT", "BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "UPDATE"],
+    # An update of a file whose hash this process committed last (no early look: see
+    # EARLY_LOOK). Write transaction: (BEGIN), compare-and-swap (a trigger records the version),
+    # chain head, audit entry, head update; publish transaction: (BEGIN), the pending flag
+    # cleared (locking the row while the bytes move).
+    "sqlite": ["BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "UPDATE"],
     # PostgreSQL commits an update in one statement, a transaction of its own: the
     # compare-and-swap, the audit entry and the head move (db/commit_sql.py); its early look is
     # the driver's own prepared statement (counted with the round trips below).
     "postgresql": ["WITH", "UPDATE"],
 }
+# An update whose expected hash this process did not commit (another process wrote the file
+# last) first looks at the file's row outside any transaction, so that a stale hash is refused
+# before anything is staged: one SELECT more (on PostgreSQL the driver's own, a round trip).
+EARLY_LOOK = "SELECT"
 # A read is one SELECT outside any transaction: on SQLite through the synchronous point-read
 # connection, on PostgreSQL sent by the driver itself (a round trip below).
 READ_BUDGET = {"sqlite": ["SELECT"], "postgresql": []}
 DRIVER_TRIPS = {
     # Every round trip asyncpg makes that it does not send as one of SQLAlchemy's own prepared
-    # statements: the point read (the early look of a write); the one-statement commit; BEGIN
-    # and COMMIT of the publish transaction; and the write path's statements, which the driver
-    # sends itself (db/driver_writes.py; counted in WRITE_BUDGET too). No ping (only after
-    # sitting idle).
-    "write": ["SELECT", "WITH", "BEGIN", "UPDATE", "COMMIT"],
+    # statements: the one-statement commit; BEGIN and COMMIT of the publish transaction; and
+    # the write path's statements, which the driver sends itself (db/driver_writes.py; counted
+    # in WRITE_BUDGET too); the point reads (a read, the early look of a write). No ping (only
+    # after sitting idle).
+    "write": ["WITH", "BEGIN", "UPDATE", "COMMIT"],
     "read": ["SELECT"],
 }
 
@@ -132,11 +136,36 @@ async def test_an_update_and_a_read_send_exactly_their_budgeted_statements(
                 found = await resources.reader.read(target)
         assert found.text == "# two\n"
         await resources.trail.recorder.flush()
+        async with open_resources(settings, background=False) as other_process:
+            # its connections' first statements, off the count (the driver learns types once)
+            warm = Target("budget-book", "content/01-Budget/01-Hot/02-warm.md", None)
+            made = await other_process.files.write(
+                Operation(Caller("budget"), "write_content"), warm, first, sha256_hex(first), None
+            )
+            await other_process.files.write(
+                Operation(Caller("budget"), "write_content"), warm, second, sha256_hex(second), made.file_hash
+            )
+            third = b"# three\n"
+            async with round_trips(other_process.db) as look_trips:
+                with counted(other_process.db) as look:
+                    await other_process.files.write(
+                        Operation(Caller("budget"), "write_content"),
+                        target,
+                        third,
+                        sha256_hex(third),
+                        sha256_hex(second),
+                    )
+            await other_process.trail.recorder.flush()
     assert write == WRITE_BUDGET[dialect], write
     assert read == READ_BUDGET[dialect], read
+    if dialect == "sqlite":
+        assert look == [EARLY_LOOK, *WRITE_BUDGET[dialect]], look
+    else:
+        assert look == WRITE_BUDGET[dialect], look
     if dialect == "postgresql":
         assert write_trips == DRIVER_TRIPS["write"], write_trips
         assert read_trips == DRIVER_TRIPS["read"], read_trips
+        assert look_trips == [EARLY_LOOK, *DRIVER_TRIPS["write"]], look_trips
 
 
 @pytest.mark.parametrize("combo", PAIRS)
@@ -175,6 +204,52 @@ async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing
                 )
             ).one()
     assert tuple(last) == ("loser", "CONFLICT", created.file_hash)
+
+
+@pytest.mark.parametrize("combo", PAIRS)
+async def test_a_hash_this_process_wrote_that_another_replaced_is_refused_by_the_commit(
+    backends: Backends, combo: str
+) -> None:
+    """The early look is skipped for the hash this process committed last; if another process
+    replaced the file since, the commit refuses the write as the look would have (same error,
+    same audit entry, its staged bytes removed), and the next such write looks first again."""
+    settings: Settings = await backends.settings(combo)
+    async with (
+        open_resources(settings, background=False) as resources,
+        open_resources(settings, background=False) as other_process,
+    ):
+        target = Target("budget-book", LESSON, None)
+        first, second, stale = b"# one\n", b"# two\n", b"# stale\n"
+        mine = await resources.files.write(
+            Operation(Caller("budget"), "write_content"), target, first, sha256_hex(first), None
+        )
+        theirs = await other_process.files.write(
+            Operation(Caller("other"), "write_content"), target, second, sha256_hex(second), mine.file_hash
+        )
+        staged_before = {blob.key for blob in await resources.store.list(STAGING_PREFIX)}
+        for attempt in ("by the commit", "early"):
+            async with round_trips(resources.db) as trips:
+                with counted(resources.db) as statements, pytest.raises(Conflict) as refused:
+                    await resources.files.write(
+                        Operation(Caller("loser"), "write_content"),
+                        target,
+                        stale,
+                        sha256_hex(stale),
+                        mine.file_hash,
+                    )
+            assert refused.value.details["current_hash"] == theirs.file_hash
+            first_sent = statements[0] if resources.db.is_sqlite else trips[0]
+            assert (first_sent == EARLY_LOOK) == (attempt == "early"), (attempt, statements, trips)
+            assert {blob.key for blob in await resources.store.list(STAGING_PREFIX)} == staged_before
+            async with resources.db.read() as conn:
+                last = (
+                    await conn.execute(
+                        select(audit_log.c.agent_id, audit_log.c.error_code, audit_log.c.prev_hash)
+                        .order_by(audit_log.c.seq.desc())
+                        .limit(1)
+                    )
+                ).one()
+            assert tuple(last) == ("loser", "CONFLICT", theirs.file_hash), attempt
 
 
 class Recording:

@@ -20,6 +20,7 @@ from panaversity_fs.app import challenge, json_replies
 from panaversity_fs.app.middleware import PublishedTools, pipeline
 from panaversity_fs.app.resources import ServerState, open_resources
 from panaversity_fs.app.transport import (
+    AfterResponseMiddleware,
     AuthFailureLimiter,
     BodyLimitMiddleware,
     OriginGuard,
@@ -174,6 +175,7 @@ def create_app(settings: Settings, mcp: FastMCP | None = None) -> Starlette:
             ),
             ASGIMiddleware(OriginGuard, allowed=settings.allowed_origins),
             ASGIMiddleware(BodyLimitMiddleware, limit=settings.request_body_limit),
+            ASGIMiddleware(AfterResponseMiddleware),
         ],
     )
     lift_transport_body_limit(app, settings.request_body_limit)

@@ -18,6 +18,7 @@ from starlette.authentication import BaseUser
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from panaversity_fs.after_response import deferring
 from panaversity_fs.limits import MAX_TRACKED, token_buckets
 
 
@@ -195,3 +196,18 @@ class _BodyLimitLifted:
             manager.asgi_app = RequestBodyLimitMiddleware(handle, self._limit)
             self._lifted = manager
         await self._endpoint(scope, receive, send)
+
+
+class AfterResponseMiddleware:
+    """Runs the work a request's call deferred (`after_response`) once its response is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request, then run what it deferred."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with deferring():
+            await self.app(scope, receive, send)

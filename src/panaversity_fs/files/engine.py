@@ -13,6 +13,7 @@ Write protocol (every failure point has a defined outcome):
    transaction (`db.commit_sql`); a swap it refuses changes nothing and goes this way.
 4. Publish: move the staged bytes to the path-addressed key under the row lock. Failure here
    does not undo the write: readers follow the pending staging key, and recovery publishes it.
+   So it is left until the answer has been sent (`after_response`).
 
 A commit whose outcome is unknown (connection lost during COMMIT) is settled by asking the
 database about the transaction, or (once the statement surely ended) by looking for the unique
@@ -26,7 +27,9 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
+from panaversity_fs.after_response import after_response
 from panaversity_fs.audit.trail import AuditTrail, Subject
 from panaversity_fs.config import Settings
 from panaversity_fs.db import commit_sql
@@ -50,6 +53,7 @@ from panaversity_fs.files.cas import (
 )
 from panaversity_fs.files.idempotency import Idempotency, Replay, claim, replayed, settle
 from panaversity_fs.files.publisher import Publisher
+from panaversity_fs.files.recent import RecentHashes
 from panaversity_fs.files.results import DeleteOutcome, WriteOutcome
 from panaversity_fs.files.target import Target
 from panaversity_fs.files.versions import VersionStore
@@ -116,6 +120,7 @@ class FileEngine:
         self._metrics = metrics
         self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
         self._statement_limit = settings.database_statement_timeout + COMMAND_TIMEOUT_MARGIN
+        self._recent = RecentHashes()
 
     async def replayed(self, idem: Idempotency | None) -> Replay | None:
         """The outcome an earlier call committed under `idem`'s key, if any (a cheap early look).
@@ -142,7 +147,9 @@ class FileEngine:
 
         A write the file's current row already refuses is refused before any byte is staged: a
         lost race costs one read and its audit entry, no storage. A call with an idempotency
-        key skips that look: only its transaction can tell a repeat from a loser.
+        key skips that look (only its transaction can tell a repeat from a loser), and so does a
+        write whose `expected` is the hash this process last committed for the file
+        (`RecentHashes`).
 
         Raises:
             HashRequired, Conflict, NotFound: the `expected_hash` contract refused the write.
@@ -154,6 +161,8 @@ class FileEngine:
         return await self.commit(op, staged, idem)
 
     async def _refuse_early(self, op: Operation, target: Target, expected: str | None) -> None:
+        if expected is not None and self._recent.holds(target.key, expected):
+            return
         users = [target.key.user_id, BASE_USER] if target.user_id is not None else [BASE_USER]
         try:
             rows = await journal.look_up(self._db, target.book_id, target.path, users)
@@ -211,6 +220,8 @@ class FileEngine:
         outcome = await self._commit(op, staged, idem)
         self._metrics.write_duration.labels("journal").observe(time.perf_counter() - commit_started)
         target = staged.target
+        if not isinstance(outcome, WriteOutcome):
+            self._recent.forget(target.key)
         if isinstance(outcome, Replay):
             await self._discard(staged.staging_key)
             self._metrics.replays.labels(op.name).inc()
@@ -222,7 +233,8 @@ class FileEngine:
                 await self._discard(staged.staging_key)
             self._metrics.count_write(target.book_id, outcome.code)
             raise outcome
-        await self._publisher.publish_or_defer(target.key, staged.staging_key)
+        self._recent.remember(target.key, staged.sha256)
+        await after_response(partial(self._publisher.publish_or_defer, target.key, staged.staging_key))
         if target.user_id is None:
             self._metrics.know_books((target.book_id,))
         self._metrics.count_write(
@@ -407,6 +419,7 @@ class FileEngine:
                 self._metrics.delete_total.labels("error").inc()
                 raise database_failure(exc) from None
             decided = await resolve_unknown_commit(self._db, target, None, decided, exc, transaction)
+        self._recent.forget(target.key)
         if isinstance(decided, Replay):
             self._metrics.replays.labels(op.name).inc()
             return decided.deleted()
@@ -416,7 +429,7 @@ class FileEngine:
             ).inc()
             raise decided
         if decided.existed:
-            await self._publisher.publish_or_defer(target.key, None)
+            await after_response(partial(self._publisher.publish_or_defer, target.key, None))
         self._metrics.delete_total.labels("success").inc()
         return decided
 
