@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from panaversity_fs.app.resources import open_resources
+from panaversity_fs.app.resources import Resources, open_resources
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.schema import audit_log
 from panaversity_fs.errors import Conflict
+from panaversity_fs.files.results import WriteOutcome
 from panaversity_fs.files.target import Target, sha256_hex
 from panaversity_fs.identity import Caller
 from panaversity_fs.operation import Operation
@@ -108,6 +109,32 @@ async def round_trips(db: Database) -> AsyncIterator[list[str]]:
             connection.remove_query_logger(log)
 
 
+async def write(
+    resources: Resources, target: Target, data: bytes, expected: str | None, agent: str = "budget"
+) -> WriteOutcome:
+    """`data` written to `target` by `agent`'s `write_content`, through the engine."""
+    operation = Operation(Caller(agent), "write_content")
+    return await resources.files.write(operation, target, data, sha256_hex(data), expected)
+
+
+async def staged(resources: Resources) -> set[str]:
+    """The keys of every staged object."""
+    return {blob.key for blob in await resources.store.list(STAGING_PREFIX)}
+
+
+async def last_audit(resources: Resources) -> tuple[Any, ...]:
+    """Agent, error code and previous hash of the newest audit entry."""
+    async with resources.db.read() as conn:
+        row = (
+            await conn.execute(
+                select(audit_log.c.agent_id, audit_log.c.error_code, audit_log.c.prev_hash)
+                .order_by(audit_log.c.seq.desc())
+                .limit(1)
+            )
+        ).one()
+    return tuple(row)
+
+
 @pytest.mark.parametrize("combo", PAIRS)
 async def test_an_update_and_a_read_send_exactly_their_budgeted_statements(
     backends: Backends, combo: str
@@ -117,20 +144,12 @@ async def test_an_update_and_a_read_send_exactly_their_budgeted_statements(
         dialect = resources.db.engine.dialect.name
         target = Target("budget-book", LESSON, None)
         first = b"# one\n"
-        created = await resources.files.write(
-            Operation(Caller("budget"), "write_content"), target, first, sha256_hex(first), None
-        )
+        created = await write(resources, target, first, None)
         await resources.trail.recorder.flush()
         second = b"# two\n"
-        async with round_trips(resources.db) as write_trips:
-            with counted(resources.db) as write:
-                await resources.files.write(
-                    Operation(Caller("budget"), "write_content"),
-                    target,
-                    second,
-                    sha256_hex(second),
-                    created.file_hash,
-                )
+        async with round_trips(resources.db) as update_trips:
+            with counted(resources.db) as update:
+                await write(resources, target, second, created.file_hash)
         async with round_trips(resources.db) as read_trips:
             with counted(resources.db) as read:
                 found = await resources.reader.read(target)
@@ -139,31 +158,21 @@ async def test_an_update_and_a_read_send_exactly_their_budgeted_statements(
         async with open_resources(settings, background=False) as other_process:
             # its connections' first statements, off the count (the driver learns types once)
             warm = Target("budget-book", "content/01-Budget/01-Hot/02-warm.md", None)
-            made = await other_process.files.write(
-                Operation(Caller("budget"), "write_content"), warm, first, sha256_hex(first), None
-            )
-            await other_process.files.write(
-                Operation(Caller("budget"), "write_content"), warm, second, sha256_hex(second), made.file_hash
-            )
+            made = await write(other_process, warm, first, None)
+            await write(other_process, warm, second, made.file_hash)
             third = b"# three\n"
             async with round_trips(other_process.db) as look_trips:
                 with counted(other_process.db) as look:
-                    await other_process.files.write(
-                        Operation(Caller("budget"), "write_content"),
-                        target,
-                        third,
-                        sha256_hex(third),
-                        sha256_hex(second),
-                    )
+                    await write(other_process, target, third, sha256_hex(second))
             await other_process.trail.recorder.flush()
-    assert write == WRITE_BUDGET[dialect], write
+    assert update == WRITE_BUDGET[dialect], update
     assert read == READ_BUDGET[dialect], read
     if dialect == "sqlite":
         assert look == [EARLY_LOOK, *WRITE_BUDGET[dialect]], look
     else:
         assert look == WRITE_BUDGET[dialect], look
     if dialect == "postgresql":
-        assert write_trips == DRIVER_TRIPS["write"], write_trips
+        assert update_trips == DRIVER_TRIPS["write"], update_trips
         assert read_trips == DRIVER_TRIPS["read"], read_trips
         assert look_trips == [EARLY_LOOK, *DRIVER_TRIPS["write"]], look_trips
 
@@ -176,16 +185,12 @@ async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing
     async with open_resources(settings, background=False) as resources:
         target = Target("budget-book", LESSON, None)
         first = b"# one\n"
-        created = await resources.files.write(
-            Operation(Caller("budget"), "write_content"), target, first, sha256_hex(first), None
-        )
-        staged_before = {blob.key for blob in await resources.store.list(STAGING_PREFIX)}
+        created = await write(resources, target, first, None)
+        staged_before = await staged(resources)
         stale = b"# stale\n"
         async with round_trips(resources.db) as trips:
             with counted(resources.db) as statements, pytest.raises(Conflict) as refused:
-                await resources.files.write(
-                    Operation(Caller("loser"), "write_content"), target, stale, sha256_hex(stale), "0" * 64
-                )
+                await write(resources, target, stale, "0" * 64, agent="loser")
         # the early look, then the refusal's own audit transaction (chain head, entry, head)
         if resources.db.is_sqlite:
             assert [s for s in statements if s != "BEGIN"] == ["SELECT", "SELECT", "INSERT", "UPDATE"]
@@ -193,17 +198,9 @@ async def test_a_stale_write_costs_a_read_and_its_audit_entry_and_stages_nothing
             assert statements == ["SELECT", "WITH"]
             assert trips == ["SELECT", "BEGIN", "SELECT", "WITH", "COMMIT"]
         assert refused.value.details["current_hash"] == created.file_hash
-        assert {blob.key for blob in await resources.store.list(STAGING_PREFIX)} == staged_before
+        assert await staged(resources) == staged_before
         assert not await resources.store.exists(version_key(sha256_hex(stale)))
-        async with resources.db.read() as conn:
-            last = (
-                await conn.execute(
-                    select(audit_log.c.agent_id, audit_log.c.error_code, audit_log.c.prev_hash)
-                    .order_by(audit_log.c.seq.desc())
-                    .limit(1)
-                )
-            ).one()
-    assert tuple(last) == ("loser", "CONFLICT", created.file_hash)
+        assert await last_audit(resources) == ("loser", "CONFLICT", created.file_hash)
 
 
 @pytest.mark.parametrize("combo", PAIRS)
@@ -220,36 +217,18 @@ async def test_a_hash_this_process_wrote_that_another_replaced_is_refused_by_the
     ):
         target = Target("budget-book", LESSON, None)
         first, second, stale = b"# one\n", b"# two\n", b"# stale\n"
-        mine = await resources.files.write(
-            Operation(Caller("budget"), "write_content"), target, first, sha256_hex(first), None
-        )
-        theirs = await other_process.files.write(
-            Operation(Caller("other"), "write_content"), target, second, sha256_hex(second), mine.file_hash
-        )
-        staged_before = {blob.key for blob in await resources.store.list(STAGING_PREFIX)}
+        mine = await write(resources, target, first, None)
+        theirs = await write(other_process, target, second, mine.file_hash, agent="other")
+        staged_before = await staged(resources)
         for attempt in ("by the commit", "early"):
             async with round_trips(resources.db) as trips:
                 with counted(resources.db) as statements, pytest.raises(Conflict) as refused:
-                    await resources.files.write(
-                        Operation(Caller("loser"), "write_content"),
-                        target,
-                        stale,
-                        sha256_hex(stale),
-                        mine.file_hash,
-                    )
+                    await write(resources, target, stale, mine.file_hash, agent="loser")
             assert refused.value.details["current_hash"] == theirs.file_hash
             first_sent = statements[0] if resources.db.is_sqlite else trips[0]
             assert (first_sent == EARLY_LOOK) == (attempt == "early"), (attempt, statements, trips)
-            assert {blob.key for blob in await resources.store.list(STAGING_PREFIX)} == staged_before
-            async with resources.db.read() as conn:
-                last = (
-                    await conn.execute(
-                        select(audit_log.c.agent_id, audit_log.c.error_code, audit_log.c.prev_hash)
-                        .order_by(audit_log.c.seq.desc())
-                        .limit(1)
-                    )
-                ).one()
-            assert tuple(last) == ("loser", "CONFLICT", theirs.file_hash), attempt
+            assert await staged(resources) == staged_before
+            assert await last_audit(resources) == ("loser", "CONFLICT", theirs.file_hash), attempt
 
 
 class Recording:
@@ -280,9 +259,7 @@ async def test_a_read_asks_storage_once_for_exactly_the_journaled_size(
     async with open_resources(settings, background=False) as resources:
         target = Target("budget-book", LESSON, None)
         text = b"# ranged\n" * 500
-        await resources.files.write(
-            Operation(Caller("budget"), "write_content"), target, text, sha256_hex(text), None
-        )
+        await write(resources, target, text, None)
         store: Any = resources.store
         operator, store._operator = store._operator, Recording(store._operator)
         local = store._local
