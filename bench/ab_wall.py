@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -44,6 +45,7 @@ WARMUP = 50
 
 
 def parse() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -59,29 +61,23 @@ def parse() -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
+    """Start both trees' servers and the trivial one, then measure them (`measure`)."""
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
     pg_names = [f"pfs_abwall_{name}" for name in trees] if args.backend == "postgres" else []
     with scratch_run("pfs-abwall-", pg_names) as (tmp, pg_urls, servers):
-        clients: dict[str, Any] = {}
+        urls: dict[str, str] = {}
         processes: dict[str, psutil.Process] = {}
         for index, (name, tree) in enumerate(trees.items()):
             url = pg_urls[index] if pg_urls else f"sqlite+aiosqlite:///{tmp / name}.db"
             env = server_env(url, tmp / f"storage-{name}", "WARNING") | {"PYTHONPATH": str(tree)}
             argv = [str(tree / ".venv" / "bin" / "python"), "-m", "panaversity_fs", "serve"]
             server = launch(name, argv, env, tmp, servers)
-            clients[name] = make_client(server.url)
-            processes[name] = psutil.Process(server.pid)
+            urls[name], processes[name] = server.url, psutil.Process(server.pid)
         trivial = launch_trivial(tmp, servers)
-        clients["trivial"] = make_client(trivial.url)
-        processes["trivial"] = psutil.Process(trivial.pid)
-        for client in clients.values():
-            await client.__aenter__()
-        try:
-            calls = await prepare(args.tool, clients)
-            await measure(args, calls, processes)
-        finally:
-            for client in clients.values():
-                await client.__aexit__(None, None, None)
+        urls["trivial"], processes["trivial"] = trivial.url, psutil.Process(trivial.pid)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {name: await stack.enter_async_context(make_client(url)) for name, url in urls.items()}
+            await measure(args, await prepare(args.tool, clients), processes)
 
 
 async def prepare(tool: str, clients: dict[str, Any]) -> dict[str, Callable[[int], Awaitable[Any]]]:
