@@ -39,7 +39,7 @@ from bench.bench_core import (
     make_client,
     scratch_run,
 )
-from testkit.processes import server_env
+from testkit.processes import ServerProcess, server_env
 
 WARMUP = 50
 
@@ -60,24 +60,25 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-async def run(args: argparse.Namespace) -> None:
+TREES = ("old", "new")
+
+
+async def run(args: argparse.Namespace, tmp: Path, pg_urls: list[str], servers: list[ServerProcess]) -> None:
     """Start both trees' servers and the trivial one, then measure them (`measure`)."""
-    trees = {"old": args.old.resolve(), "new": args.new.resolve()}
-    pg_names = [f"pfs_abwall_{name}" for name in trees] if args.backend == "postgres" else []
-    with scratch_run("pfs-abwall-", pg_names) as (tmp, pg_urls, servers):
-        urls: dict[str, str] = {}
-        processes: dict[str, psutil.Process] = {}
-        for index, (name, tree) in enumerate(trees.items()):
-            url = pg_urls[index] if pg_urls else f"sqlite+aiosqlite:///{tmp / name}.db"
-            env = server_env(url, tmp / f"storage-{name}", "WARNING") | {"PYTHONPATH": str(tree)}
-            argv = [str(tree / ".venv" / "bin" / "python"), "-m", "panaversity_fs", "serve"]
-            server = launch(name, argv, env, tmp, servers)
-            urls[name], processes[name] = server.url, psutil.Process(server.pid)
-        trivial = launch_trivial(tmp, servers)
-        urls["trivial"], processes["trivial"] = trivial.url, psutil.Process(trivial.pid)
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {name: await stack.enter_async_context(make_client(url)) for name, url in urls.items()}
-            await measure(args, await prepare(args.tool, clients), processes)
+    trees = dict(zip(TREES, (args.old.resolve(), args.new.resolve()), strict=True))
+    urls: dict[str, str] = {}
+    processes: dict[str, psutil.Process] = {}
+    for index, (name, tree) in enumerate(trees.items()):
+        url = pg_urls[index] if pg_urls else f"sqlite+aiosqlite:///{tmp / name}.db"
+        env = server_env(url, tmp / f"storage-{name}", "WARNING") | {"PYTHONPATH": str(tree)}
+        argv = [str(tree / ".venv" / "bin" / "python"), "-m", "panaversity_fs", "serve"]
+        server = launch(name, argv, env, tmp, servers)
+        urls[name], processes[name] = server.url, psutil.Process(server.pid)
+    trivial = launch_trivial(tmp, servers)
+    urls["trivial"], processes["trivial"] = trivial.url, psutil.Process(trivial.pid)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {name: await stack.enter_async_context(make_client(url)) for name, url in urls.items()}
+        await measure(args, await prepare(args.tool, clients), processes)
 
 
 async def prepare(tool: str, clients: dict[str, Any]) -> dict[str, Callable[[int], Awaitable[Any]]]:
@@ -150,8 +151,11 @@ async def measure(
 
 
 def main() -> None:
-    """Run the comparison."""
-    asyncio.run(run(parse()))
+    """Run the comparison (on scratch PostgreSQL databases, dropped afterwards)."""
+    args = parse()
+    pg_names = [f"pfs_abwall_{name}" for name in TREES] if args.backend == "postgres" else []
+    with scratch_run("pfs-abwall-", pg_names) as (tmp, pg_urls, servers):
+        asyncio.run(run(args, tmp, pg_urls, servers))
     sys.stdout.flush()
 
 
