@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime
@@ -9,16 +10,18 @@ from typing import Any
 
 from fastmcp import Client, FastMCP
 from mcp_types import Implementation
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import ExceptionContext
 
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
 from panaversity_fs.db.audit_sql import AuditFilter, NewAuditEntry, query_entries
 from panaversity_fs.db.engine import Database
+from panaversity_fs.db.schema import file_journal
 from panaversity_fs.files.fsck import FsckReport, check
 from panaversity_fs.identity import Caller
 from panaversity_fs.operation import Operation
+from panaversity_fs.paths import BASE_USER
 from panaversity_fs.storage.blobs import BlobStore
 
 BOOK = "python-book"
@@ -233,3 +236,27 @@ def errors_seen(db: Database) -> list[str]:
     for engine in db.transaction_engines:
         event.listen(engine, "handle_error", note)
     return seen
+
+
+async def until_published(settings: Settings, book_id: str, path: str, seconds: float = 5.0) -> None:
+    """Wait until the base file's last change is published (a publish runs after the write's
+    answer); fail if it is still pending after `seconds`."""
+    db = Database.from_settings(settings)
+    try:
+        for _ in range(int(seconds / 0.01)):
+            async with db.read() as conn:
+                pending = (
+                    await conn.execute(
+                        select(file_journal.c.publish_pending).where(
+                            file_journal.c.book_id == book_id,
+                            file_journal.c.path == path,
+                            file_journal.c.user_id == BASE_USER,
+                        )
+                    )
+                ).scalar_one()
+            if not pending:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{path} was never published")
+    finally:
+        await db.dispose()

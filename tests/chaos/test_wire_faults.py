@@ -42,7 +42,7 @@ from testkit.processes import ServerProcess, run_cli, settings_env
 from tests.books_support import sha
 from tests.conftest import Backends, proxied
 from tests.faultproxy import FaultRule, PostgresProxy, S3Proxy
-from tests.support import ToolFailure, call
+from tests.support import ToolFailure, call, until_published
 
 BOOK = "wire-book"
 WRITERS = 4
@@ -412,28 +412,6 @@ async def journal_hash(settings: Settings, path: str) -> str | None:
         await db.dispose()
 
 
-async def until_published(settings: Settings, path: str) -> None:
-    """Wait until the file's last write is published. The publish runs after the write's
-    answer: a fault armed before it ends would hit the publish instead of the next call."""
-    db = Database.from_settings(settings)
-    try:
-        for _ in range(500):
-            async with db.read() as conn:
-                pending = (
-                    await conn.execute(
-                        select(file_journal.c.publish_pending).where(
-                            file_journal.c.book_id == BOOK, file_journal.c.path == path
-                        )
-                    )
-                ).scalar_one()
-            if not pending:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{path} was never published")
-    finally:
-        await db.dispose()
-
-
 @pytest.mark.parametrize(
     ("cuts", "deliver", "delay"),
     [
@@ -466,7 +444,7 @@ async def test_pg_unknown_commit_outcome_is_resolved_and_never_applied_twice(
     with ServerProcess(settings, tmp_path / "server.log", **FAST_FAILING) as server:
         async with writers(server.url, 1) as [writer]:
             before = writer.expected
-            await until_published(direct, writer.path)
+            await until_published(direct, BOOK, writer.path)
             pg_proxy.cut_commits(cuts, deliver=deliver, delay=delay)
             answer = await writer.write()
             pg_proxy.pass_through()

@@ -10,18 +10,15 @@ import logging
 import pytest
 from fastmcp import Client
 from mcp_types import Implementation
-from sqlalchemy import select
 from starlette.types import Message, Receive, Scope, Send
 
 from panaversity_fs.after_response import Work, after_response, deferring
 from panaversity_fs.app.transport import AfterResponseMiddleware
 from panaversity_fs.config import Settings
-from panaversity_fs.db.engine import Database
-from panaversity_fs.db.schema import file_journal
 from panaversity_fs.paths import storage_key
 from panaversity_fs.storage.blobs import BlobStore
 from tests.archive_support import http_server
-from tests.support import call
+from tests.support import call, until_published
 
 
 def noting(seen: list[str], name: str) -> Work:
@@ -112,22 +109,9 @@ async def test_a_write_over_http_is_published_right_after_its_answer(db_settings
             content="# two\n",
             expected_hash=created["file_hash"],
         )
-        db = Database.from_settings(db_settings)
+        await until_published(db_settings, "after-book", path, seconds=2.0)
         store = BlobStore.from_settings(db_settings)
         try:
-            pending = True
-            for _ in range(100):
-                async with db.read() as conn:
-                    pending = (
-                        await conn.execute(
-                            select(file_journal.c.publish_pending).where(file_journal.c.path == path)
-                        )
-                    ).scalar_one()
-                if not pending:
-                    break
-                await asyncio.sleep(0.02)
-            assert not pending, "the publish did not run after the answer"
             assert await store.read(storage_key("after-book", path, None)) == b"# two\n"
         finally:
             store.close()
-            await db.dispose()
