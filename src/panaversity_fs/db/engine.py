@@ -2,7 +2,8 @@
 
 PostgreSQL runs every write transaction in READ COMMITTED (forced here, whatever the server
 default: under REPEATABLE READ two appenders can read the same chain head and fork the audit
-chain) with statement and lock timeouts. Its reads run in autocommit: under READ COMMITTED every
+chain) with statement and lock timeouts, and ends a statement whose client went away
+(`CLIENT_CHECK_MS`). Its reads run in autocommit: under READ COMMITTED every
 statement takes its own snapshot anyway, so BEGIN and COMMIT would only add two round trips.
 A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (with this
 driver a ping is three round trips: pinging every checkout cost a read three and a write six).
@@ -61,6 +62,13 @@ enough for PostgreSQL's own cancellation to arrive first from a database that is
 CHECKPOINT_EVERY = 100
 """SQLite write transactions between two WAL checkpoints (each a few pages: SQLite's own
 automatic checkpoint would come every thousand pages, inside a COMMIT, on the loop thread)."""
+
+CLIENT_CHECK_MS = 50
+"""How often (ms) PostgreSQL checks, while a statement of ours runs, that our end of the
+connection is still open (`client_connection_check_interval`, PostgreSQL 14+). A statement that
+commits on its own (`commit_sql`) can wait on a row lock; if its server is killed meanwhile,
+the check ends it within this time instead of letting it commit after the caller has already
+re-read the file to settle the lost answer."""
 
 PING_AFTER_IDLE = 10.0
 """Seconds a pooled PostgreSQL connection may sit idle before its next checkout pings it (a
@@ -333,6 +341,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "statement_timeout": str(timeout_ms),
             "lock_timeout": str(timeout_ms),
             "idle_in_transaction_session_timeout": str(timeout_ms * 4),
+            "client_connection_check_interval": str(CLIENT_CHECK_MS),
             "application_name": "panaversity-fs",
             # Autocommit reads run at the session default: make it READ COMMITTED too.
             "default_transaction_isolation": "read committed",
