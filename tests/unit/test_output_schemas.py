@@ -1,4 +1,5 @@
-"""Published output schemas: the same rules as pydantic's, said cheaper to check."""
+"""Published output schemas: the same rules as pydantic's, said cheaper to check; several
+shapes of one tool's result as one object."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 import pytest
 from fastmcp.utilities.json_schema import dereference_refs
 from jsonschema import Draft202012Validator
+from pydantic import BaseModel, Field
 
 from panaversity_fs.app.middleware.schemas import lean_output
 from panaversity_fs.builds.results import BuildPlan
+from panaversity_fs.tools.results import merged_output_schema
 
 HASH = "a" * 64
 PLAN: dict[str, Any] = {
@@ -67,3 +70,44 @@ def test_lean_schema_accepts_and_refuses_exactly_what_the_original_does(change: 
     ]
     assert verdicts[0] == verdicts[1], (change, verdicts)
     assert "anyOf" in str(original) and "anyOf" not in str(lean_output(original))
+
+
+class _Page(BaseModel):
+    """A page."""
+
+    book_id: str
+    files: list[str] = Field(description="the page's files")
+    next_cursor: str | None = None
+
+
+class _File(BaseModel):
+    """A file."""
+
+    book_id: str = Field(description="the book")
+    file_hash: str
+    user_id: str | None = None
+
+
+def test_shapes_merge_into_one_object_that_each_result_follows() -> None:
+    merged = merged_output_schema("a page or a file", _Page, _File)
+    assert list(merged["properties"]) == ["book_id", "files", "next_cursor", "file_hash", "user_id"]
+    assert merged["required"] == ["book_id"]  # the only field both require
+    assert "description" not in merged["properties"]["book_id"]  # the first shape's word wins
+    assert merged["properties"]["files"]["description"] == "the page's files"
+    validator = Draft202012Validator(merged)
+    results = [_Page(book_id="b", files=["x"]), _File(book_id="b", file_hash=HASH, user_id="u")]
+    for result in results:
+        assert not list(validator.iter_errors(result.model_dump(exclude_none=True)))
+    assert list(validator.iter_errors({"book_id": "b", "file_hash": 5}))
+    assert list(validator.iter_errors({"files": []}))
+
+
+class _Clash(BaseModel):
+    """The same name, another type."""
+
+    book_id: int
+
+
+def test_shapes_that_disagree_on_a_field_do_not_merge() -> None:
+    with pytest.raises(ValueError, match=r"_Clash\.book_id"):
+        merged_output_schema("never", _File, _Clash)

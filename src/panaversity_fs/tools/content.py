@@ -29,8 +29,14 @@ from panaversity_fs.tools.params import (
     page_size,
 )
 
-READ_OUTPUT = results.output_schema(FileInfo | BulkPage | VersionRead)
-"""One file's description (scope file) or a page's (the other scopes)."""
+READ_OUTPUT = results.merged_output_schema(
+    "scope file: one file (with version: that old version, at instead of last_modified); "
+    "other scopes: one page (scope, files, next_cursor).",
+    FileInfo,
+    BulkPage,
+    VersionRead,
+)
+"""One file's description (scope file) or a page's (the other scopes), as one object."""
 
 
 def register(mcp: FastMCP, state: ServerState) -> None:
