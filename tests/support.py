@@ -11,7 +11,7 @@ from typing import Any
 from fastmcp import Client, FastMCP
 from mcp_types import Implementation
 from sqlalchemy import event, select
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import ExceptionContext, make_url
 
 from panaversity_fs.audit.verify import verify_database
 from panaversity_fs.config import Settings
@@ -260,3 +260,11 @@ async def until_published(settings: Settings, book_id: str, path: str, seconds: 
         raise AssertionError(f"{path} was never published")
     finally:
         await db.dispose()
+
+
+def libpq_url(database_url: str, database: str | None = None) -> str:
+    """`database_url` (asyncpg) as a libpq URL, optionally naming another database."""
+    url = make_url(database_url).set(drivername="postgresql")
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False).replace("ssl=", "sslmode=")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
@@ -25,7 +25,7 @@ import pytest
 
 from tests.cluster import Ambiguous, McpHttp, Replica
 from tests.conftest import Backends
-from tests.system.test_restore_drill import libpq_url
+from tests.support import libpq_url
 
 BOOK = "dead-writer-book"
 LESSON = "content/01-Intro/01-Basics/01-hello.md"
@@ -36,7 +36,7 @@ WAITING = (
 )
 
 
-async def _until(probe: Any, want: int, seconds: float) -> bool:
+async def _until(probe: Callable[[], Awaitable[int]], want: int, seconds: float) -> bool:
     """Poll `probe()` until it returns `want` (True) or `seconds` pass (False)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

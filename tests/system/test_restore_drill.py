@@ -17,13 +17,12 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from sqlalchemy.engine import make_url
 
 from panaversity_fs.app.server import create_server
 from panaversity_fs.config import Settings, normalize_database_url
 from testkit.processes import run_cli, settings_env
 from tests.conftest import Backends, backend_unavailable
-from tests.support import BOOK, LESSON, SUMMARY, call, client, error_of
+from tests.support import BOOK, LESSON, SUMMARY, call, client, error_of, libpq_url
 
 DOOMED = "content/01-Intro/02-Loops/01-while.md"
 USER = "student-42"
@@ -37,14 +36,6 @@ def tool(name: str) -> str:
     if path is None:
         backend_unavailable(name, "not on PATH", ci_note="the restore drill must run")
     return path
-
-
-def libpq_url(database_url: str, database: str | None = None) -> str:
-    """`database_url` (asyncpg) as a libpq URL, optionally naming another database."""
-    url = make_url(database_url).set(drivername="postgresql")
-    if database is not None:
-        url = url.set(database=database)
-    return url.render_as_string(hide_password=False).replace("ssl=", "sslmode=")
 
 
 def pg(*command: str) -> None:
