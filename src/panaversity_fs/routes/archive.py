@@ -116,4 +116,15 @@ class ArchiveResponse(StreamingResponse):
         except TimeoutError:
             logger.warning("archive client stopped reading; the download was cut off")
         finally:
-            self._release()
+            try:
+                await self._close_body()
+            finally:
+                self._release()
+
+    async def _close_body(self) -> None:
+        """End the body now, whatever stopped the response: Starlette leaves a body whose client
+        went away suspended, and its `finally` (the download's log line and metrics) would only
+        run once the garbage collector found it."""
+        close = getattr(self.body_iterator, "aclose", None)
+        if close is not None:
+            await close()
