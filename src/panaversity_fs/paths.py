@@ -352,6 +352,8 @@ def version_key(sha256: str) -> str:
 def invisible_character(text: str) -> str | None:
     """The first character of `text` a reader cannot see as itself (control, bidi, zero-width,
     format, variation selector, filler, unassigned), or None."""
+    if text.isascii() and text.isprintable():
+        return None  # printable ASCII holds none of them; every call's path and agent id is
     for char in text:
         code = ord(char)
         if (
@@ -376,5 +378,8 @@ def skeleton(text: str) -> str:
 def describe_rejected_path(raw: object, limit: int = 300) -> str:
     """Return a printable, bounded rendering of a refused path for the audit log and logs."""
     text = raw if isinstance(raw, str) else repr(raw)
-    escaped = text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        escaped = text  # what unicode_escape would give, without encoding it
+    else:
+        escaped = text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
     return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

@@ -4,6 +4,7 @@ call of `read_resource` with the book id, path and user id its URI names."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -27,8 +28,26 @@ class Call:
     arguments: dict[str, Any]
 
 
+_last_call: ContextVar[tuple[object, Call] | None] = ContextVar("pfs_last_call", default=None)
+"""The message the pipeline of this task last read, and its call: every stage asks for it."""
+
+
 def call_of(message: object) -> Call:
-    """The call `message` (a tool call's or a resource read's parameters) makes."""
+    """The call `message` (a tool call's or a resource read's parameters) makes, worked out once
+    per message however many stages ask (they must not change its `arguments`).
+
+    Raises:
+        TypeError: `message` is neither.
+    """
+    last = _last_call.get()
+    if last is not None and last[0] is message:
+        return last[1]
+    call = _call_in(message)
+    _last_call.set((message, call))
+    return call
+
+
+def _call_in(message: object) -> Call:
     if isinstance(message, ReadResourceRequestParams):
         return Call(READ_RESOURCE, dict(parse_book_uri(str(message.uri))))
     if isinstance(message, CallToolRequestParams):
