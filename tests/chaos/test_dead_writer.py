@@ -25,7 +25,7 @@ import pytest
 
 from tests.cluster import Ambiguous, McpHttp, Replica
 from tests.conftest import Backends
-from tests.support import libpq_url
+from tests.support import libpq_url, until_published
 
 BOOK = "dead-writer-book"
 LESSON = "content/01-Intro/01-Basics/01-hello.md"
@@ -60,6 +60,9 @@ async def test_a_write_whose_server_dies_while_it_waits_never_lands(
             created = await agent.call("write_content", book_id=BOOK, path=LESSON, content="# One\n")
             assert created.ok, created
             old = created.data["file_hash"]
+            # The create's publish runs after its answer and takes the row lock too: were it to
+            # queue behind the holder, two statements would wait.
+            await until_published(settings, BOOK, LESSON, seconds=30)
             await holder.execute("BEGIN")
             await holder.fetch(f"SELECT 1 {ROW} FOR UPDATE", BOOK, LESSON)
             arguments = {"book_id": BOOK, "path": LESSON, "content": "# Two\n", "expected_hash": old}
