@@ -17,6 +17,7 @@ from panaversity_fs.app.resources import open_resources
 from panaversity_fs.config import Settings
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.migrate import (
+    SCHEMA_HEAD,
     alembic_config,
     current_revision,
     ensure_schema,
@@ -58,6 +59,42 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(backends: Backends, kind: 
         assert tuple(head) == (0, "0" * 64)
     finally:
         await db.dispose()
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    assert head_revision() == SCHEMA_HEAD
+
+
+STARTS_WITHOUT_ALEMBIC = """
+import asyncio, sys
+from panaversity_fs.config import Settings
+from panaversity_fs.db.engine import Database
+from panaversity_fs.db.migrate import ensure_schema
+
+async def main() -> None:
+    db = Database.from_settings(Settings(database_url=sys.argv[1]))
+    try:
+        print(await ensure_schema(db, auto_migrate=False), "alembic" in sys.modules)
+    finally:
+        await db.dispose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_current_database_is_checked_without_importing_alembic(backends: Backends, kind: str) -> None:
+    url = await backends.database_url(kind)
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", STARTS_WITHOUT_ALEMBIC, url],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.split() == [SCHEMA_HEAD, "False"]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
