@@ -353,7 +353,7 @@ def invisible_character(text: str) -> str | None:
     """The first character of `text` a reader cannot see as itself (control, bidi, zero-width,
     format, variation selector, filler, unassigned), or None."""
     if text.isascii() and text.isprintable():
-        return None  # printable ASCII holds none of them; every call's path and agent id is
+        return None  # none of them is printable ASCII, which nearly every path and agent id is
     for char in text:
         code = ord(char)
         if (
