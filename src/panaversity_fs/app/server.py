@@ -17,6 +17,7 @@ from starlette.middleware import Middleware as ASGIMiddleware
 
 from panaversity_fs import __version__
 from panaversity_fs.app import challenge, json_replies
+from panaversity_fs.app.fixed_tools import FixedToolServer
 from panaversity_fs.app.middleware import PublishedTools, pipeline
 from panaversity_fs.app.resources import ServerState, open_resources
 from panaversity_fs.app.transport import (
@@ -70,8 +71,8 @@ def create_server(settings: Settings, *, background: bool = True) -> FastMCP:
     published = next(m for m in middleware if isinstance(m, PublishedTools))
 
     @asynccontextmanager
-    async def lifespan(server: FastMCP) -> AsyncGenerator[None, None]:
-        await _prepare_tools(server, published)
+    async def lifespan(_server: FastMCP) -> AsyncGenerator[None, None]:
+        await _prepare_tools(mcp, published)
         async with open_resources(settings, background=background) as resources:
             state.resources = resources
             try:
@@ -79,7 +80,7 @@ def create_server(settings: Settings, *, background: bool = True) -> FastMCP:
             finally:
                 state.resources = None
 
-    mcp = FastMCP(
+    mcp = FixedToolServer(
         "panaversity-fs",
         instructions=INSTRUCTIONS,
         version=__version__,
@@ -106,8 +107,9 @@ def _serve_no_logging(mcp: FastMCP) -> None:
     low_level._request_handlers.pop("logging/setLevel", None)
 
 
-async def _prepare_tools(mcp: FastMCP, published: PublishedTools) -> None:
-    """Give the MCP SDK each tool's input schema by name, and make each tool's published form.
+async def _prepare_tools(mcp: FixedToolServer, published: PublishedTools) -> None:
+    """Give the MCP SDK each tool's input schema by name, make each tool's published form, and
+    fix the tools for look-up by name (`FixedToolServer`).
 
     Without this lookup the SDK validates a call's `Mcp-Param-*` headers by running a whole
     `tools/list` (middleware included) before every `tools/call` of the current protocol:
@@ -119,6 +121,7 @@ async def _prepare_tools(mcp: FastMCP, published: PublishedTools) -> None:
         published.published(tool)
     low_level: Any = getattr(mcp, "_mcp_server")  # noqa: B009 - FastMCP exposes no setter for this hook
     low_level.get_tool_input_schema = header_schemas(tools).get
+    await mcp.fix_tools([tool.name for tool in tools])
 
 
 def header_schemas(tools: Sequence[Tool]) -> dict[str, dict[str, Any]]:
