@@ -23,6 +23,7 @@ from panaversity_fs.app.middleware import CallPipeline, LimitCalls
 from panaversity_fs.app.server import create_server
 from panaversity_fs.errors import RateLimited
 from panaversity_fs.limits import RateLimiter, TokenBuckets
+from panaversity_fs.storage.blobs import INLINE_READ_BYTES
 from testkit.processes import ServerProcess
 from tests.auth_support import HS_ENV, hs_token
 from tests.conftest import Backends
@@ -173,8 +174,12 @@ async def test_overload_is_shed_with_a_typed_error_and_the_server_recovers(backe
 
 async def test_a_read_is_cut_at_its_deadline_and_a_late_write_writes_nothing(backends: Backends) -> None:
     settings = await backends.settings("sqlite-fs")
+    # A deadline reaches a call only when it waits: a small lesson's read on SQLite may finish
+    # without waiting once (statement and file read on the event loop), so this one is larger
+    # than what is read on the loop and its read waits for an I/O thread.
+    lesson = "# x\n" + "words " * (INLINE_READ_BYTES // 6 + 1)
     async with client(create_server(settings), agent="seeder") as c:
-        await call(c, "write_content", book_id=BOOK, path=LESSON, content="# x\n")
+        await call(c, "write_content", book_id=BOOK, path=LESSON, content=lesson)
     hurried = settings.model_copy(update={"request_timeout": 0.0001})
     async with client(create_server(hurried), agent="hurried") as c:
         read = await error_of(c, "read_content", book_id=BOOK, path=LESSON)
