@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("wiring and access rules", ("app.resources", "app.jobs", "app.context", "auth")),
     ("request pipeline", ("app.middleware", "app.http", "app.transport", "app.json_replies", "app.challenge")),
     ("surface: tools and routes", ("tools", "routes")),
-    ("the server", ("app.server",)),
+    ("the server", ("app.server", "app.fixed_tools")),
     ("command line", ("ops", "__main__")),
 ]  # fmt: skip
 
