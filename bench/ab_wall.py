@@ -57,6 +57,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--tool", choices=("read", "write"), default="write")
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--per-block", type=int, default=60)
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="both servers' log level (default WARNING; the bench's is INFO)",
+    )
     return parser.parse_args()
 
 
@@ -70,7 +75,7 @@ async def run(args: argparse.Namespace, tmp: Path, pg_urls: list[str], servers: 
     processes: dict[str, psutil.Process] = {}
     for index, (name, tree) in enumerate(trees.items()):
         url = pg_urls[index] if pg_urls else f"sqlite+aiosqlite:///{tmp / name}.db"
-        env = server_env(url, tmp / f"storage-{name}", "WARNING") | {"PYTHONPATH": str(tree)}
+        env = server_env(url, tmp / f"storage-{name}", args.log_level) | {"PYTHONPATH": str(tree)}
         argv = [str(tree / ".venv" / "bin" / "python"), "-m", "panaversity_fs", "serve"]
         server = launch(name, argv, env, tmp, servers)
         urls[name], processes[name] = server.url, psutil.Process(server.pid)

@@ -1,10 +1,14 @@
-"""`ObserveCalls`: the request id, one JSON log line and the latency and error metrics of a call."""
+"""`ObserveCalls`: the request id, one JSON log line and the latency and error metrics of a call.
+
+The metrics are recorded before the answer leaves (a scrape right after an answer counts it);
+the log line is written after it (`after_response`)."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from fastmcp.exceptions import ToolError
@@ -12,6 +16,7 @@ from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, MiddlewareContext
 from mcp.shared.exceptions import MCPError
 
+from panaversity_fs.after_response import after_response
 from panaversity_fs.app.middleware.calls import CallMiddleware, call_of
 from panaversity_fs.app.middleware.errors import code_of
 from panaversity_fs.app.middleware.identity import client_name
@@ -44,7 +49,8 @@ class ObserveCalls(CallMiddleware):
             "book_id": describe_rejected_path(arguments["book_id"], 64) if "book_id" in arguments else None,
             "path": describe_rejected_path(arguments["path"], 300) if "path" in arguments else None,
         }
-        token = request_context.set({k: v for k, v in fields.items() if v is not None})
+        logged = {k: v for k, v in fields.items() if v is not None}
+        token = request_context.set(logged)
         status = "ok"
         try:
             return await call_next(context)
@@ -59,8 +65,19 @@ class ObserveCalls(CallMiddleware):
                 resources.metrics.tool_duration.labels(label).observe(elapsed)
                 if status != "ok":
                     resources.metrics.errors_total.labels(label, status).inc()
-            logger.info("tool call", extra={"status": status, "duration_ms": round(elapsed * 1000, 2)})
             request_context.reset(token)
+            if logger.isEnabledFor(logging.INFO):
+                await after_response(partial(_log_call, logged, status, elapsed))
+
+
+async def _log_call(fields: dict[str, Any], status: str, elapsed: float) -> None:
+    """Write a call's log line with its context (`fields`): after its answer has been sent, since
+    formatting and writing the line cost about a tenth of a millisecond of the call's wall time."""
+    token = request_context.set(fields)
+    try:
+        logger.info("tool call", extra={"status": status, "duration_ms": round(elapsed * 1000, 2)})
+    finally:
+        request_context.reset(token)
 
 
 def _rpc_id(context: MiddlewareContext[Any]) -> str | None:
