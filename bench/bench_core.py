@@ -3,7 +3,7 @@
     uv run python -m bench.bench_core            # full run (3 rounds; N=300 per latency series, 10 s load)
     uv run python -m bench.bench_core --quick    # short run (1 round; N=60, 3 s load)
 
-Starts, one after another, each as its own subprocess on a free loopback port:
+Starts, together, each as its own subprocess on a free loopback port:
 
 1. `bench/trivial_server.py`: a FastMCP server whose tools touch nothing (the baselines):
    `echo` of a short text, `give` (answers a lesson's size of text: what a read is compared
@@ -23,8 +23,10 @@ minute then moves one round of every series, not the whole of one series: a rati
 baseline measured minutes earlier would move with it.
 
 Every latency series uses one connected fastmcp `Client` over streamable HTTP and sequential
-calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call. Throughput
-uses 8 clients (8 MCP sessions), each updating its own lesson with chained hashes.
+calls: 30 warm-up calls, then N timed calls, `time.perf_counter` around each call; the timed
+calls of all the series are interleaved in `--blocks` blocks (`bench.interleave`), so that a
+ratio compares calls made in the same seconds. Throughput then uses 8 clients (8 MCP
+sessions), each updating its own lesson with chained hashes, one server at a time.
 Results: a table on stdout, the core table of docs/benchmarks.md (`report.core_section`), and
 bench/results/core-<timestamp>.json (or `--json PATH`). `--profile pyspy` also records a py-spy
 profile of the server during each phase (needs `py-spy` on PATH: `uv run --with py-spy python
@@ -56,13 +58,13 @@ import mcp_types
 from fastmcp import Client
 
 from bench.bench_raw import bench_raw_txn
+from bench.interleave import Prepare, Series, block_sizes, interleaved
 from bench.profiling import Profiler
 from bench.report import core_section
 from testkit.databases import create_pg_database, drop_pg_database
 from testkit.measure import (
     machine_info,
     measure,
-    timed_series,
     wait_quiet,
 )
 from testkit.processes import ServerProcess, free_port, server_env
@@ -134,38 +136,31 @@ async def call(client: Client[Any], tool: str, arguments: dict[str, Any]) -> dic
     return dict(result.structured_content)
 
 
-async def bench_trivial(
-    server: ServerProcess,
-    n: int,
-    load_seconds: float | None = None,
-    profiler: Profiler | None = None,
-    warmup: int = WARMUP,
-) -> dict[str, Any]:
-    """Latency of the trivial tools (`warmup` calls, then `n` timed, profiled when given): `echo`
-    of a short text, `give` of a lesson's size, `take` of a lesson; then, given `load_seconds`,
-    `take` from 8 clients."""
+def trivial_series(server: ServerProcess, client: Client[Any]) -> dict[str, Series]:
+    """The trivial tools' latency series on `client`: `echo` of a short text, `give` of a
+    lesson's size, `take` of a lesson."""
     lesson = lesson_text("baseline")
     calls: dict[str, Callable[[int], dict[str, Any]]] = {
         "echo": lambda i: {"text": f"ping {i}"},
         "give": lambda _i: {"size": LESSON_BYTES},
         "take": lambda i: {"text": f"{i}{lesson}"},
     }
-    results: dict[str, Any] = {}
+
+    def prepare(tool: str, arguments: Callable[[int], dict[str, Any]]) -> Prepare:
+        def one(i: int) -> Callable[[], Awaitable[Any]]:
+            args = arguments(i)
+            return lambda: call(client, tool, args)
+
+        return one
+
+    return {tool: Series(server, prepare(tool, arguments)) for tool, arguments in calls.items()}
+
+
+async def bench_trivial(server: ServerProcess, n: int, warmup: int = WARMUP) -> dict[str, Any]:
+    """Latency of the trivial tools alone (`trivial_series`: `warmup` calls, then `n` timed, one
+    series after another)."""
     async with make_client(server.url) as client:
-        for tool, arguments in calls.items():
-
-            def prepare(i: int, tool: str = tool, arguments: Any = arguments) -> Callable[[], Awaitable[Any]]:
-                args = arguments(i)
-                return lambda: call(client, tool, args)
-
-            async def body(prepare: Any = prepare) -> tuple[list[float], dict[str, Any]]:
-                return await timed_series(warmup, n, prepare), {}
-
-            with profiler.phase(server, tool) if profiler is not None else contextlib.nullcontext():
-                results[tool] = (await measure(server, body)).as_dict()
-    if load_seconds is not None:
-        results["take_throughput"] = await take_throughput(server, load_seconds, lesson)
-    return results
+        return await interleaved(trivial_series(server, client), warmup, n, blocks=1)
 
 
 async def for_seconds(
@@ -208,76 +203,50 @@ async def take_throughput(server: ServerProcess, seconds: float, lesson: str) ->
     return phase.as_dict()
 
 
-async def bench_pfs(server: ServerProcess, n: int, load_seconds: float, profiler: Profiler) -> dict[str, Any]:
-    """Read, overlay-read and write latency, then 8-client write throughput."""
-    results: dict[str, Any] = {}
-    async with make_client(server.url) as client:
-        base = await call(
-            client, "write_content", {"book_id": BOOK, "path": READ_LESSON, "content": lesson_text("base")}
-        )
-        overlay = await call(
-            client,
-            "write_content",
-            {
-                "book_id": BOOK,
-                "path": READ_LESSON,
-                "content": lesson_text("overlay of reader-1"),
-                "expected_hash": base["file_hash"],
-                "user_id": OVERLAY_USER,
-            },
-        )
-        assert overlay["source"] == "overlay", overlay
+async def pfs_series(server: ServerProcess, client: Client[Any]) -> dict[str, Series]:
+    """A PanaversityFS server's latency series on `client`, their files made first: reads of a
+    base lesson and of a user's overlay of it, and chained updates of another lesson."""
+    base = await call(
+        client, "write_content", {"book_id": BOOK, "path": READ_LESSON, "content": lesson_text("base")}
+    )
+    overlay = await call(
+        client,
+        "write_content",
+        {
+            "book_id": BOOK,
+            "path": READ_LESSON,
+            "content": lesson_text("overlay of reader-1"),
+            "expected_hash": base["file_hash"],
+            "user_id": OVERLAY_USER,
+        },
+    )
+    assert overlay["source"] == "overlay", overlay
+    # Check once that the overlay read really returns the overlay.
+    seen = await call(client, "read_content", {"book_id": BOOK, "path": READ_LESSON, "user_id": OVERLAY_USER})
+    assert seen["source"] == "overlay" and seen["file_hash"] == overlay["file_hash"], seen
+    created = await call(
+        client, "write_content", {"book_id": BOOK, "path": WRITE_LESSON, "content": lesson_text("v0")}
+    )
+    chain = {"hash": created["file_hash"]}
 
-        def read_base(_i: int) -> Callable[[], Awaitable[Any]]:
-            args = {"book_id": BOOK, "path": READ_LESSON}
-            return lambda: call(client, "read_content", args)
+    def read(user_id: str | None) -> Prepare:
+        args = {"book_id": BOOK, "path": READ_LESSON} | ({"user_id": user_id} if user_id else {})
+        return lambda _i: lambda: call(client, "read_content", args)
 
-        def read_overlay(_i: int) -> Callable[[], Awaitable[Any]]:
-            args = {"book_id": BOOK, "path": READ_LESSON, "user_id": OVERLAY_USER}
-            return lambda: call(client, "read_content", args)
+    def write(i: int) -> Callable[[], Awaitable[Any]]:
+        args = {"book_id": BOOK, "path": WRITE_LESSON, "content": lesson_text(f"v{i + 1}")}
 
-        # Check once that the overlay read really returns the overlay.
-        seen = await call(
-            client, "read_content", {"book_id": BOOK, "path": READ_LESSON, "user_id": OVERLAY_USER}
-        )
-        assert seen["source"] == "overlay" and seen["file_hash"] == overlay["file_hash"], seen
+        async def op() -> None:
+            outcome = await call(client, "write_content", args | {"expected_hash": chain["hash"]})
+            chain["hash"] = outcome["file_hash"]
 
-        for name, prepare in (("read_base", read_base), ("read_overlay", read_overlay)):
+        return op
 
-            async def body(prepare: Any = prepare) -> tuple[list[float], dict[str, Any]]:
-                return await timed_series(WARMUP, n, prepare), {}
-
-            with profiler.phase(server, name):
-                results[name] = (await measure(server, body)).as_dict()
-
-        created = await call(
-            client, "write_content", {"book_id": BOOK, "path": WRITE_LESSON, "content": lesson_text("v0")}
-        )
-        chain = {"hash": created["file_hash"]}
-
-        def write(i: int) -> Callable[[], Awaitable[Any]]:
-            args = {
-                "book_id": BOOK,
-                "path": WRITE_LESSON,
-                "content": lesson_text(f"v{i + 1}"),
-                "expected_hash": chain["hash"],
-            }
-
-            async def op() -> None:
-                outcome = await call(client, "write_content", args)
-                chain["hash"] = outcome["file_hash"]
-
-            return op
-
-        async def write_body() -> tuple[list[float], dict[str, Any]]:
-            return await timed_series(WARMUP, n, write), {}
-
-        with profiler.phase(server, "write"):
-            results["write"] = (await measure(server, write_body)).as_dict()
-
-    with profiler.phase(server, "throughput"):
-        results["throughput"] = await write_throughput(server, load_seconds)
-    return results
+    return {
+        "read_base": Series(server, read(None)),
+        "read_overlay": Series(server, read(OVERLAY_USER)),
+        "write": Series(server, write),
+    }
 
 
 async def write_throughput(server: ServerProcess, seconds: float) -> dict[str, Any]:
@@ -554,6 +523,7 @@ async def _run(
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
             "transport": "streamable HTTP, stateful, fastmcp Client mode=auto",
             "rounds": args.rounds,
+            "blocks": 1 if args.profile else args.blocks,
         },
         "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
     }
@@ -608,29 +578,54 @@ async def _round(
     load_seconds: float,
     profiler: Profiler,
 ) -> dict[str, Any]:
-    """One round: the trivial server's series, then each backend's on a fresh server."""
-    measured: dict[str, Any] = {}
+    """One round on fresh servers and databases: the trivial server and each backend's server
+    started together, every latency series in interleaved blocks (`interleave`; one block each
+    when profiling, so that a profile holds one series), then each server's 8-client phase."""
     tmp.mkdir(parents=True, exist_ok=True)
-    print("trivial FastMCP server")
-    trivial = launch_trivial(tmp, servers, profiler)
-    try:
-        measured["trivial"] = await bench_trivial(trivial, n, load_seconds, profiler)
-    finally:
-        trivial.stop()
+    started = {"trivial": launch_trivial(tmp, servers, profiler)}
     backends: list[tuple[str, str]] = []
     if "sqlite" in args.backends:
         backends.append(("sqlite", f"sqlite+aiosqlite:///{tmp / 'sqlite' / 'pfs.db'}"))
     if "postgres" in args.backends and pg_url is not None:
         backends.append(("postgres", pg_url))
-    for name, url in backends:
-        print(f"panaversity-fs on {name}")
-        root = tmp / name / "storage"
-        root.parent.mkdir(parents=True, exist_ok=True)
-        server = launch(name, profiler.wrap(["serve"]), server_env(url, root, args.log_level), tmp, servers)
-        try:
-            measured[name] = await bench_pfs(server, n, load_seconds, profiler)
-        finally:
+    measured: dict[str, Any] = {"trivial": {}}
+    try:
+        for name, url in backends:
+            root = tmp / name / "storage"
+            root.parent.mkdir(parents=True, exist_ok=True)
+            env = server_env(url, root, args.log_level)
+            started[name] = launch(name, profiler.wrap(["serve"]), env, tmp, servers)
+            measured[name] = {}
+        blocks = 1 if profiler.mode else args.blocks
+        print(f"latency: {', '.join(started)}, {n} calls per series in {len(block_sizes(n, blocks))} blocks")
+        async with contextlib.AsyncExitStack() as stack:
+            series: dict[str, Series] = {}
+            for name, server in started.items():
+                client = await stack.enter_async_context(make_client(server.url))
+                made = (
+                    trivial_series(server, client) if name == "trivial" else await pfs_series(server, client)
+                )
+                series |= {f"{name}.{one}": s for one, s in made.items()}
+
+            def scope(server: ServerProcess, key: str) -> contextlib.AbstractContextManager[Any]:
+                return profiler.phase(server, key.split(".", 1)[1])
+
+            for key, summary in (await interleaved(series, WARMUP, n, blocks, scope)).items():
+                name, one = key.split(".", 1)
+                measured[name][one] = summary
+        print("8 clients: trivial")
+        with profiler.phase(started["trivial"], "take_throughput"):
+            measured["trivial"]["take_throughput"] = await take_throughput(
+                started["trivial"], load_seconds, lesson_text("baseline")
+            )
+        for name, _url in backends:
+            print(f"8 clients: panaversity-fs on {name}")
+            with profiler.phase(started[name], "throughput"):
+                measured[name]["throughput"] = await write_throughput(started[name], load_seconds)
+    finally:
+        for server in started.values():
             server.stop()
+    for name, server in started.items():
         if server.process is not None and server.process.returncode not in (0, -signal.SIGTERM):
             print(f"  warning: {name} server exited with {server.process.returncode}:\n{server.log_tail()}")
     return measured
@@ -690,6 +685,11 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds of every series, medians reported (default 3; 1 with --quick)",
     )
     parser.add_argument(
+        "--blocks",
+        type=int,
+        help="interleaved blocks each latency series is cut into (default 15, 3 with --quick)",
+    )
+    parser.add_argument(
         "--json", type=Path, help="write the results here (default bench/results/core-*.json)"
     )
     args = parser.parse_args(argv)
@@ -697,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 1 if args.quick else 3
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.blocks is None:
+        args.blocks = 3 if args.quick else 15
+    if args.blocks < 1:
+        parser.error("--blocks must be at least 1")
     args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

@@ -522,14 +522,19 @@ def core_section(core: dict[str, Any]) -> list[str]:
     """Latency series and 8-client throughput against the trivial echo and plain asyncpg."""
     cfg = core["config"]
     head = (
-        f"Sequential calls from one fastmcp `Client`: {cfg['warmup']} warm-up calls, then {cfg['n']} timed; "
-        f"{cfg['load_clients']} clients for {cfg['load_seconds']:g} s in the throughput rows; "
+        f"Sequential calls from one fastmcp `Client`: {cfg['warmup']} warm-up calls, then {cfg['n']} timed"
+        + (
+            f", interleaved with the other series in {cfg['blocks']} blocks; "
+            if cfg.get("blocks", 1) > 1
+            else "; "
+        )
+        + f"{cfg['load_clients']} clients for {cfg['load_seconds']:g} s in the throughput rows; "
         f"{cfg['lesson_bytes'] // 1024} KB lessons; server log level {cfg['server_log_level']}."
     )
     if cfg.get("rounds", 1) > 1:
         head += (
-            f" Every series ran in {cfg['rounds']} rounds (the baselines, then each backend, on fresh"
-            " servers and databases each round); each figure is the median of its rounds."
+            f" Every series ran in {cfg['rounds']} rounds (on fresh servers and databases each round);"
+            " each figure is the median of its rounds."
         )
 
     def row(label: str, s: dict[str, Any], server: bool = True) -> list[str]:
