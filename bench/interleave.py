@@ -7,8 +7,9 @@ baseline in a slow one: one run measured a SQLite read at 1.22x `give` in one ro
 in another. Here every series runs its warm-up calls, then its timed calls in `blocks` blocks;
 each block runs a block of every series in turn, in an order drawn afresh for each block, so
 that every series meets the machine's slow and fast moments alike, and none always follows the
-same other (a series right after another server's measured up to 0.2 ms slower at p50 than the
-same calls right after its own server's, even after five untimed calls). A series' figures
+same other (of two like `give` series, the one placed right after another server's block measured
+0.05-0.23 ms slower at p50 than the one right after its own server's, with or without five
+untimed calls first). A series' figures
 cover all its blocks: its latency percentiles over all its calls, its CPU summed over them.
 """
 
