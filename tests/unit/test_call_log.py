@@ -86,13 +86,3 @@ async def test_a_failed_call_is_logged_with_its_code(call_log: JsonLines) -> Non
         with pytest.raises(ToolError):
             await ObserveCalls(ServerState()).around(read_call(), refuse)
     assert [(line["tool"], line["status"]) for line in call_log.lines] == [("read_content", "CONFLICT")]
-
-
-async def test_no_line_below_info(call_log: JsonLines) -> None:
-    async def answer(context: MiddlewareContext[Any]) -> str:
-        return "the answer"
-
-    logging.getLogger("panaversity_fs.calls").setLevel(logging.WARNING)
-    async with deferring():
-        await ObserveCalls(ServerState()).around(read_call(), answer)
-    assert call_log.lines == []
