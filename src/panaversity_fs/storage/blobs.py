@@ -256,9 +256,15 @@ class BlobStore:
     ) -> _T:
         """Await one storage call within `limit` seconds, counting it; OpenDAL's errors become
         `StorageError` (a missing object, `dal.NotFound` or `FileNotFoundError`, is an answer
-        and passes through; other `OSError`s are left to `run_file`)."""
+        and passes through; other `OSError`s are left to `run_file`).
+
+        A cancellation of the caller (its deadline, a shutdown) always wins: Python 3.11's
+        `asyncio.wait_for` returned the result instead when the call finished in the same turn
+        of the event loop, so a read whose storage call ended as its deadline passed was not cut.
+        """
         try:
-            result = await asyncio.wait_for(work, limit)
+            async with asyncio.timeout(limit):
+                result = await work
         except (dal.NotFound, FileNotFoundError):
             self._answered(True)
             raise
