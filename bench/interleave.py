@@ -48,10 +48,10 @@ class Series:
         self.calls += 1
         return self.prepare(self.calls - 1)
 
-    async def run(self, settle: int, count: int) -> list[float]:
-        """Make the series' next `settle` calls untimed, then `count` timed (inside `measure`, its
-        clocks start after the untimed ones); return the timed calls' durations."""
-        return await timed_series(settle, count, self.next_call)
+    async def run(self, untimed: int, count: int) -> list[float]:
+        """Make the series' next `untimed` calls (its warm-up), then `count` timed (inside
+        `measure`, its clocks start after the untimed ones); return the timed calls' durations."""
+        return await timed_series(untimed, count, self.next_call)
 
 
 def block_sizes(n: int, blocks: int) -> list[int]:
