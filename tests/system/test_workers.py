@@ -63,14 +63,15 @@ async def test_two_workers_share_the_port_one_chain_and_stop_cleanly(
         # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads connections by
         # address, so twenty fresh clients (one call each) all landing on one worker would be a
         # 1-in-500,000 chance (with one shared socket, one worker used to take them all).
-        before = _calls_by_pid(log)
+        # A call's log line is written after its answer: wait for the agents' 72 lines.
+        before = await _calls_logged(log, 12 * 6)
 
         async def probe() -> None:
             async with Client(url) as client:
                 await call(client, "list_books")
 
         await asyncio.gather(*(probe() for _ in range(20)))
-        probes = _calls_by_pid(log) - before
+        probes = await _calls_logged(log, 12 * 6 + 20) - before
         assert len(probes) == 2 and sum(probes.values()) == 20, probes
     finally:
         status = server.stop(signal.SIGTERM, timeout=60)
@@ -84,6 +85,15 @@ async def test_two_workers_share_the_port_one_chain_and_stop_cleanly(
 def _serving_pids(log: Path) -> set[int]:
     """The processes that have logged a tool call so far."""
     return set(_calls_by_pid(log))
+
+
+async def _calls_logged(log: Path, total: int, timeout: float = 10.0) -> Counter[int]:
+    """The calls per process once `total` have been logged; fails if that takes over `timeout` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sum((counts := _calls_by_pid(log)).values()) < total:
+        assert asyncio.get_running_loop().time() < deadline, f"{sum(counts.values())} of {total} logged"
+        await asyncio.sleep(0.02)
+    return counts
 
 
 def _calls_by_pid(log: Path) -> Counter[int]:
