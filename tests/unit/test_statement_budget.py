@@ -100,6 +100,8 @@ async def round_trips(db: Database) -> AsyncIterator[list[str]]:
         return
     pool = db.engine.sync_engine.pool
     event.listen(pool, "checkout", checkout)
+    for held in db.held_read_connections:  # checked out by an earlier read, reused without a checkout
+        checkout(held)
     try:
         yield seen
         await asyncio.sleep(0.05)  # loggers are called soon after each query, not during it

@@ -43,10 +43,11 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
 
 from panaversity_fs.config import Settings
 from panaversity_fs.db.driver_writes import DriverWrites, driver_connection, driver_plan, run_inline
+from panaversity_fs.db.held_reads import IDLE_SINCE, HeldConnections, reads_held
 from panaversity_fs.db.sqlite_inline import InlineWrites, begin_immediate, checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
@@ -112,10 +113,12 @@ class Database:
         wal_file: str | None = None,
         writer: Engine | None = None,
         busy_timeout: float = 0.0,
+        reads_held: int = 0,
     ) -> None:
         """`point_reads` and `writer`: synchronous engines on the same SQLite file, for
         `select_once` and for write transactions; `busy_timeout`: how long a write waits for
-        another connection's write lock."""
+        another connection's write lock; `reads_held`: PostgreSQL connections `fetch_prepared`
+        keeps between reads (`held_reads`)."""
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._writer = writer
@@ -124,6 +127,7 @@ class Database:
         self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._point_reads = point_reads
         self._point_conn: Connection | None = None
+        self._held_reads = HeldConnections(reads_held, PING_AFTER_IDLE)
         self._wal_file = wal_file
         self._writes_since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
@@ -139,6 +143,7 @@ class Database:
             wal_file,
             _writer_engine(settings) if wal_file is not None else None,
             settings.database_statement_timeout,
+            reads_held(settings.database_pool_size, settings.database_max_overflow),
         )
 
     @property
@@ -190,32 +195,39 @@ class Database:
         (mappings by column name). PostgreSQL only.
 
         The point reads of the hot path use it: through SQLAlchemy's async adapter one costs
-        480 us of CPU here, sent by the driver itself 110 us. The connection still comes from
-        the pool (its idle ping included), as a bare pooled connection: wrapping it in an
-        `AsyncConnection` cost another 60-95 us per read. The driver runs a statement outside
-        a transaction in autocommit. A connection that failed is discarded.
+        480 us of CPU here, sent by the driver itself 110 us. The connection is one a read
+        held (`held_reads`), else a bare pooled connection (its idle ping included): wrapping it
+        in an `AsyncConnection` cost another 60-95 us per read. The driver runs a statement
+        outside a transaction in autocommit. A connection that failed is discarded.
 
         Raises:
             sqlalchemy.exc.OperationalError: the database failed (the driver's error inside).
         """
         assert not self.is_sqlite, "fetch_prepared is for PostgreSQL"
-        try:
-            pooled = await self.engine.raw_connection()
-        except SQLAlchemyError:
-            raise
-        except Exception as exc:  # a bare checkout does not wrap the driver's connect errors
-            raise OperationalError(sql, arguments, exc) from exc
+        pooled = self._held_reads.take()
+        if pooled is None:
+            try:
+                pooled = await self.engine.raw_connection()
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:  # a bare checkout does not wrap the driver's connect errors
+                raise OperationalError(sql, arguments, exc) from exc
         try:
             driver: Any = pooled.driver_connection
-            return await driver.fetch(sql, *arguments)
-        except asyncio.CancelledError:
-            pooled.invalidate()  # the query may still be running on it
-            raise
-        except Exception as exc:  # whatever the driver raises; the caller sees DB_ERRORS
-            pooled.invalidate()
-            raise OperationalError(sql, arguments, exc) from exc
-        finally:
+            records: list[Any] = await driver.fetch(sql, *arguments)
+        except BaseException as exc:
+            pooled.invalidate()  # a cancelled query may still be running on it
             pooled.close()
+            if isinstance(exc, Exception):  # whatever the driver raises; the caller sees DB_ERRORS
+                raise OperationalError(sql, arguments, exc) from exc
+            raise
+        self._held_reads.give_back(pooled)
+        return records
+
+    @property
+    def held_read_connections(self) -> list[PoolProxiedConnection]:
+        """The pooled connections PostgreSQL point reads hold between reads (`held_reads`)."""
+        return self._held_reads.held()
 
     def _point_connection(self) -> Connection:
         conn = self._point_conn
@@ -315,6 +327,7 @@ class Database:
         if self._checkpointing is not None:
             await self._checkpointing
         self._drop_point_connection()
+        self._held_reads.release_all()
         for engine in (self._point_reads, self._writer):
             if engine is not None:
                 engine.dispose()
@@ -370,11 +383,11 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine.pool, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info["pfs_idle_since"] = time.monotonic()
+        record.info[IDLE_SINCE] = time.monotonic()
 
     @event.listens_for(engine.sync_engine.pool, "checkout")
     def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
-        idle_since = record.info.get("pfs_idle_since")
+        idle_since = record.info.get(IDLE_SINCE)
         if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
             return
         try:
