@@ -51,6 +51,13 @@ async def _pid(db: Database) -> int:
         return int((await tx.conn.execute(HEAD)).one()[3])
 
 
+def assert_only_held_checked_out(db: Database) -> None:
+    """Every connection out of the pool is one held for the next call (`db.held`), in no
+    transaction."""
+    assert db.engine.pool.checkedout() == len(db.held_connections)  # pyright: ignore[reportAttributeAccessIssue]
+    assert not any(held.driver_connection.is_in_transaction() for held in db.held_connections)  # pyright: ignore[reportOptionalMemberAccess]
+
+
 def _listen(db: Database, name: str, fn: Any) -> None:
     for engine in db.transaction_engines:
         event.listen(engine, name, fn)
@@ -71,7 +78,7 @@ async def test_a_driver_write_is_one_transaction_committed_on_leaving_seen_by_li
     assert statements == ["SELECT", "UPDATE", "UPDATE", "SELECT"]
     assert len(commits) == 1
     assert await _row(db) == ("b" * 64, 2, True)
-    assert db.engine.pool.checkedout() == 0  # pyright: ignore[reportAttributeAccessIssue]
+    assert_only_held_checked_out(db)
 
 
 async def test_after_commit_actions_run_only_once_committed(db: Database) -> None:
@@ -102,7 +109,7 @@ async def test_an_exception_in_the_body_rolls_back_and_keeps_the_connection(
     assert await _row(db) == ("a" * 64, 1, True)
     assert await _pid(db) == pid
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert db.engine.pool.checkedout() == 0  # pyright: ignore[reportAttributeAccessIssue]
+    assert_only_held_checked_out(db)
 
 
 async def test_a_refused_statement_fails_as_through_sqlalchemy_and_discards_the_connection(

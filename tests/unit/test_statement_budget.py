@@ -100,7 +100,7 @@ async def round_trips(db: Database) -> AsyncIterator[list[str]]:
         return
     pool = db.engine.sync_engine.pool
     event.listen(pool, "checkout", checkout)
-    for held in db.held_read_connections:  # checked out by an earlier read, reused without a checkout
+    for held in db.held_connections:  # checked out by an earlier read, reused without a checkout
         checkout(held)
     try:
         yield seen

@@ -47,7 +47,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPo
 
 from panaversity_fs.config import Settings
 from panaversity_fs.db.driver_writes import DriverWrites, driver_connection, driver_plan, run_inline
-from panaversity_fs.db.held_reads import IDLE_SINCE, HeldConnections, reads_held
+from panaversity_fs.db.held import IDLE_SINCE, HeldConnections, held_per_use
 from panaversity_fs.db.sqlite_inline import InlineWrites, begin_immediate, checkpoint, inline_creator
 from panaversity_fs.errors import Internal, PanaversityFSError, Unavailable
 
@@ -113,12 +113,12 @@ class Database:
         wal_file: str | None = None,
         writer: Engine | None = None,
         busy_timeout: float = 0.0,
-        reads_held: int = 0,
+        held_per_use: int = 0,
     ) -> None:
         """`point_reads` and `writer`: synchronous engines on the same SQLite file, for
         `select_once` and for write transactions; `busy_timeout`: how long a write waits for
-        another connection's write lock; `reads_held`: PostgreSQL connections `fetch_prepared`
-        keeps between reads (`held_reads`)."""
+        another connection's write lock; `held_per_use`: PostgreSQL connections each of
+        `fetch_prepared`, `driver_write` and `driver_autocommit` keeps between calls (`held`)."""
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._writer = writer
@@ -127,7 +127,9 @@ class Database:
         self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._point_reads = point_reads
         self._point_conn: Connection | None = None
-        self._held_reads = HeldConnections(reads_held, PING_AFTER_IDLE)
+        self._held_reads = HeldConnections[PoolProxiedConnection](held_per_use, PING_AFTER_IDLE)
+        self._held_writes = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE)
+        self._held_autocommit = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE)
         self._wal_file = wal_file
         self._writes_since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
@@ -143,7 +145,7 @@ class Database:
             wal_file,
             _writer_engine(settings) if wal_file is not None else None,
             settings.database_statement_timeout,
-            reads_held(settings.database_pool_size, settings.database_max_overflow),
+            held_per_use(settings.database_pool_size, settings.database_max_overflow),
         )
 
     @property
@@ -196,7 +198,7 @@ class Database:
 
         The point reads of the hot path use it: through SQLAlchemy's async adapter one costs
         480 us of CPU here, sent by the driver itself 110 us. The connection is one a read
-        held (`held_reads`), else a bare pooled connection (its idle ping included): wrapping it
+        held (`held`), else a bare pooled connection (its idle ping included): wrapping it
         in an `AsyncConnection` cost another 60-95 us per read. The driver runs a statement
         outside a transaction in autocommit. A connection that failed is discarded.
 
@@ -225,9 +227,11 @@ class Database:
         return records
 
     @property
-    def held_read_connections(self) -> list[PoolProxiedConnection]:
-        """The pooled connections PostgreSQL point reads hold between reads (`held_reads`)."""
-        return self._held_reads.held()
+    def held_connections(self) -> list[PoolProxiedConnection]:
+        """The pooled connections held between calls (`held`): point reads', then publishes',
+        then one-statement commits'."""
+        writes = self._held_writes.held() + self._held_autocommit.held()
+        return self._held_reads.held() + [sync.connection for sync in writes]
 
     def _point_connection(self) -> Connection:
         conn = self._point_conn
@@ -286,7 +290,7 @@ class Database:
             async with self.write() as tx:
                 yield tx
             return
-        async with driver_connection(self.engine) as conn:
+        async with driver_connection(self.engine, self._held_writes) as conn:
             tx = WriteTransaction(conn)
             yield tx
         for action in tx._on_commit:  # pyright: ignore[reportPrivateUsage]
@@ -297,7 +301,7 @@ class Database:
         """A PostgreSQL connection whose statements, built once only, are each a transaction of
         their own, sent by the driver (`driver_writes.driver_connection`)."""
         assert self._autocommit is not None, "driver_autocommit is for PostgreSQL"
-        async with driver_connection(self._autocommit) as conn:
+        async with driver_connection(self._autocommit, self._held_autocommit) as conn:
             yield conn
 
     def _count_toward_checkpoint(self) -> None:
@@ -327,7 +331,8 @@ class Database:
         if self._checkpointing is not None:
             await self._checkpointing
         self._drop_point_connection()
-        self._held_reads.release_all()
+        for held in (self._held_reads, self._held_writes, self._held_autocommit):
+            held.release_all()
         for engine in (self._point_reads, self._writer):
             if engine is not None:
                 engine.dispose()
