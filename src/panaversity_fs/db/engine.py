@@ -7,6 +7,8 @@ chain) with statement and lock timeouts, and ends a statement whose client went 
 statement takes its own snapshot anyway, so BEGIN and COMMIT would only add two round trips.
 A pooled connection is pinged only when it sat idle for `PING_AFTER_IDLE` seconds (with this
 driver a ping is three round trips: pinging every checkout cost a read three and a write six).
+The hot path's own connections (a read's look-up, an update's one-statement commit, a publish)
+are kept between calls instead of checked in and out each time (`held`).
 Inside a write transaction the write path's own statements are sent by the driver itself
 (`driver_writes.DriverWrites`); the transaction stays SQLAlchemy's, except for one made of
 such statements only (`driver_write`: a publish), which the driver begins and commits.
@@ -127,9 +129,10 @@ class Database:
         self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._point_reads = point_reads
         self._point_conn: Connection | None = None
-        self._held_reads = HeldConnections[PoolProxiedConnection](held_per_use, PING_AFTER_IDLE)
-        self._held_writes = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE)
-        self._held_autocommit = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE)
+        self._held: list[HeldConnections[Any]] = []
+        self._held_reads = HeldConnections[PoolProxiedConnection](held_per_use, PING_AFTER_IDLE, self._held)
+        self._held_writes = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE, self._held)
+        self._held_autocommit = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE, self._held)
         self._wal_file = wal_file
         self._writes_since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
@@ -220,6 +223,7 @@ class Database:
         except BaseException as exc:
             pooled.invalidate()  # a cancelled query may still be running on it
             pooled.close()
+            self._held_reads.failed()
             if isinstance(exc, Exception):  # whatever the driver raises; the caller sees DB_ERRORS
                 raise OperationalError(sql, arguments, exc) from exc
             raise
@@ -331,7 +335,7 @@ class Database:
         if self._checkpointing is not None:
             await self._checkpointing
         self._drop_point_connection()
-        for held in (self._held_reads, self._held_writes, self._held_autocommit):
+        for held in self._held:
             held.release_all()
         for engine in (self._point_reads, self._writer):
             if engine is not None:

@@ -12,11 +12,15 @@ Held connections stay checked out of the pool, so few are held (`held_per_use`),
 many that other transactions could not get a connection. One held longer than `max_idle` goes
 back to the pool marked with the time it was last used, so the pool's checkout pings it as it
 pings any connection idle that long (`engine._ping_after_idle`): held or pooled, a connection
-that sat idle is checked before a call relies on it, and one used moments ago is not.
+that sat idle is checked before a call relies on it, and one used moments ago is not. When a
+call on a held or fresh connection fails (a database restart, say), every connection held by
+any use goes back to the pool as long idle, so each is pinged before its next call: a restart
+fails one call, not one per held connection.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -26,9 +30,6 @@ IDLE_SINCE = "pfs_idle_since"
 MAX_HELD = 2
 """Connections one use holds at most: one for a call in flight while another one finishes, one
 spare."""
-
-HOLDING_USES = 3
-"""Uses that hold connections: point reads, one-statement commits, publishes."""
 
 
 def held_per_use(pool_size: int, max_overflow: int) -> int:
@@ -51,12 +52,15 @@ _C = TypeVar("_C", bound=Checkout)
 
 
 class HeldConnections(Generic[_C]):
-    """Up to `limit` idle checked-out connections kept for the next call (last in, first out)."""
+    """Up to `limit` idle checked-out connections kept for the next call (last in, first out),
+    one of the `group` of every use's (which it joins)."""
 
-    def __init__(self, limit: int, max_idle: float) -> None:
+    def __init__(self, limit: int, max_idle: float, group: list[HeldConnections[Any]]) -> None:
         self._limit = limit
         self._max_idle = max_idle
         self._held: list[tuple[_C, float]] = []
+        self._group = group
+        group.append(self)
 
     def take(self) -> _C | None:
         """A held connection used less than `max_idle` seconds ago, or None (check one out of the
@@ -85,6 +89,13 @@ class HeldConnections(Generic[_C]):
         """Hand every held connection back to the pool (before the pool is disposed)."""
         while self._held:
             self._to_pool(*self._held.pop())
+
+    def failed(self) -> None:
+        """A call of this use failed: hand every connection of the group back to the pool as
+        idle for ever, so that the pool pings each before it serves a call again."""
+        for use in self._group:
+            while use._held:
+                self._to_pool(use._held.pop()[0], -math.inf)
 
     @staticmethod
     def _to_pool(pooled: _C, since: float) -> None:
