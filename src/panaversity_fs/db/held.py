@@ -13,14 +13,14 @@ many that other transactions could not get a connection. One held longer than `m
 back to the pool marked with the time it was last used, so the pool's checkout pings it as it
 pings any connection idle that long (`engine._ping_after_idle`): held or pooled, a connection
 that sat idle is checked before a call relies on it, and one used moments ago is not. When a
-call on a held or fresh connection fails (a database restart, say), every connection held by
-any use goes back to the pool as long idle, so each is pinged before its next call: a restart
-fails one call, not one per held connection.
+call fails (a database restart, say), every connection held by any use goes back to the pool,
+where SQLAlchemy's own handling of a lost connection applies to them as to any pooled one
+(forcing a ping on each instead made calls during a database hang wait on those pings, past
+their deadline).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -91,11 +91,9 @@ class HeldConnections(Generic[_C]):
             self._to_pool(*self._held.pop())
 
     def failed(self) -> None:
-        """A call of this use failed: hand every connection of the group back to the pool as
-        idle for ever, so that the pool pings each before it serves a call again."""
+        """A call of this use failed: hand every connection of the group back to the pool."""
         for use in self._group:
-            while use._held:
-                self._to_pool(use._held.pop()[0], -math.inf)
+            use.release_all()
 
     @staticmethod
     def _to_pool(pooled: _C, since: float) -> None:
