@@ -293,13 +293,12 @@ async def driver_connection(
             await conn._roll_back_by_driver()  # pyright: ignore[reportPrivateUsage]
             raise
     finally:
-        if held is None:
-            sync.close()
-        elif committed and not sync.invalidated:
+        if held is not None and committed and not sync.invalidated:
             held.give_back(sync)
         else:
             sync.close()
-            held.failed()
+            if held is not None:
+                held.failed()
 
 
 def _fail(
