@@ -50,13 +50,6 @@ async def seeded_database(backends: Backends, combo: str) -> Database:
 
 
 @pytest.fixture
-async def pg_db(backends: Backends) -> AsyncIterator[Database]:
-    db = await seeded_database(backends, "postgres-fs")
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
 async def sqlite_db(backends: Backends) -> AsyncIterator[Database]:
     db = await seeded_database(backends, "sqlite-fs")
     yield db
