@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from panaversity_fs.db import journal_sql, publish_sql
 from panaversity_fs.db.engine import Database
@@ -134,4 +134,16 @@ async def test_a_failed_call_hands_every_held_connection_back_to_the_pool(pg_db:
     assert pg_db.engine.pool.checkedout() == 0  # pyright: ignore[reportAttributeAccessIssue]
     async with pg_db.driver_autocommit() as conn:  # the others were sound: back from the pool
         assert (await conn.execute(CAS, cas_values("c" * 64) | {"k_expected": "b" * 64})).all()
+    await _read(pg_db)
+
+
+async def test_a_lost_connection_elsewhere_hands_the_held_ones_back_to_the_pool(pg_db: Database) -> None:
+    """SQLAlchemy invalidates the whole pool when any of its connections is lost: the held
+    connections are not kept past that either."""
+    await _read(pg_db)
+    assert len(pg_db.held_connections) == 1
+    with pytest.raises(DBAPIError):
+        async with pg_db.read() as conn:  # a pooled connection, lost in the middle of a statement
+            await conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    assert pg_db.held_connections == []
     await _read(pg_db)

@@ -42,7 +42,7 @@ from typing import Any
 
 from sqlalchemy import Executable, Row, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DataError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
@@ -133,6 +133,8 @@ class Database:
         self._held_reads = HeldConnections[PoolProxiedConnection](held_per_use, PING_AFTER_IDLE, self._held)
         self._held_writes = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE, self._held)
         self._held_autocommit = HeldConnections[Connection](held_per_use, PING_AFTER_IDLE, self._held)
+        if not self.is_sqlite:
+            event.listen(engine.sync_engine, "handle_error", self._release_held_on_disconnect)
         self._wal_file = wal_file
         self._writes_since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
@@ -229,6 +231,13 @@ class Database:
             raise
         self._held_reads.give_back(pooled)
         return records
+
+    def _release_held_on_disconnect(self, context: ExceptionContext) -> None:
+        """A lost connection anywhere makes SQLAlchemy invalidate the whole pool (each pooled
+        connection is replaced at its next checkout): the held ones go back to it too."""
+        if context.is_disconnect:
+            for held in self._held:
+                held.release_all()
 
     @property
     def held_connections(self) -> list[PoolProxiedConnection]:

@@ -13,8 +13,9 @@ many that other transactions could not get a connection. One held longer than `m
 back to the pool marked with the time it was last used, so the pool's checkout pings it as it
 pings any connection idle that long (`engine._ping_after_idle`): held or pooled, a connection
 that sat idle is checked before a call relies on it, and one used moments ago is not. When a
-call fails (a database restart, say), every connection held by any use goes back to the pool,
-where SQLAlchemy's own handling of a lost connection applies to them as to any pooled one
+call fails (a database restart, say), or SQLAlchemy sees any connection lost (it then
+invalidates its whole pool, `Database._release_held_on_disconnect`), every connection held by
+any use goes back to the pool, where that handling applies to them as to any pooled one
 (forcing a ping on each instead made calls during a database hang wait on those pings, past
 their deadline).
 """
