@@ -75,7 +75,9 @@ async def run_alone(
             told (`outcome_unknown`).
     """
     async with db.driver_autocommit() as conn:
-        driver: Any = (await conn.get_raw_connection()).driver_connection
+        # The connection is checked out already: no greenlet hop (`get_raw_connection`) for it.
+        sync: Any = conn.sync_connection
+        driver: Any = sync.connection.driver_connection
         pid = int(driver.get_server_pid())
         try:
             return (await conn.execute(statement, parameters, cancel_after=cancel_after)).all()
