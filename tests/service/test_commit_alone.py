@@ -272,8 +272,9 @@ async def test_an_update_whose_entry_cannot_be_cut_commits_in_a_write_transactio
         event.remove(engine, "before_cursor_execute", note)
     assert outcome.version == 2
     # The write transaction's statements (compare-and-swap, chain head, entry + head move), then
-    # the publish; the one statement would have been a single WITH before the publish.
-    assert sent == ["UPDATE", "SELECT", "WITH", "UPDATE"], sent
+    # the publish (which also removes any staged copy: a WITH); the one statement would have been
+    # a single WITH before the publish.
+    assert sent == ["UPDATE", "SELECT", "WITH", "WITH"], sent
     (entry,) = [e for e in await _entries(pg) if e["agent_id"] == chain._PREV_MARK]  # pyright: ignore[reportPrivateUsage]
     assert (entry["prev_hash"], entry["new_hash"]) == (current, outcome.file_hash)
     assert (await verify_database(pg.db)).ok

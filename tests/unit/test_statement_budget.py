@@ -38,9 +38,10 @@ WRITE_BUDGET = {
     # cleared (locking the row while the bytes move).
     "sqlite": ["BEGIN", "UPDATE", "SELECT", "INSERT", "UPDATE", "BEGIN", "UPDATE"],
     # PostgreSQL commits an update in one statement, a transaction of its own: the
-    # compare-and-swap, the audit entry and the head move (db/commit_sql.py); its early look is
-    # the driver's own prepared statement (counted with the round trips below).
-    "postgresql": ["WITH", "UPDATE"],
+    # compare-and-swap, the audit entry, the head move and (fs store) the staged bytes' copy
+    # (db/commit_sql.py); its early look is the driver's own prepared statement (counted with the
+    # round trips below). The publish's statement also removes that copy (db/publish_sql.py).
+    "postgresql": ["WITH", "WITH"],
 }
 # An update whose expected hash this process did not commit (another process wrote the file
 # last) first looks at the file's row outside any transaction, so that a stale hash is refused
@@ -55,7 +56,7 @@ DRIVER_TRIPS = {
     # the write path's statements, which the driver sends itself (db/driver_writes.py; counted
     # in WRITE_BUDGET too); the point reads (a read, the early look of a write). No ping (only
     # after sitting idle).
-    "write": ["WITH", "BEGIN", "UPDATE", "COMMIT"],
+    "write": ["WITH", "BEGIN", "WITH", "COMMIT"],
     "read": ["SELECT"],
 }
 

@@ -21,6 +21,11 @@ values): the entry hash is the one `audit.chain.compute_entry_hash` gives for th
 Locks are taken in the order every write transaction takes them (the journal row, then the
 chain head), and nothing happens unless the compare-and-swap does. A refused swap changes
 nothing and answers no row: the caller decides the refusal in a write transaction as before.
+
+With the bytes' copy (`copy`: staged without waiting for the disk, on the fs store), a fifth
+CTE also stores them in `staged_copy` under the staging key, so the statement's own WAL flush
+makes them durable: the write waits for one flush instead of two (the staged file's, then the
+commit's). The publish syncs the staged file and removes the copy (`db.publish_sql`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from sqlalchemy import LargeBinary, Text, bindparam, cast, exists, func, insert,
 from panaversity_fs.db.driver_writes import built_once
 from panaversity_fs.db.engine import Database
 from panaversity_fs.db.journal_sql import FileKey, cas_statement
-from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log
+from panaversity_fs.db.schema import GLOBAL_CHAIN, audit_chain_head, audit_log, staged_copy
 from panaversity_fs.db.transactions import run_alone
 from panaversity_fs.paths import BASE_USER
 
@@ -46,7 +51,7 @@ class SwappedAlone:
     seq: int
 
 
-def _one_statement(overlay: bool) -> Any:
+def _one_statement(overlay: bool, copy: bool) -> Any:
     cas = cas_statement(overlay).cte("cas")
     head = (
         select(audit_chain_head.c.seq, audit_chain_head.c.head_hash)
@@ -88,11 +93,31 @@ def _one_statement(overlay: bool) -> Any:
         .values(seq=appended.c.seq, head_hash=appended.c.entry_hash)
         .cte("moved")
     )
-    return select(cas.c.version, appended.c.seq).select_from(cas.outerjoin(appended, true())).add_cte(moved)
+    statement = (
+        select(cas.c.version, appended.c.seq).select_from(cas.outerjoin(appended, true())).add_cte(moved)
+    )
+    if not copy:
+        return statement
+    copied = (
+        insert(staged_copy)
+        .from_select(
+            ["staging_key", "data", "created_at"],
+            select(
+                bindparam("v_staging_key", type_=staged_copy.c.staging_key.type),
+                piece("c_data"),
+                bindparam("v_now", type_=staged_copy.c.created_at.type),
+            ).where(exists(select(cas.c.version))),
+        )
+        .cte("copied")
+    )
+    return statement.add_cte(copied)
 
 
-_SWAP_BASE = built_once(_one_statement(overlay=False))
-_SWAP_OVERLAY = built_once(_one_statement(overlay=True))
+_SWAPS = {
+    (overlay, copy): built_once(_one_statement(overlay, copy))
+    for overlay in (False, True)
+    for copy in (False, True)
+}
 
 
 async def swap_alone(
@@ -102,6 +127,7 @@ async def swap_alone(
     entry: dict[str, Any],
     template: tuple[bytes, bytes, bytes],
     cancel_after: float | None = None,
+    copy: bytes | None = None,
 ) -> SwappedAlone | None:
     """Compare-and-swap `key`'s row and append `entry` to the audit chain in one statement that
     commits on its own (PostgreSQL); None if the swap was refused (nothing changed).
@@ -109,7 +135,7 @@ async def swap_alone(
     `swap`: `cas_parameters`; `entry`: the audit entry's columns but its place in the chain
     (`NewAuditEntry.values()`);
     `template`: `chain_template` of the entry; `cancel_after`: seconds before the statement is
-    cancelled.
+    cancelled; `copy`: the staged bytes, when their file is not synced (kept in `staged_copy`).
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError, OSError: the database failed; the statement has ended
@@ -118,7 +144,9 @@ async def swap_alone(
     """
     parameters = swap | {f"e_{name}": value for name, value in entry.items()}
     parameters |= {"t_before": template[0], "t_between": template[1], "t_after": template[2]}
-    statement = _SWAP_BASE if key.user_id == BASE_USER else _SWAP_OVERLAY
+    if copy is not None:
+        parameters["c_data"] = copy
+    statement = _SWAPS[key.user_id != BASE_USER, copy is not None]
     rows = await run_alone(db, statement, parameters, cancel_after)
     if not rows:
         return None

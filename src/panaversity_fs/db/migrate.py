@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 """The newest revision in `MIGRATIONS_DIR` (a test checks it is Alembic's head): a new migration
 changes it."""
 _MIGRATION_LOCK = 0x50465301

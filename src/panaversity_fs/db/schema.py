@@ -81,6 +81,16 @@ file_version = Table(
     Index("ix_file_version_sha256", "sha256"),
 )
 
+staged_copy = Table(
+    "staged_copy",
+    metadata,
+    # A committed update's bytes, until its publish synced the staged file (PostgreSQL + fs:
+    # the commit's flush makes them durable instead of a flush of the staged file).
+    Column("staging_key", String(200), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 manifest_snapshot = Table(
     "manifest_snapshot",
     metadata,

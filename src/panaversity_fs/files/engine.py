@@ -64,6 +64,10 @@ from panaversity_fs.storage.blobs import BlobStore, StorageError, new_staging_ke
 
 logger = logging.getLogger(__name__)
 
+COPY_LIMIT = 256 * 1024
+"""The largest update whose staged bytes the commit keeps a copy of instead of waiting for the
+disk (PostgreSQL, fs store); a larger one's WAL would cost more than the flush it saves."""
+
 
 @dataclass(frozen=True, slots=True)
 class StagedWrite:
@@ -79,6 +83,9 @@ class StagedWrite:
     staged_at: datetime
     kept: bool = False
     """Whether the bytes are in the version store already (else the commit copies them there)."""
+    copy: bytes | None = None
+    """The bytes, when their file is not yet synced: the commit keeps this copy of them (or
+    syncs the file first)."""
 
 
 VERSION_OPERATIONS = {
@@ -121,6 +128,8 @@ class FileEngine:
         self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
         self._statement_limit = settings.database_statement_timeout + COMMAND_TIMEOUT_MARGIN
         self._recent = RecentHashes()
+        # A local folder's sync is a wait for the disk and two thread hand-offs.
+        self._copy_limit = 0 if db.is_sqlite or store.local is None else COPY_LIMIT
 
     async def replayed(self, idem: Idempotency | None) -> Replay | None:
         """The outcome an earlier call committed under `idem`'s key, if any (a cheap early look).
@@ -157,7 +166,8 @@ class FileEngine:
         """
         if idem is None:
             await self._refuse_early(op, target, expected)
-        staged = await self.stage(op, target, data, sha256, expected, content_type)
+        copied = idem is None and expected is not None and len(data) <= self._copy_limit
+        staged = await self.stage(op, target, data, sha256, expected, content_type, durable=not copied)
         return await self.commit(op, staged, idem)
 
     async def _refuse_early(self, op: Operation, target: Target, expected: str | None) -> None:
@@ -183,8 +193,10 @@ class FileEngine:
         sha256: str,
         expected: str | None,
         content_type: str | None = None,
+        durable: bool = True,
     ) -> StagedWrite:
-        """Upload `data` to a fresh staging key and to the version store (step 2 of the protocol).
+        """Upload `data` to a fresh staging key and to the version store (step 2 of the protocol);
+        not `durable`: without waiting for the disk (the commit then keeps a copy of `data`).
 
         Raises:
             Unavailable: storage failed (audited); nothing was written.
@@ -193,14 +205,15 @@ class FileEngine:
         staged_at = datetime.now(UTC)
         try:
             await self._versions.capture_before_change(target.key)
-            await self._versions.stage(key, sha256, data)
+            await self._versions.stage(key, sha256, data, durable)
         except StorageError as exc:
             failure = storage_failure(exc)
             self._metrics.count_write(target.book_id, failure.code)
             await self._trail.refused(op, _subject(target), failure)
             raise failure from None
         self._metrics.write_duration.labels("storage").observe(time.perf_counter() - op.started)
-        return StagedWrite(target, key, sha256, len(data), expected, content_type, staged_at, kept=True)
+        copy = None if durable else data
+        return StagedWrite(target, key, sha256, len(data), expected, content_type, staged_at, True, copy)
 
     async def commit(
         self, op: Operation, staged: StagedWrite, idem: Idempotency | None = None
@@ -234,7 +247,8 @@ class FileEngine:
             self._metrics.count_write(target.book_id, outcome.code)
             raise outcome
         self._recent.remember(target.key, staged.sha256)
-        await after_response(partial(self._publisher.publish_or_defer, target.key, staged.staging_key))
+        publish = self._publisher.publish_or_defer
+        await after_response(partial(publish, target.key, staged.staging_key, synced=staged.copy is None))
         if target.user_id is None:
             self._metrics.know_books((target.book_id,))
         self._metrics.count_write(
@@ -271,6 +285,13 @@ class FileEngine:
             alone = await self._commit_alone(op, staged, staged.expected)
             if alone is not None:
                 return alone
+        if staged.copy is not None:  # a write transaction keeps no copy: the file must be on disk
+            try:
+                await self._store.sync(staged.staging_key)
+            except StorageError as exc:
+                failure = storage_failure(exc)
+                await self._trail.refused(op, _subject(staged.target), failure)
+                return failure
         decided: WriteOutcome | Replay | PanaversityFSError | None = None
         transaction: tuple[int, int] | None = None
         try:
@@ -319,7 +340,9 @@ class FileEngine:
         left = self._stage_deadline - (datetime.now(UTC) - staged.staged_at)
         cancel_after = min(left.total_seconds(), self._statement_limit)
         try:
-            swapped = await commit_sql.swap_alone(self._db, target.key, swap, entry, template, cancel_after)
+            swapped = await commit_sql.swap_alone(
+                self._db, target.key, swap, entry, template, cancel_after, staged.copy
+            )
         except PanaversityFSError as unknown:
             return unknown
         except DB_ERRORS as exc:

@@ -9,6 +9,7 @@ and periodically) finishes whatever a crashed or failed writer left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from panaversity_fs.db import publish_sql
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.db.journal_sql import FileKey
 from panaversity_fs.metrics import Metrics
-from panaversity_fs.paths import storage_key
+from panaversity_fs.paths import storage_key, version_key
 from panaversity_fs.storage.blobs import (
     STAGING_PREFIX,
     UPLOAD_PREFIX,
@@ -45,6 +46,8 @@ class RecoveryReport:
     failed: int
     orphans_removed: int
     uploads_removed: int = 0
+    copies_removed: int = 0
+    """Staged copies whose change was replaced before its publish."""
 
 
 class Publisher:
@@ -55,13 +58,19 @@ class Publisher:
         self._store = store
         self._metrics = metrics
 
-    async def publish(self, key: FileKey, staging_key: str | None) -> bool:
-        """Publish the change staged at `staging_key` (None: a delete) if it is still pending.
+    async def publish(self, key: FileKey, staging_key: str | None, synced: bool = False) -> bool:
+        """Publish the change staged at `staging_key` (None: a delete) if it is still pending;
+        unless `synced`, its staged file is synced first (the commit may have kept a copy of
+        the bytes instead, which this publish removes).
 
         Returns True if this call (or an earlier one) completed it, False if a newer change
         superseded it. Storage or database errors propagate; the row then stays pending.
         """
         final_key = storage_key(key.book_id, key.path, key.user_id)
+        if staging_key is not None and not synced:
+            # Missing: moved by an earlier publish, or superseded and removed; the claim tells.
+            with contextlib.suppress(BlobNotFound):
+                await self._store.sync(staging_key)
         async with self._db.driver_write() as tx:
             # The flag is cleared first and the bytes moved before COMMIT: a failed move rolls
             # the flag back; a move whose COMMIT is lost leaves the bytes in place, which the
@@ -79,12 +88,43 @@ class Publisher:
         await self._store.delete(staging_key)
         return False
 
-    async def publish_or_defer(self, key: FileKey, staging_key: str | None) -> None:
+    async def publish_or_defer(self, key: FileKey, staging_key: str | None, synced: bool = False) -> None:
         """`publish`, leaving the change pending for recovery if storage or the database fails."""
         try:
-            await self.publish(key, staging_key)
+            await self.publish(key, staging_key, synced)
         except (StorageError, *DB_ERRORS):
             logger.warning("publish deferred to recovery", exc_info=True)
+
+    async def _restore_torn(self, staging_key: str | None, sha256: str | None) -> None:
+        """Write a pending change's staged file (and version object) again from the copy its
+        commit kept, if a system crash lost or tore it before the publish synced it."""
+        if staging_key is None or sha256 is None:
+            return
+        async with self._db.read() as conn:
+            copy = await publish_sql.staged_copy_of(conn, staging_key)
+        if copy is None:
+            return
+        try:
+            intact = hashlib.sha256(await self._store.read(staging_key)).hexdigest() == sha256
+        except BlobNotFound:
+            intact = False
+        if not intact and hashlib.sha256(copy).hexdigest() == sha256:
+            logger.warning("restoring a staged file from its copy", extra={"key": staging_key})
+            await self._store.write_all([(staging_key, copy), (version_key(sha256), copy)])
+
+    async def _drop_orphan_copies(self, older_than: datetime) -> int:
+        """Remove staged copies no journal row points at any more (their change was replaced
+        before its publish), each once its bytes are on disk as their version's object; return
+        how many went."""
+        async with self._db.read() as conn:
+            orphans = await publish_sql.orphan_copies(conn, older_than)
+        for staging_key, data in orphans:
+            # The change's version keeps these bytes: make sure they are on disk before the copy
+            # goes (the staged file itself is an orphan, removed with the others).
+            await self._store.write(version_key(hashlib.sha256(data).hexdigest()), data)
+            async with self._db.write() as tx:
+                await publish_sql.drop_copy(tx.conn, staging_key)
+        return len(orphans)
 
     async def _move(self, staging_key: str, final_key: str, sha256: str | None) -> None:
         try:
@@ -113,12 +153,14 @@ class Publisher:
         published = failed = 0
         for row in leftovers:
             try:
+                await self._restore_torn(row.staging_key, row.sha256)
                 if await self.publish(row.key, row.staging_key):
                     published += 1
                     self._metrics.recovery_total.labels("published").inc()
             except Exception:
                 failed += 1
                 logger.exception("recovery could not publish a pending change")
+        copies = await self._drop_orphan_copies(now - orphan_grace)
         orphans = 0
         staged = await self._store.list(STAGING_PREFIX)
         async with self._db.read() as conn:
@@ -137,7 +179,7 @@ class Publisher:
             await self._store.delete(blob.key)
             uploads += 1
             self._metrics.recovery_total.labels("upload_expired").inc()
-        return RecoveryReport(published, failed, orphans, uploads)
+        return RecoveryReport(published, failed, orphans, uploads, copies)
 
 
 def _upload_deadline(blob: BlobInfo) -> datetime:

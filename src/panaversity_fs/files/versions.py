@@ -94,13 +94,16 @@ class VersionStore:
         """
         await self._store.write(version_key(sha256), data)
 
-    async def stage(self, staging_key: str, sha256: str, data: bytes) -> None:
-        """Store a write's `data` at its staging key and as a version's bytes, in one storage call.
+    async def stage(self, staging_key: str, sha256: str, data: bytes, durable: bool = True) -> None:
+        """Store a write's `data` at its staging key and as a version's bytes, in one storage call;
+        not `durable`: without waiting for the disk (the caller's commit keeps a copy, and the
+        publish syncs the staged file, which the version object shares on a local folder).
 
         Raises:
             StorageError: storage failed.
         """
-        await self._store.write_all([(staging_key, data), (version_key(sha256), data)], fresh={staging_key})
+        items = [(staging_key, data), (version_key(sha256), data)]
+        await self._store.write_all(items, fresh={staging_key}, durable=durable)
 
     async def keep_object(self, sha256: str, source: str) -> None:
         """Copy the object at `source` (bytes whose hash is `sha256`) into the version store.

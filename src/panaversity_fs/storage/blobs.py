@@ -340,7 +340,9 @@ class BlobStore:
         """Store `data` at `key`, replacing any object there, atomically for readers."""
         await self.write_all([(key, data)])
 
-    async def write_all(self, items: Sequence[tuple[str, bytes]], fresh: Collection[str] = ()) -> None:
+    async def write_all(
+        self, items: Sequence[tuple[str, bytes]], fresh: Collection[str] = (), durable: bool = True
+    ) -> None:
         """Store each `(key, data)` in one storage call (one thread hand-off).
 
         On a local folder: each object's bytes go to a temporary file here, one call on an I/O
@@ -348,10 +350,11 @@ class BlobStore:
         `fresh` keys (never used before, read by nobody before the caller commits to them:
         staging keys) are written in place instead. An item (not fresh) whose `data` is the
         very object of an earlier item's is a hard link to that item's file (bytes written and
-        synced once).
+        synced once). With `durable` false the local files are not synced (no wait for the disk,
+        no thread hand-off): the caller keeps the bytes durable elsewhere until it `sync`s them.
         """
         if self._local is not None:
-            await self._write_local(self._local, items, fresh)
+            await self._write_local(self._local, items, fresh, durable)
             return
 
         def write() -> None:
@@ -361,7 +364,11 @@ class BlobStore:
         await self._run(write)
 
     async def _write_local(
-        self, local: LocalFiles, items: Sequence[tuple[str, bytes]], fresh: Collection[str]
+        self,
+        local: LocalFiles,
+        items: Sequence[tuple[str, bytes]],
+        fresh: Collection[str],
+        durable: bool = True,
     ) -> None:
         pending: list[PendingWrite] = []
         first_of: dict[int, PendingWrite] = {}
@@ -387,7 +394,8 @@ class BlobStore:
             for write in pending:
                 write.sync()
 
-        await self.run_file(sync, abandon)
+        if durable:
+            await self.run_file(sync, abandon)
         try:
             unlinked: list[tuple[str, bytes]] = []
             for earlier, key, data in again:
@@ -405,6 +413,18 @@ class BlobStore:
                 for rest in pending[done + 1 :]:
                     rest.abandon()
                 raise
+
+    async def sync(self, key: str) -> None:
+        """Wait until the bytes of the object at `key` are on disk (local files written without
+        `durable`; elsewhere objects are durable once written, and this does nothing).
+
+        Raises:
+            BlobNotFound: no object there.
+            StorageError: the store failed.
+        """
+        local = self._local
+        if local is not None:
+            await self.run_file(lambda: local.sync(key))
 
     async def publish(self, staging_key: str, key: str) -> None:
         """Make the staged object the object at `key` (rename where possible, else copy)."""

@@ -130,6 +130,20 @@ class LocalFiles:
         finally:
             os.close(fd)
 
+    def sync(self, key: str) -> None:
+        """Wait until the bytes of the object at `key` are on disk (blocking: run it on a worker
+        thread).
+
+        Raises:
+            FileNotFoundError: no object there.
+            OSError: the file system refused.
+        """
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def rename(self, source: str, target: str) -> None:
         """Move the object at `source` to `target`, replacing any object there, atomically.
 
