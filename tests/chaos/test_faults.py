@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
 from panaversity_fs.app.resources import build
@@ -24,7 +24,7 @@ from panaversity_fs.config import Settings
 from panaversity_fs.db import journal_sql as journal
 from panaversity_fs.db.audit_sql import file_history
 from panaversity_fs.db.engine import Database
-from panaversity_fs.db.schema import file_journal
+from panaversity_fs.db.schema import file_journal, staged_copy
 from panaversity_fs.errors import PanaversityFSError, Unavailable
 from panaversity_fs.files.fsck import check
 from panaversity_fs.metrics import Metrics
@@ -120,6 +120,10 @@ class Rig:
         async with self.db.read() as conn:
             return (await journal.fetch(conn, BOOK, path, [user])).get(user)
 
+    async def copies(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(staged_copy))).scalar_one())
+
     async def close(self) -> None:
         self.store.close()
         await self.db.dispose()
@@ -171,6 +175,17 @@ CASES: dict[str, tuple[Setup, Action, str]] = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("combo", PAIRS)
 async def test_fault_sweep(backends: Backends, combo: str, case: str, forever: bool) -> None:
+    await _sweep(backends, combo, case, forever)
+
+
+@pytest.mark.parametrize("forever", [False, True], ids=["once", "forever"])
+async def test_fault_sweep_of_an_update_kept_as_a_staged_copy(backends: Backends, forever: bool) -> None:
+    """PostgreSQL on a folder: the update is staged without a sync, its commit keeps a copy of
+    the bytes, and its publish syncs the staged file and drops the copy."""
+    await _sweep(backends, "postgres-fs", "update", forever)
+
+
+async def _sweep(backends: Backends, combo: str, case: str, forever: bool) -> None:
     settings = await backends.settings(combo)
     rig = Rig(settings)
     setup, action, effect = CASES[case]
@@ -205,6 +220,7 @@ async def test_fault_sweep(backends: Backends, combo: str, case: str, forever: b
                 assert base is not None and base.sha256 == before, "overlay write touched base"
             report = await check(rig.db, rig.store)
             assert report.ok, (k, report.as_dict())
+            assert await rig.copies() == 0, f"k={k}: a staged copy outlived its publish"
             if not fired:
                 break
         assert k > 2, "the fault never fired: the sweep tested nothing"
