@@ -88,10 +88,11 @@ async def staged_copy_of(conn: AsyncConnection, staging_key: str) -> bytes | Non
 
 
 async def orphan_copies(
-    conn: AsyncConnection, older_than: datetime, limit: int = 500
+    conn: AsyncConnection, older_than: datetime, limit: int = 50
 ) -> list[tuple[str, bytes]]:
     """Return `(staging_key, data)` of copies made before `older_than` that no journal row
-    points at any more (a newer change replaced theirs before its publish)."""
+    points at any more (a newer change replaced theirs before its publish); at most `limit`
+    (each holds up to 256 KiB: a later sweep takes the rest)."""
     in_use = select(J.staging_key).where(J.staging_key.is_not(None))
     result = await conn.execute(
         select(staged_copy.c.staging_key, staged_copy.c.data)
