@@ -28,11 +28,20 @@ async def finish_publish(conn: AsyncConnection, key: FileKey, staging_key: str |
     return PublishClaim(row[0]) if row is not None else None
 
 
-def _finish(*also: ColumnElement[Any]) -> ReturningUpdate[Any]:
+def _finish(postgresql: bool) -> ReturningUpdate[Any]:
     statement = update(file_journal)
-    if also:
+    also: list[ColumnElement[Any]] = []
+    if postgresql:
+        # The staged copy goes with the claim (SQLite keeps none, and has no DELETE in a CTE).
         gone = delete(staged_copy).where(staged_copy.c.staging_key == bindparam("pending_key")).cte("gone")
         statement = statement.add_cte(gone)
+        # The publish also commits without waiting for its WAL to reach the disk
+        # (`synchronous_commit` off for this transaction only, set in the same round trip): a
+        # publish a database crash loses leaves its row pending with the bytes already at the
+        # final key, which readers (they verify the hash) and recovery (`Publisher._move`)
+        # accept. The write itself was committed durably before; only this second flush wait
+        # per write is saved.
+        also.append(func.set_config("synchronous_commit", "off", True))
     return (
         statement.where(
             BY_KEY,
@@ -45,13 +54,8 @@ def _finish(*also: ColumnElement[Any]) -> ReturningUpdate[Any]:
 
 
 # Built once: building it per call cost more CPU than running it on SQLite.
-_FINISH = built_once(_finish())
-# On PostgreSQL the publish also commits without waiting for its WAL to reach the disk
-# (`synchronous_commit` off for this transaction only, set in the same round trip): a publish a
-# database crash loses leaves its row pending with the bytes already at the final key, which
-# readers (they verify the hash) and recovery (`Publisher._move`) accept. The write itself was
-# committed durably before; only this second flush wait per write is saved.
-_FINISH_PG = built_once(_finish(func.set_config("synchronous_commit", "off", True)))
+_FINISH = built_once(_finish(postgresql=False))
+_FINISH_PG = built_once(_finish(postgresql=True))
 
 
 @dataclass(frozen=True, slots=True)
