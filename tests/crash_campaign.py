@@ -4,8 +4,9 @@
 so each knows exactly what its files must hold: it chains `expected_hash` from its own last
 known state, and after a call of unknown outcome it re-reads the file and accepts either that
 state or the one the call would have made. Meanwhile a random replica is SIGKILLed every
-U(0.5, 3) s and restarted, and (postgres-s3) PostgreSQL is stopped with `-m immediate` and
-started again. Writers keep writing past their quota until the minimum number of kills and
+U(0.5, 3) s and restarted, and (postgres-s3, postgres-fs) PostgreSQL is stopped with
+`-m immediate` and started again. On postgres-fs the replicas share one folder, and an update's
+bytes are kept as a staged copy in the database until its publish syncs them. Writers keep writing past their quota until the minimum number of kills and
 PostgreSQL restarts is reached.
 
 Afterwards the replicas are stopped cleanly, `recover --grace 0` and `fsck --repair --grace 0`
@@ -49,7 +50,7 @@ from panaversity_fs.storage.blobs import BlobStore
 from tests.books_support import sha
 from tests.cluster import Ambiguous, McpHttp, MotoProcess, PrivatePostgres, Refused, Replicas, ToolAnswer
 
-Backend = Literal["postgres-s3", "sqlite-fs"]
+Backend = Literal["postgres-s3", "postgres-fs", "sqlite-fs"]
 BOOKS = ("crash-book-a", "crash-book-b", "crash-book-c")
 USERS = ("user-ada", "user-bo")
 MUTATIONS = ("write_content", "delete_content")
@@ -507,8 +508,12 @@ async def campaign_backends(
     try:
         await asyncio.to_thread(pg.start)
         url = await asyncio.to_thread(pg.create_database, "pfs")
-        await asyncio.to_thread(moto.start)
-        settings = Settings(database_url=url, **moto.store_settings("crash"), **base)
+        if config.backend == "postgres-fs":
+            store: dict[str, Any] = {"storage_backend": "fs", "storage_root": workdir / "store"}
+        else:
+            await asyncio.to_thread(moto.start)
+            store = moto.store_settings("crash")
+        settings = Settings(database_url=url, **store, **base)
         await _migrate(settings)
         yield settings, pg
     finally:
@@ -774,10 +779,14 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
-    parser.add_argument("--backend", choices=["postgres-s3", "sqlite-fs"], default="postgres-s3")
+    parser.add_argument(
+        "--backend", choices=["postgres-s3", "postgres-fs", "sqlite-fs"], default="postgres-s3"
+    )
     parser.add_argument("--writes", type=int, default=250, help="changes per writer, at least")
     parser.add_argument("--writers", type=int, default=8)
-    parser.add_argument("--replicas", type=int, help="default: 3 on postgres-s3, 1 on sqlite-fs")
+    parser.add_argument(
+        "--replicas", type=int, help="default: 3 on postgres-s3, 2 on postgres-fs, 1 on sqlite-fs"
+    )
     parser.add_argument("--min-kills", type=int, default=20)
     parser.add_argument("--min-pg-restarts", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=3600)
@@ -786,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     config = CampaignConfig(
         seed=args.seed,
         backend=args.backend,
-        replicas=args.replicas or (3 if args.backend == "postgres-s3" else 1),
+        replicas=args.replicas or {"postgres-s3": 3, "postgres-fs": 2}.get(args.backend, 1),
         writers=args.writers,
         writes=args.writes,
         min_kills=args.min_kills,

@@ -1,5 +1,5 @@
 """C-2, short: the crash campaign of `tests.crash_campaign` with fewer writes per writer, but
-still at least 20 SIGKILLs (and 5 PostgreSQL crashes on postgres-s3).
+still at least 20 SIGKILLs (and 5 PostgreSQL crashes on postgres-s3 and postgres-fs).
 
 `PFS_CRASH_SEED` replays a seed; `PFS_CRASH_WRITES` changes the writes per writer. The long
 run is `uv run python -m tests.crash_campaign --seed N --writes 250 --backend postgres-s3`.
@@ -27,7 +27,7 @@ def _seed() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(280)
-@pytest.mark.parametrize(("backend", "replicas"), [("postgres-s3", 3), ("sqlite-fs", 1)])
+@pytest.mark.parametrize(("backend", "replicas"), [("postgres-s3", 3), ("postgres-fs", 2), ("sqlite-fs", 1)])
 async def test_crash_campaign(backend: Backend, replicas: int, tmp_path: Path) -> None:
     seed = _seed()
     print(f"crash campaign: backend={backend} seed={seed} (replay: PFS_CRASH_SEED={seed})")
@@ -49,7 +49,7 @@ async def test_crash_campaign(backend: Backend, replicas: int, tmp_path: Path) -
     stats = report.stats
     assert stats["kills"] >= config.min_kills
     assert stats["restarts"] >= stats["kills"]
-    if backend == "postgres-s3":
+    if backend.startswith("postgres"):
         assert stats["pg_restarts"] >= config.min_pg_restarts
     assert stats["acked"] >= config.writers * WRITES // 2, report.summary()
     shutil.rmtree(tmp_path, ignore_errors=True)
