@@ -6,7 +6,8 @@ known state, and after a call of unknown outcome it re-reads the file and accept
 state or the one the call would have made. Meanwhile a random replica is SIGKILLed every
 U(0.5, 3) s and restarted, and (postgres-s3, postgres-fs) PostgreSQL is stopped with
 `-m immediate` and started again. On postgres-fs the replicas share one folder, and an update's
-bytes are kept as a staged copy in the database until its publish syncs them. Writers keep writing past their quota until the minimum number of kills and
+bytes are kept as a staged copy in the database until its publish syncs them. Writers keep
+writing past their quota until the minimum number of kills and
 PostgreSQL restarts is reached.
 
 Afterwards the replicas are stopped cleanly, `recover --grace 0` and `fsck --repair --grace 0`

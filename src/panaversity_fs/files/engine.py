@@ -66,7 +66,8 @@ logger = logging.getLogger(__name__)
 
 COPY_LIMIT = 256 * 1024
 """The largest update whose staged bytes the commit keeps a copy of instead of waiting for the
-disk (PostgreSQL, fs store); a larger one's WAL would cost more than the flush it saves."""
+disk (PostgreSQL, fs store: a sync there is a wait and two thread hand-offs); a larger one's WAL
+would cost more than the flush it saves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +85,7 @@ class StagedWrite:
     kept: bool = False
     """Whether the bytes are in the version store already (else the commit copies them there)."""
     copy: bytes | None = None
-    """The bytes, when their file is not yet synced: the commit keeps this copy of them (or
-    syncs the file first)."""
+    """The bytes, when their file is not yet synced: the commit keeps a copy of them."""
 
 
 VERSION_OPERATIONS = {
@@ -128,8 +128,7 @@ class FileEngine:
         self._stage_deadline = timedelta(seconds=settings.recovery_grace / 2)
         self._statement_limit = settings.database_statement_timeout + COMMAND_TIMEOUT_MARGIN
         self._recent = RecentHashes()
-        # A local folder's sync is a wait for the disk and two thread hand-offs.
-        self._copy_limit = 0 if db.is_sqlite or store.local is None else COPY_LIMIT
+        self._copy_limit = 0 if store.local is None else COPY_LIMIT
 
     async def replayed(self, idem: Idempotency | None) -> Replay | None:
         """The outcome an earlier call committed under `idem`'s key, if any (a cheap early look).
@@ -166,7 +165,7 @@ class FileEngine:
         """
         if idem is None:
             await self._refuse_early(op, target, expected)
-        copied = idem is None and expected is not None and len(data) <= self._copy_limit
+        copied = expected is not None and self._alone(idem) and len(data) <= self._copy_limit
         staged = await self.stage(op, target, data, sha256, expected, content_type, durable=not copied)
         return await self.commit(op, staged, idem)
 
@@ -281,7 +280,7 @@ class FileEngine:
         if late is not None:
             await self._trail.refused(op, _subject(staged.target), late)
             return late
-        if idem is None and staged.expected is not None and not self._db.is_sqlite:
+        if staged.expected is not None and self._alone(idem):
             alone = await self._commit_alone(op, staged, staged.expected)
             if alone is not None:
                 return alone
@@ -311,6 +310,10 @@ class FileEngine:
                 self._db, staged.target, staged.staging_key, decided, exc, transaction
             )
         return decided
+
+    def _alone(self, idem: Idempotency | None) -> bool:
+        """Whether an update tries the one-statement commit (PostgreSQL, no idempotency key)."""
+        return idem is None and not self._db.is_sqlite
 
     async def _commit_alone(
         self, op: Operation, staged: StagedWrite, expected: str

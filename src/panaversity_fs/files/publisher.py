@@ -10,7 +10,6 @@ and periodically) finishes whatever a crashed or failed writer left behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from panaversity_fs.db import publish_sql
 from panaversity_fs.db.engine import DB_ERRORS, Database
 from panaversity_fs.db.journal_sql import FileKey
+from panaversity_fs.files.target import sha256_hex
 from panaversity_fs.metrics import Metrics
 from panaversity_fs.paths import storage_key, version_key
 from panaversity_fs.storage.blobs import (
@@ -98,17 +98,17 @@ class Publisher:
     async def _restore_torn(self, staging_key: str | None, sha256: str | None) -> None:
         """Write a pending change's staged file (and version object) again from the copy its
         commit kept, if a system crash lost or tore it before the publish synced it."""
-        if staging_key is None or sha256 is None:
-            return
+        if staging_key is None or sha256 is None or self._store.local is None:
+            return  # only a local folder's writes keep copies
         async with self._db.read() as conn:
             copy = await publish_sql.staged_copy_of(conn, staging_key)
         if copy is None:
             return
         try:
-            intact = hashlib.sha256(await self._store.read(staging_key)).hexdigest() == sha256
+            intact = sha256_hex(await self._store.read(staging_key)) == sha256
         except BlobNotFound:
             intact = False
-        if not intact and hashlib.sha256(copy).hexdigest() == sha256:
+        if not intact and sha256_hex(copy) == sha256:
             logger.warning("restoring a staged file from its copy", extra={"key": staging_key})
             await self._store.write_all([(staging_key, copy), (version_key(sha256), copy)])
 
@@ -121,7 +121,7 @@ class Publisher:
         for staging_key, data in orphans:
             # The change's version keeps these bytes: make sure they are on disk before the copy
             # goes (the staged file itself is an orphan, removed with the others).
-            await self._store.write(version_key(hashlib.sha256(data).hexdigest()), data)
+            await self._store.write(version_key(sha256_hex(data)), data)
             async with self._db.write() as tx:
                 await publish_sql.drop_copy(tx.conn, staging_key)
         return len(orphans)
@@ -133,7 +133,7 @@ class Publisher:
             # An earlier attempt moved the bytes, then failed to record it: accept the final
             # object if it is exactly the committed content, otherwise the bytes are lost.
             data = await self._store.read(final_key)
-            if hashlib.sha256(data).hexdigest() != sha256:
+            if sha256_hex(data) != sha256:
                 raise
             logger.warning("publish found its bytes already in place", extra={"key": final_key})
 
